@@ -1,0 +1,268 @@
+"""The validated, frozen configuration of one simulation (the public key contract).
+
+Every grid file, `fl-sweep simulate --set key=value` and checkpoint speaks these
+dotted keys; they are fixed by the issues, so add keys but never rename them.
+Validation happens once at the edge (`parse_config`), and a bad value becomes a
+`ConfigError` naming the key and the allowed values. Inside fl_core only the typed
+`SimulationConfig` travels, never dicts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fl_core.errors import ConfigError
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    source: Literal["embedded", "synthetic", "tff-h5", "leaf"] = Field(
+        "embedded",
+        description="where the writer-partitioned digits come from",
+    )
+    path: str | None = Field(
+        None,
+        description="tff-h5: directory with fed_emnist_digitsonly_{train,test}.h5; "
+        "leaf: directory with train/ and test/",
+    )
+    num_writers: int = Field(
+        100, ge=2, le=10_000_000, description="synthetic only: number of writers K"
+    )
+    examples_per_writer: int = Field(
+        100, ge=5, le=10_000, description="synthetic only: mean train images per writer"
+    )
+    max_writers: int | None = Field(
+        None,
+        ge=2,
+        description="keep only the first N writers (sorted by id); null keeps all",
+    )
+
+
+class FLConfig(_Frozen):
+    rounds: int = Field(300, ge=1, description="number of FedAvg rounds to run")
+    clients_per_round: int = Field(30, ge=1, description="cohort size C·K")
+    local_epochs: int = Field(5, ge=1, description="client epochs over its own data")
+    batch_size: int = Field(20, ge=1, description="client minibatch size")
+    client_lr: float = Field(0.1, gt=0, description="client SGD learning rate")
+    server_lr: float = Field(1.0, gt=0, description="server learning rate η")
+    eval_every: int = Field(1, ge=1, description="evaluate every N rounds (and the last)")
+    eval_subsample: int | None = Field(
+        None, ge=1, description="evaluate main task on a fixed random subset of N test images"
+    )
+    sampling: Literal["without-replacement", "with-replacement"] = Field(
+        "without-replacement",
+        description="cohort sampling; the paper samples without replacement, "
+        "the original code with replacement",
+    )
+    backend: Literal["auto", "sequential", "vectorized"] = Field(
+        "auto", description="client-training backend; auto picks the fastest for the device"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
+    workers: int = Field(1, ge=1, description="Ray client-worker actors per trial (sweeper)")
+    checkpoint_every: int = Field(10, ge=1, description="checkpoint every N rounds (and the last)")
+
+
+class AttackConfig(_Frozen):
+    kind: Literal["none", "model-replacement", "pgd"] = Field(
+        "none", description="attack plug-in name"
+    )
+    schedule: Literal["fixed-frequency", "random-sampling"] = Field(
+        "fixed-frequency", description="when attackers are in the cohort"
+    )
+    fraction: float | None = Field(
+        None, gt=0, lt=1, description="ε: share of the K writers compromised, 0 < ε < 1"
+    )
+    frequency: int | None = Field(
+        None,
+        ge=1,
+        description="fixed-frequency: attack every f rounds; null derives f = 1/(ε·C·K)",
+    )
+    start_round: int = Field(0, ge=0, description="first (0-based) round in which attackers act")
+    num_tasks: int = Field(30, ge=1, description="N: number of target writers whose 7s are backdoored")
+    source_label: int = Field(7, ge=0, le=9, description="label of the backdoored images")
+    target_label: int = Field(1, ge=0, le=9, description="label the attacker wants them to get")
+    pgd_iterations: int = Field(5, ge=1, description="P: PGD passes, projecting after each")
+    pgd_pass: Literal["union", "original"] = Field(
+        "union",
+        description="union: one epoch over D_trn ∪ D_mal (paper); original: one epoch over "
+        "D_trn then one step on all of D_mal as one batch (reference code)",
+    )
+    boost: float | None = Field(
+        None, gt=0, description="β override; null = Σn/(η·m·n_a) under the weighting in force"
+    )
+
+
+class DefenseConfig(_Frozen):
+    norm_bound: float | None = Field(
+        None, gt=0, description="M: global L2 bound per client update; null = no clipping"
+    )
+    noise_sigma: float = Field(
+        0.0,
+        ge=0,
+        description="σ: Gaussian noise std per coordinate (see noise_placement); 0 = off",
+    )
+    noise_placement: Literal["sum", "mean"] = Field(
+        "sum",
+        description="sum: σ on the sum of the C·K clipped updates, i.e. σ/(C·K) on the "
+        "mean (reference code, default); mean: σ on the mean update",
+    )
+    weighting: Literal["auto", "weighted", "uniform"] = Field(
+        "auto",
+        description="aggregate weights: weighted by n_k, or uniform; auto = uniform when a "
+        "defense is on (reference code), weighted otherwise",
+    )
+
+
+class SimulationConfig(_Frozen):
+    seed: int = Field(0, ge=0, lt=2**63, description="the one seed every random stream derives from")
+    data: DataConfig = DataConfig()
+    fl: FLConfig = FLConfig()
+    attack: AttackConfig = AttackConfig()
+    defense: DefenseConfig = DefenseConfig()
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> "SimulationConfig":
+        a, d = self.attack, self.defense
+        if a.kind != "none" and a.fraction is None:
+            raise ConfigError("attack.fraction", None, "a number in (0, 1) when attack.kind != none")
+        if a.kind == "pgd" and d.norm_bound is None:
+            raise ConfigError(
+                "defense.norm_bound", None, "a positive number M when attack.kind = pgd "
+                "(the attacker projects onto M/β)"
+            )
+        if d.noise_sigma > 0 and d.norm_bound is None:
+            raise ConfigError(
+                "defense.norm_bound", None,
+                "a positive number M when defense.noise_sigma > 0 (weak DP clips first)",
+            )
+        if a.source_label == a.target_label:
+            raise ConfigError(
+                "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
+            )
+        if self.data.source in ("tff-h5", "leaf") and not self.data.path:
+            raise ConfigError(
+                "data.path", None, f"a directory when data.source = {self.data.source}"
+            )
+        return self
+
+    # -- derived quantities the engine uses ---------------------------------------------
+    @property
+    def defense_on(self) -> bool:
+        return self.defense.norm_bound is not None or self.defense.noise_sigma > 0
+
+    @property
+    def uniform_weighting(self) -> bool:
+        """Reference code: unweighted mean when clipping/DP is on, n_k-weighted otherwise."""
+        w = self.defense.weighting
+        return w == "uniform" or (w == "auto" and self.defense_on)
+
+
+# Keys that do not change any result: they may differ between a checkpoint and a resume.
+EXECUTION_ONLY_KEYS = ("fl.rounds", "fl.workers", "fl.checkpoint_every", "fl.eval_every")
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def flatten(config: SimulationConfig) -> dict[str, Any]:
+    """Dotted key → value (e.g. for MLflow params)."""
+    return _flatten(config.model_dump(mode="json"))
+
+
+def config_hash(config: SimulationConfig, exclude: tuple[str, ...] = ()) -> str:
+    """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude`."""
+    flat = {k: v for k, v in flatten(config).items() if k not in exclude}
+    blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def result_hash(config: SimulationConfig) -> str:
+    """Hash of what determines results: guards checkpoints against a changed config."""
+    return config_hash(config, EXECUTION_ONLY_KEYS)
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key."""
+    return sorted(flatten(SimulationConfig()).keys())
+
+
+def _field_info(path: str) -> str:
+    model: type[BaseModel] = SimulationConfig
+    parts = path.split(".")
+    for p in parts[:-1]:
+        f = model.model_fields.get(p)
+        if f is None or not isinstance(f.annotation, type):
+            return ""
+        model = f.annotation  # type: ignore[assignment]
+    f = model.model_fields.get(parts[-1])
+    return f.description or "" if f else ""
+
+
+def _allowed(err: Mapping[str, Any], path: str) -> str:
+    ctx = err.get("ctx") or {}
+    desc = _field_info(path)
+    typ = err.get("type", "")
+    if typ == "literal_error":
+        allowed = ctx.get("expected", "")
+    elif typ in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        allowed = err.get("msg", "")
+    else:
+        allowed = err.get("msg", "")
+    return f"{allowed} ({desc})" if desc else str(allowed)
+
+
+def parse_config(raw: Mapping[str, Any] | None, source: str | None = None) -> SimulationConfig:
+    """Validate a (nested) mapping into a SimulationConfig, or raise one ConfigError.
+
+    Args:
+        raw: nested dict as read from YAML/JSON; missing keys take their defaults.
+        source: the file it came from, named in the error message.
+    """
+    try:
+        return SimulationConfig.model_validate(dict(raw or {}))
+    except ConfigError as e:
+        e.source = source
+        raise ConfigError(e.path, e.value, e.allowed, source) from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        path = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            keys = all_keys()
+            near = difflib.get_close_matches(path, keys, n=1, cutoff=0.6)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise ConfigError(path, err.get("input"), f"{hint}known keys: {', '.join(keys)}", source) from None
+        inner = err.get("ctx", {}).get("error")
+        if isinstance(inner, ConfigError):
+            raise ConfigError(inner.path, inner.value, inner.allowed, source) from None
+        raise ConfigError(path, err.get("input"), _allowed(err, path), source) from None
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set `a.b.c = value` in a nested dict (in place; returns it). Unknown keys are
+    left for `parse_config` to reject with a did-you-mean."""
+    node = raw
+    parts = key.split(".")
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+    return raw
