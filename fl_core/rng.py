@@ -1,0 +1,56 @@
+"""Named, stateless random streams derived from the one config seed.
+
+Every draw comes from `SeedSequence(entropy=seed, spawn_key=(stream, *keys))`, keyed by
+round and stable client index, never from global RNG state. So a checkpoint holds no RNG
+state, a resumed run equals an uninterrupted one, and results do not depend on the number
+of workers or on which actor trained which client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from enum import IntEnum
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+class Stream(IntEnum):
+    """Append only: renumbering changes every result."""
+
+    INIT = 0          # initial model weights
+    POPULATION = 1    # attacker pool, target writers, eval subsample
+    SAMPLING = 2      # cohort of a round
+    CLIENT = 3        # a client's shuffling and dropout in a round
+    ATTACK = 4        # the attacker's shuffling/dropout, attacker choice in fixed frequency
+    DP_NOISE = 5      # server noise of a round
+    EVAL = 6          # evaluation-time randomness
+    DATA = 7          # synthetic data generation
+
+
+def derive_seed(seed: int, stream: Stream, *keys: int) -> int:
+    """A 63-bit seed for (seed, stream, *keys); the same inputs always give the same seed."""
+    ss = np.random.SeedSequence(entropy=int(seed), spawn_key=(int(stream), *map(int, keys)))
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def numpy_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:
+    return np.random.default_rng(derive_seed(seed, stream, *keys))
+
+
+def torch_generator(seed: int, stream: Stream, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:
+    g = torch.Generator(device=device)
+    g.manual_seed(derive_seed(seed, stream, *keys))
+    return g
+
+
+@contextlib.contextmanager
+def client_rng_scope(task_seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+    """Run code that uses torch's global RNG (dropout) with a state derived from the
+    task's seed, and restore the global state afterwards."""
+    dev = torch.device(device)
+    devices = [dev] if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cuda"):
+        torch.manual_seed(task_seed)
+        yield
