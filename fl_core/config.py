@@ -67,6 +67,13 @@ class FLConfig(_Frozen):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
     workers: int = Field(1, ge=1, description="Ray client-worker actors per trial (sweeper)")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="torch intra-op CPU threads per client worker; fixed by the config because "
+        "CPU float reductions (and so bit-exact results) depend on it",
+    )
     checkpoint_every: int = Field(10, ge=1, description="checkpoint every N rounds (and the last)")
 
 

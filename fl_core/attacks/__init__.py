@@ -1,0 +1,1 @@
+"""Attack plug-ins, chosen by name through `fl_core.registry`."""

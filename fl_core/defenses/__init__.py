@@ -1,0 +1,1 @@
+"""Defense plug-ins, chosen through `fl_core.registry`."""

@@ -1,0 +1,39 @@
+"""Weak differential privacy (Sun et al. 2019 §2): after clipping, Gaussian noise N(0, σ²)
+per coordinate, added once on the server — never per client.
+
+Placement (NOTES.md): `sum` (reference code, default) adds σ to the SUM of the C·K clipped
+updates, which the mean divides by C·K, so the noise on the mean update has std σ/(C·K);
+`mean` adds std σ to the mean update. The draw is one full flat vector from the round's
+DP_NOISE stream, on CPU in float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fl_core.defenses.base import AggregateContext
+from fl_core.rng import Stream, torch_generator
+from fl_core.types import Delta
+
+
+def noise_std_on_mean(sigma: float, placement: str, cohort_size: int) -> float:
+    """Std of the noise the mean update receives."""
+    return sigma / cohort_size if placement == "sum" else sigma
+
+
+class GaussianNoise:
+    def __init__(self, sigma: float, placement: str):
+        self.sigma, self.placement = sigma, placement
+
+    def draw(self, shape: torch.Size, ctx: AggregateContext) -> torch.Tensor:
+        gen = torch_generator(ctx.seed, Stream.DP_NOISE, ctx.round_idx)
+        return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+    def on_client(self, delta: Delta) -> tuple[Delta, dict]:
+        return delta, {}
+
+    def on_aggregate(self, mean: Delta, ctx: AggregateContext) -> tuple[Delta, dict]:
+        std = noise_std_on_mean(self.sigma, self.placement, ctx.cohort_size)
+        noise = self.draw(mean.shape, ctx)
+        assert noise.shape == mean.shape  # one draw per coordinate, nothing broadcast
+        return mean + std * noise.to(mean.device), {"noise_std_on_mean": std}

@@ -1,0 +1,71 @@
+"""Main-task and backdoor accuracy of a global model.
+
+Main task: all writers' test images (or a fixed random subset drawn once from the
+POPULATION stream). Backdoor: the fraction of D_mal (the attacker's own backdoor images,
+the reference code's figure) and of the target writers' held-out source-label test images
+classified as the target label.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fl_core.client import to_input, torch_threads
+from fl_core.config import SimulationConfig
+from fl_core.data.backdoor import BackdoorSets
+from fl_core.data.base import FederatedData
+from fl_core.models import CNN
+from fl_core.params import set_flat
+from fl_core.rng import Stream, numpy_rng
+
+EVAL_BATCH = 1024
+
+
+class Evaluator:
+    def __init__(self, config: SimulationConfig, data: FederatedData, backdoor: BackdoorSets, device: torch.device):
+        self.device = device
+        self.target = config.attack.target_label
+        self.threads = config.fl.threads
+        rows = np.arange(len(data.test_labels))
+        n = config.fl.eval_subsample
+        if n is not None and n < len(rows):
+            rows = np.sort(numpy_rng(config.seed, Stream.POPULATION, 2).choice(rows, size=n, replace=False))
+        self.test_x = torch.from_numpy(data.test_pixels[rows]).to(device)
+        self.test_y = torch.from_numpy(data.test_labels[rows]).to(device)
+        self.mal_x = torch.from_numpy(data.train_pixels[backdoor.train_rows]).to(device)
+        self.held_x = torch.from_numpy(data.test_pixels[backdoor.heldout_rows]).to(device)
+        self.model = CNN().to(device)
+
+    @torch.no_grad()
+    def _predict(self, pixels: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
+        preds, loss_sum = [], 0.0
+        for s in range(0, len(pixels), EVAL_BATCH):
+            logits = self.model(to_input(pixels[s : s + EVAL_BATCH]))
+            preds.append(logits.argmax(1))
+            if labels is not None:
+                loss_sum += float(F.cross_entropy(logits, labels[s : s + EVAL_BATCH], reduction="sum"))
+        return (torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=self.device)), loss_sum
+
+    def _rate(self, pixels: torch.Tensor) -> float | None:
+        if len(pixels) == 0:
+            return None
+        preds, _ = self._predict(pixels)
+        return float((preds == self.target).double().mean())
+
+    def evaluate(self, params: torch.Tensor) -> dict:
+        with torch_threads(self.threads):
+            return self._evaluate(params)
+
+    def _evaluate(self, params: torch.Tensor) -> dict:
+        set_flat(self.model, params.to(self.device))
+        self.model.eval()
+        preds, loss_sum = self._predict(self.test_x, self.test_y)
+        n = max(len(self.test_y), 1)
+        return {
+            "main_acc": float((preds == self.test_y).double().sum()) / n,
+            "main_loss": loss_sum / n,
+            "backdoor_acc": self._rate(self.mal_x),
+            "backdoor_acc_heldout": self._rate(self.held_x),
+        }

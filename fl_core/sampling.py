@@ -1,0 +1,131 @@
+"""Who trains and who attacks in each round: pure functions of (config, round_idx).
+
+The attacker pool is a population property (Sun et al. 2019 §2): round(ε·K) writers, fixed
+for the run, never re-drawn per round and never a target writer.
+- random sampling: the cohort is drawn from all K writers; pool members in it attack, so
+  the count per round is hypergeometric(K, εK, C·K);
+- fixed frequency: exactly one attacker every f = 1/(ε·C·K) rounds (or `attack.frequency`),
+  in the rounds where (round − start_round) % f == f // 2 (the reference code's phase),
+  put in place of one sampled client; every other cohort member is benign.
+Cohorts are sampled uniformly without replacement (paper) or with replacement (reference code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fl_core.config import SimulationConfig
+from fl_core.errors import ConfigError
+from fl_core.rng import Stream, derive_seed, numpy_rng
+from fl_core.types import ClientTask, RoundPlan
+
+
+@dataclass(frozen=True)
+class Population:
+    """Fixed per run. `weights[k]` is n_k; `attackers` is the sorted attacker pool."""
+
+    num_writers: int
+    weights: tuple[int, ...]
+    attackers: tuple[int, ...]
+
+
+def attacker_pool(config: SimulationConfig, num_writers: int, targets: tuple[int, ...]) -> tuple[int, ...]:
+    """round(ε·K) writers drawn once from the POPULATION stream, excluding target writers."""
+    a = config.attack
+    if a.kind == "none":
+        return ()
+    m = int(round(a.fraction * num_writers))
+    if m < 1:
+        raise ConfigError(
+            "attack.fraction", a.fraction,
+            f"at least {1 / num_writers:.4g} so that ε·K ≥ 1 attacker with K = {num_writers} writers",
+        )
+    candidates = np.setdiff1d(np.arange(num_writers), np.asarray(targets, np.int64))
+    if m > len(candidates):
+        raise ConfigError("attack.fraction", a.fraction, f"at most {len(candidates) / num_writers:.4g} (non-target writers)")
+    rng = numpy_rng(config.seed, Stream.POPULATION, 1)
+    return tuple(int(i) for i in np.sort(rng.permutation(candidates)[:m]))
+
+
+def attack_frequency(config: SimulationConfig) -> int:
+    """f: explicit `attack.frequency`, else round(1/(ε·C·K)) but at least 1."""
+    a = config.attack
+    if a.frequency is not None:
+        return a.frequency
+    return max(1, int(round(1.0 / (a.fraction * config.fl.clients_per_round))))
+
+
+def is_fixed_frequency_round(config: SimulationConfig, round_idx: int) -> bool:
+    a = config.attack
+    if a.kind == "none" or round_idx < a.start_round:
+        return False
+    f = attack_frequency(config)
+    return (round_idx - a.start_round) % f == f // 2
+
+
+def sample_cohort(config: SimulationConfig, num_writers: int, round_idx: int) -> np.ndarray:
+    """C·K writer indices for the round, in draw order."""
+    ck = config.fl.clients_per_round
+    rng = numpy_rng(config.seed, Stream.SAMPLING, round_idx)
+    if config.fl.sampling == "with-replacement":
+        return rng.integers(0, num_writers, size=ck)
+    if ck > num_writers:
+        raise ConfigError(
+            "fl.clients_per_round", ck, f"at most K = {num_writers} writers (sampling without replacement)"
+        )
+    return rng.choice(num_writers, size=ck, replace=False)
+
+
+def boost_factor(config: SimulationConfig, pop: Population, cohort: np.ndarray, attacker_slots: list[int]) -> list[float]:
+    """β per attacker so that together their weighted contribution equals (w* − w_t)/η.
+
+    Weighted FedAvg: β_a = Σ_{k∈S} n_k / (η · m · n_a). Uniform mean: β_a = |S| / (η · m).
+    m attackers split the total evenly. `attack.boost` overrides.
+    """
+    m = len(attacker_slots)
+    if m == 0:
+        return []
+    if config.attack.boost is not None:
+        return [config.attack.boost] * m
+    eta = config.fl.server_lr
+    if config.uniform_weighting:
+        return [len(cohort) / (eta * m)] * m
+    total = float(sum(pop.weights[int(k)] for k in cohort))
+    return [total / (eta * m * pop.weights[int(cohort[s])]) for s in attacker_slots]
+
+
+def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> RoundPlan:
+    """The cohort, the roles, the per-task seeds and β for round `round_idx`."""
+    cohort = sample_cohort(config, pop.num_writers, round_idx)
+    a = config.attack
+    attacker_slots: list[int] = []
+    if a.kind != "none" and round_idx >= a.start_round:
+        if a.schedule == "random-sampling":
+            pool = set(pop.attackers)
+            attacker_slots = [s for s, k in enumerate(cohort) if int(k) in pool]
+        elif is_fixed_frequency_round(config, round_idx):
+            rng = numpy_rng(config.seed, Stream.ATTACK, round_idx)
+            who = pop.attackers[int(rng.integers(len(pop.attackers)))]
+            present = np.flatnonzero(cohort == who)
+            slot = int(present[0]) if len(present) else int(rng.integers(len(cohort)))
+            cohort = cohort.copy()
+            cohort[slot] = who
+            attacker_slots = [slot]
+    betas = dict(zip(attacker_slots, boost_factor(config, pop, cohort, attacker_slots)))
+    seen: dict[int, int] = {}
+    tasks = []
+    for s, k in enumerate(cohort):
+        k = int(k)
+        dup = seen.get(k, 0)
+        seen[k] = dup + 1
+        if s in betas:
+            beta = betas[s]
+            radius = config.defense.norm_bound / beta if a.kind == "pgd" else None
+            seed = derive_seed(config.seed, Stream.ATTACK, round_idx, k, dup)
+            tasks.append(ClientTask(round_idx, k, dup, "attacker", seed, beta, radius))
+        else:
+            seed = derive_seed(config.seed, Stream.CLIENT, round_idx, k, dup)
+            tasks.append(ClientTask(round_idx, k, dup, "benign", seed))
+    return RoundPlan(round_idx, tuple(tasks))

@@ -1,0 +1,107 @@
+"""The simulation loop: plan a round, train its clients, defend and aggregate, evaluate.
+
+`Simulation.step()` runs one round and is what the CLI and the Ray Tune trainable drive;
+`Simulation.run()` loops it with a callback. Stopping after any round and resuming from
+`sim.state` gives bit-identical results on CPU (everything random is derived from
+(seed, stream, round, client), and the state holds the rest).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from fl_core.client import ClientRunner, resolve_device
+from fl_core.config import SimulationConfig, result_hash
+from fl_core.data import load_data
+from fl_core.data.base import FederatedData
+from fl_core.evaluation import Evaluator
+from fl_core.executor import ClientExecutor, SerialExecutor
+from fl_core.models import CNN
+from fl_core.params import get_flat
+from fl_core.registry import make_defenses
+from fl_core.rng import Stream, client_rng_scope, derive_seed
+from fl_core.round import run_round
+from fl_core.sampling import Population, attacker_pool, plan_round
+from fl_core.state import SimulationState, runtime_env
+
+
+def initial_state(config: SimulationConfig, device: torch.device | str = "cpu") -> SimulationState:
+    """Round 0: the CNN's default (Kaiming-uniform) init drawn from the INIT stream."""
+    with client_rng_scope(derive_seed(config.seed, Stream.INIT)):
+        params = get_flat(CNN())
+    return SimulationState(0, params, result_hash(config), env=runtime_env(device))
+
+
+def is_eval_round(config: SimulationConfig, rounds_done: int) -> bool:
+    return rounds_done % config.fl.eval_every == 0 or rounds_done == config.fl.rounds
+
+
+class Simulation:
+    """One federated training run.
+
+    Args:
+        config: validated config.
+        data: federated data; None loads `config.data`.
+        executor: how clients train; None trains them serially in this process.
+        state: where to start; None starts at round 0 (pass a loaded checkpoint to resume).
+    """
+
+    def __init__(
+        self,
+        config: SimulationConfig,
+        data: FederatedData | None = None,
+        executor: ClientExecutor | None = None,
+        state: SimulationState | None = None,
+    ):
+        self.config = config
+        self.device = resolve_device(config.fl.device)
+        self.data = data if data is not None else load_data(config.data, config.seed)
+        runner = None
+        if executor is None:
+            runner = ClientRunner(config, self.data, self.device)
+            executor = SerialExecutor(runner)
+        self.executor = executor
+        from fl_core.data.backdoor import select_backdoor
+
+        self.backdoor = runner.backdoor if runner is not None else select_backdoor(config, self.data)
+        self.population = Population(
+            num_writers=self.data.num_writers,
+            weights=tuple(self.data.num_train(k) for k in range(self.data.num_writers)),
+            attackers=attacker_pool(config, self.data.num_writers, self.backdoor.targets),
+        )
+        self.defenses = make_defenses(config)
+        self.evaluator = Evaluator(config, self.data, self.backdoor, self.device)
+        self.state = state if state is not None else initial_state(config, self.device)
+
+    @property
+    def done(self) -> bool:
+        return self.state.round_idx >= self.config.fl.rounds
+
+    def step(self) -> dict | None:
+        """Run round `state.round_idx`; return its metrics if it is evaluated, else None."""
+        t0 = time.perf_counter()
+        plan = plan_round(self.config, self.population, self.state.round_idx)
+        self.state, stats = run_round(self.config, self.state, plan, self.executor, self.defenses)
+        seconds = time.perf_counter() - t0
+        if not is_eval_round(self.config, self.state.round_idx):
+            return None
+        t1 = time.perf_counter()
+        metrics = {"round": self.state.round_idx, **self.evaluator.evaluate(self.state.global_params)}
+        metrics.update(stats.as_metrics())
+        metrics["round_seconds"] = seconds
+        metrics["eval_seconds"] = time.perf_counter() - t1
+        return metrics
+
+    def run(self, on_round_end: Callable[[SimulationState, dict | None], None] | None = None) -> list[dict]:
+        """Run to `config.fl.rounds`; returns the evaluated rounds' metrics."""
+        history = []
+        while not self.done:
+            m = self.step()
+            if m is not None:
+                history.append(m)
+            if on_round_end is not None:
+                on_round_end(self.state, m)
+        return history

@@ -1,0 +1,58 @@
+"""`fl-sweep simulate`: one simulation, no Ray, no MLflow (see sweeper/local.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from fl_core.config import parse_config, set_dotted
+from sweeper.cli import app
+from sweeper.configio import load_config, parse_override, read_yaml
+from sweeper.local import CONFIG, run_local
+
+EXIT_DIVERGED = 3
+
+
+@app.command()
+def simulate(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="config YAML (keys as in docs)"),
+    set_: List[str] = typer.Option([], "--set", help="override a dotted key, e.g. attack.fraction=0.033"),
+    rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="override fl.rounds"),
+    out: Path = typer.Option(Path("runs/simulate"), "--out", help="output directory"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
+) -> None:
+    """Run one federated simulation; writes config.yaml, metrics.jsonl, state.pt in --out."""
+    overrides = list(set_) + ([f"fl.rounds={rounds}"] if rounds is not None else [])
+    if resume:
+        raw = read_yaml(out / CONFIG) or {}
+        for item in overrides:
+            set_dotted(raw, *parse_override(item))
+        cfg = parse_config(raw, source=str(out / CONFIG))
+    else:
+        cfg = load_config(config, overrides)
+    progress = None
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        progress = Progress(TextColumn("round {task.completed}/{task.total}"), BarColumn(),
+                            TextColumn("{task.description}"), TimeRemainingColumn(), transient=False)
+        progress.start()
+        bar = progress.add_task("", total=cfg.fl.rounds)
+
+    def on_round(r: int, m: dict | None) -> None:
+        if progress is not None:
+            desc = f"main {m['main_acc']:.3f} backdoor {m['backdoor_acc']:.3f}" if m else None
+            progress.update(bar, completed=r, **({"description": desc} if desc else {}))
+
+    try:
+        status = run_local(cfg, out, resume=resume, on_round=on_round)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if status == "diverged":
+        typer.echo(f"diverged: see {out / 'status.json'}", err=True)
+        raise typer.Exit(EXIT_DIVERGED)
+    typer.echo(f"finished {cfg.fl.rounds} rounds; metrics in {out / 'metrics.jsonl'}")
