@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make demo   set up, then run the smoke sweep (grids/smoke.yaml) on the embedded real digits
+#   make test   set up, then run the test suite (what .ci/run calls)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned to the wheels this project is tested with (on disk here)
+	$(PY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/fl-sweep run grids/smoke.yaml
+
+bench: setup
+	$(PY) bench/round_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
