@@ -48,16 +48,16 @@ def run_local(
     on_round: Callable[[int, dict | None], None] | None = None,
 ) -> str:
     """Run (or resume) to config.fl.rounds in `out`; returns the final status."""
+    state = load_state(out / STATE, config) if resume else None
+    # Build (and so validate against the data) before anything is written.
+    sim = Simulation(config, state=state)
     out.mkdir(parents=True, exist_ok=True)
-    state = None
     if resume:
-        state = load_state(out / STATE, config)
         truncate_metrics(out / METRICS, state.round_idx)
     else:
         (out / METRICS).unlink(missing_ok=True)
         (out / STATE).unlink(missing_ok=True)
     write_text_atomic(out / CONFIG, dump_config(config))
-    sim = Simulation(config, state=state)
     status = {"status": "running", "round": sim.state.round_idx, "rounds": config.fl.rounds}
     write_text_atomic(out / STATUS, json.dumps(status))
     try:

@@ -1,0 +1,87 @@
+"""`fl-sweep simulate` end to end: outputs, resume without duplicate steps, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from sweeper.cli import main
+
+TINY = [
+    "--set", "data.source=embedded", "--set", "data.max_writers=40",
+    "--set", "fl.clients_per_round=4", "--set", "fl.local_epochs=1", "--set", "fl.eval_subsample=200",
+    "--set", "fl.checkpoint_every=2", "--set", "attack.num_tasks=3",
+    "--set", "attack.kind=model-replacement", "--set", "attack.fraction=0.1", "--set", "attack.frequency=2",
+]
+
+
+def lines(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_simulate_writes_config_metrics_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    assert main(["simulate", *TINY, "--rounds", "3", "--out", str(out)]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["fl"]["rounds"] == 3 and cfg["attack"]["kind"] == "model-replacement"
+    ms = lines(out / "metrics.jsonl")
+    assert [m["round"] for m in ms] == [1, 2, 3]
+    for key in ("main_acc", "main_loss", "backdoor_acc", "backdoor_acc_heldout", "num_attackers",
+                "benign_norm_p50", "benign_norm_p90"):
+        assert key in ms[0]
+    assert [m["num_attackers"] for m in ms] == [0, 1, 0]  # f = 2: rounds with index % 2 == 1
+    assert json.loads((out / "status.json").read_text())["status"] == "finished"
+    assert (out / "state.pt").exists()
+
+
+def test_resume_extends_without_duplicates_and_matches_a_straight_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["simulate", *TINY, "--rounds", "5", "--out", str(straight)]) == 0
+    assert main(["simulate", *TINY, "--rounds", "3", "--out", str(split)]) == 0
+    # the checkpoint is at round 3 (the end); a stray line past it must be dropped on resume
+    with open(split / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"round": 4, "main_acc": -1}) + "\n")
+    from fl_core.state import load_state
+
+    assert load_state(split / "state.pt").round_idx == 3
+    assert main(["simulate", "--resume", "--rounds", "5", "--out", str(split)]) == 0
+    a, b = lines(straight / "metrics.jsonl"), lines(split / "metrics.jsonl")
+    assert [m["round"] for m in b] == [1, 2, 3, 4, 5]
+    drop = lambda ms: [{k: v for k, v in m.items() if not k.endswith("_seconds")} for m in ms]
+    assert drop(a) == drop(b)
+    pa = load_state(straight / "state.pt").global_params
+    assert torch.equal(pa, load_state(split / "state.pt").global_params)
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--set", "attack.fraction=1.5"], "attack.fraction"),
+        (["--set", "fl.round=3"], "did you mean `fl.rounds`"),
+        (["--set", "defense.noise_sigma=-1"], "defense.noise_sigma"),
+        (["--set", "defense.norm_bound=0"], "defense.norm_bound"),
+        (["--set", "attack.kind=backdoor"], "'none', 'model-replacement' or 'pgd'"),
+        (["--set", "attack.kind=pgd", "--set", "attack.fraction=0.1"], "defense.norm_bound"),
+        (["--set", "data.source=embedded", "--set", "data.max_writers=10", "--set", "attack.num_tasks=50"],
+         "attack.num_tasks"),
+    ],
+)
+def test_bad_config_is_one_clear_error_with_exit_2(tmp_path, capsys, args, needle):
+    out = tmp_path / "bad"
+    assert main(["simulate", *args, "--rounds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_diverged_run_exits_3_with_status(tmp_path, capsys):
+    out = tmp_path / "div"
+    rc = main(["simulate", *TINY, "--set", "attack.frequency=1", "--set", "attack.boost=1e300",
+               "--rounds", "2", "--out", str(out)])
+    assert rc == 3
+    status = json.loads((out / "status.json").read_text())
+    assert status["status"] == "diverged" and status["round"] == 1
+    assert "diverged" in capsys.readouterr().err
