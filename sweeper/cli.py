@@ -19,6 +19,8 @@ app = typer.Typer(
 # Command modules register themselves on `app` (sweeper/cmd_*.py).
 from sweeper import cmd_simulate  # noqa: E402,F401
 from sweeper import cmd_data  # noqa: E402,F401
+from sweeper import cmd_sweep  # noqa: E402,F401
+from sweeper import cmd_report  # noqa: E402,F401
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     except typer.Abort:
         print("fl-sweep: aborted", file=sys.stderr)
         return 130
-    except Exception as e:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Usage errors (bad option, missing argument): typer ≥ 0.29 vendors its own click,
+        # so match the ClickException interface rather than a class.
+        if hasattr(e, "show") and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             return e.exit_code
         raise

@@ -37,3 +37,11 @@ def test_no_global_rng_outside_rng_module():
             if GLOBAL_RNG.search(line):
                 offenders.append(f"{path.relative_to(FL_CORE.parent)}:{i}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_import_linter_contract_is_kept():
+    """The `forbidden` contract in pyproject.toml (static: catches imports on any path)."""
+    exe = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, cwd=FL_CORE.parent)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert "1 kept, 0 broken" in proc.stdout
