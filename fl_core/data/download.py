@@ -1,0 +1,169 @@
+"""Checksummed, atomic download of TFF's Federated EMNIST archives.
+
+TFF publishes the h5 pairs as tar.bz2 archives (see ../shared/paper/NOTES.md for the
+URLs and sha256). We stream the archive to a temporary file inside `dest_dir`, hashing as
+we go. Only when the hash matches do we unpack it (tarfile's "data" filter rejects links
+and paths that escape the directory) into a temporary directory, which is then renamed
+into place. An interrupted or corrupt download therefore never leaves a partial archive or
+a half-unpacked directory that a later run could mistake for real data. Progress goes
+to an optional callback; fl_core imports no progress-bar library (the CLI passes one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+from fl_core.errors import DatasetError
+
+# progress(bytes_done, bytes_total or None if the server sent no Content-Length)
+Progress = Callable[[int, int | None], None]
+
+_BLOCK = 1 << 20
+_MARKER = ".sha256"  # in the unpacked directory: which archive it came from
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One published archive: where it is, its sha256, and what it unpacks to."""
+
+    url: str
+    sha256: str
+    description: str
+
+
+VARIANTS: Mapping[str, Variant] = MappingProxyType({
+    "digits": Variant(
+        "https://storage.googleapis.com/tff-datasets-public/fed_emnist_digitsonly.tar.bz2",
+        "55333deb8546765427c385710ca5e7301e16f4ed8b60c1dc5ae224b42bd5b14b",
+        "digits only: 3,383 writers, fed_emnist_digitsonly_{train,test}.h5",
+    ),
+    "all": Variant(
+        "https://storage.googleapis.com/tff-datasets-public/fed_emnist.tar.bz2",
+        "fe1ed5a502cea3a952eb105920bff8cffb32836b5173cb18a57a32c3606f3ea0",
+        "digits + letters: 3,400 writers, fed_emnist_{train,test}.h5 (the loader keeps digits)",
+    ),
+})
+
+
+def archive_dir_name(url: str) -> str:
+    """`.../fed_emnist_digitsonly.tar.bz2` → `fed_emnist_digitsonly`."""
+    name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    for suffix in (".tar.bz2", ".tar.gz", ".tgz", ".tar.xz", ".tar"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)] or "archive"
+    return name or "archive"
+
+
+def _fetch(url: str, out: Path, progress: Progress | None) -> str:
+    """Stream `url` into `out`; return the sha256 of what was written."""
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp, open(out, "wb") as fh:
+            length = resp.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+            done = 0
+            if progress:
+                progress(0, total)
+            while block := resp.read(_BLOCK):
+                fh.write(block)
+                digest.update(block)
+                done += len(block)
+                if progress:
+                    progress(done, total)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise DatasetError(url, f"download failed ({e})", "check the URL and the network, or download "
+                           "the archive by hand and unpack it into a directory for data.path") from None
+    return digest.hexdigest()
+
+
+def _unpack(archive: Path, into: Path, url: str) -> None:
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise DatasetError(url, f"the archive could not be unpacked ({e})", "retry the download") from None
+
+
+def download_archive(url: str, sha256: str, dest_dir: Path | str, *, progress: Progress | None = None) -> Path:
+    """Download a tar archive, verify it and unpack it to `dest_dir/<archive name>/`.
+
+    Args:
+        url: http(s) or file URL of a tar(.bz2/.gz/.xz) archive.
+        sha256: expected hex sha256 of the archive bytes.
+        dest_dir: created if needed. Temporary files live here too, so the final rename is
+            atomic (same filesystem).
+        progress: called with (bytes done, total bytes or None) while downloading.
+
+    Returns:
+        The directory holding the unpacked files. If it already exists with a marker for
+        this sha256, nothing is downloaded.
+
+    Raises:
+        DatasetError: the download failed, the checksum differs (expected and actual hash
+            are named; nothing is left behind), or the archive is not a valid tar.
+    """
+    sha256 = sha256.strip().lower()
+    dest_dir = Path(dest_dir).expanduser()
+    final = dest_dir / archive_dir_name(url)
+    marker = final / _MARKER
+    if marker.is_file() and marker.read_text().strip() == sha256:
+        return final
+    created = not dest_dir.exists()
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    fd, part_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{final.name}.", suffix=".part")
+    os.close(fd)
+    part = Path(part_name)
+    staging: Path | None = None
+    try:
+        actual = _fetch(url, part, progress)
+        if actual != sha256:
+            raise DatasetError(
+                url, f"sha256 mismatch: expected {sha256}, got {actual}",
+                "the download is corrupt or the URL serves another file; retry, or pass the "
+                "right --sha256 for --url (nothing was kept)",
+            )
+        staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=f".{final.name}.", suffix=".unpack"))
+        staging.chmod(0o755)  # mkdtemp makes it private; the data directory need not be
+        _unpack(part, staging, url)
+        (staging / _MARKER).write_text(sha256 + "\n")
+        _replace_dir(staging, final)
+        staging = None
+        return final
+    finally:
+        part.unlink(missing_ok=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created and dest_dir.is_dir() and not any(dest_dir.iterdir()):
+            dest_dir.rmdir()  # we made it and failed: leave nothing behind
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Rename `new` to `final`; an existing (stale) `final` is moved aside first and removed
+    afterwards, so `final` is never half-written."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        os.replace(final, old / final.name)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def find_h5_pair(directory: Path) -> Path:
+    """The directory under `directory` (itself or below) that holds a `*_train.h5` with its
+    `*_test.h5`: what to pass as `data.path` for `data.source=tff-h5`."""
+    for train in sorted(Path(directory).rglob("*_train.h5")):
+        if train.with_name(train.name[: -len("_train.h5")] + "_test.h5").is_file():
+            return train.parent
+    raise DatasetError(str(directory), "the archive holds no *_train.h5 / *_test.h5 pair",
+                       "check --url: it must point to a TFF Federated EMNIST archive")
