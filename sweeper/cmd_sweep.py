@@ -1,0 +1,220 @@
+"""`fl-sweep validate | run | resume | status | ui | list`: sweeps over grid files.
+
+`validate GRID` and `run GRID --dry-run` read and expand the grid and print the trial
+table; they import neither Ray nor MLflow, start nothing and write nothing. Errors are
+`GridError`/`SweeperError`: the CLI prints one line and exits 2. See docs/SWEEPER.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sweeper import storage as st
+from sweeper.cli import app
+from sweeper.errors import SweeperError
+from sweeper.grid import Grid, bundles, load_grid
+
+STORAGE_HELP = f"storage root of the sweeps (default ${st.STORAGE_ENV} or ./{st.DEFAULT_ROOT})"
+
+
+def _console() -> Console:
+    c = Console()
+    # piped or captured output: do not squeeze the tables into 80 columns
+    return c if c.is_terminal else Console(width=220)
+
+
+def _v(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def print_trial_table(grid: Grid) -> None:
+    con = _console()
+    res = grid.spec.resources
+    t0 = grid.trials[0]
+    b = bundles(t0.config, res)
+    cpus = sum(x.get("CPU", 0) for x in b)
+    gpus = sum(x.get("GPU", 0) for x in b)
+    con.print(f"[bold]{grid.name}[/bold] ({grid.path}): {len(grid.trials)} trials"
+              + (f" — {grid.spec.description}" if grid.spec.description else ""))
+    con.print(f"varied keys: {', '.join(grid.varied_keys) or '(none)'}")
+    if res.executor == "in-process":
+        con.print(f"per trial: {res.cpus_per_trial:g} CPU, clients trained in the trial process"
+                  + (f", {gpus:g} GPU" if gpus else ""))
+    else:
+        con.print(f"per trial: {res.cpus_per_trial:g} CPU (trial) + {t0.config.fl.workers} "
+                  f"worker(s) × {res.cpus_per_worker:g} CPU = {cpus:g} CPU"
+                  + (f", {gpus:g} GPU" if gpus else "") + " (first trial)")
+    con.print(f"max concurrent trials: {grid.spec.max_concurrent_trials or 'as many as fit'}; "
+              f"MLflow experiment: {grid.experiment}")
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("#", justify="right")
+    table.add_column("trial key")
+    for k in grid.varied_keys:
+        table.add_column(k, justify="right")
+    table.add_column("rounds", justify="right")
+    for t in grid.trials:
+        table.add_row(str(t.index), t.short_key, *[_v(t.overrides[k]) for k in grid.varied_keys],
+                      str(t.config.fl.rounds))
+    con.print(table)
+
+
+@app.command()
+def validate(grid: Path = typer.Argument(..., help="grid YAML file")) -> None:
+    """Check a grid file and print its trials; launches and writes nothing."""
+    g = load_grid(grid)
+    print_trial_table(g)
+    typer.echo(f"ok: {len(g.trials)} trials")
+
+
+@app.command()
+def run(
+    grid: Path = typer.Argument(..., help="grid YAML file"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the trials; launch and write nothing"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use (e.g. 10.0.0.5:6379 or auto)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    tracking_uri: Optional[str] = typer.Option(
+        None, "--tracking-uri", help="MLflow store (default: sqlite file in the sweep directory)"),
+    name: Optional[str] = typer.Option(None, "--name", help="sweep name (default: the grid's name)"),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="local cluster only: CPUs"),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", min=0, help="local cluster only: GPUs"),
+    object_store_mb: Optional[int] = typer.Option(
+        None, "--object-store-mb", min=80, help="local cluster only: object store size"),
+) -> None:
+    """Run a sweep on Ray Tune, tracked in MLflow."""
+    g = load_grid(grid)
+    if dry_run:
+        print_trial_table(g)
+        typer.echo(f"dry run: {len(g.trials)} trials, nothing launched")
+        return
+    from sweeper.runner import RayOptions, run_sweep
+
+    out = run_sweep(g, storage=storage, name=name, tracking_uri=tracking_uri,
+                    ray_opts=RayOptions(address, num_cpus, num_gpus, object_store_mb))
+    if out.exit_code:
+        raise typer.Exit(out.exit_code)
+
+
+@app.command()
+def resume(
+    sweep: str = typer.Argument(..., help="sweep name (under --storage) or directory"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", min=1, help="local cluster only: CPUs"),
+    num_gpus: Optional[int] = typer.Option(None, "--num-gpus", min=0, help="local cluster only: GPUs"),
+    object_store_mb: Optional[int] = typer.Option(None, "--object-store-mb", min=80),
+) -> None:
+    """Continue a sweep after a crash or Ctrl-C: unfinished and failed trials go on from
+    their last checkpoint, in the same MLflow runs."""
+    from sweeper.runner import RayOptions, resume_sweep
+
+    out = resume_sweep(sweep, storage=storage,
+                       ray_opts=RayOptions(address, num_cpus, num_gpus, object_store_mb))
+    if out.exit_code:
+        raise typer.Exit(out.exit_code)
+
+
+def _dur(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
+@app.command()
+def status(
+    sweep: str = typer.Argument(..., help="sweep name (under --storage) or directory"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+) -> None:
+    """Table of a sweep's trials: state, round, last accuracies, MLflow run; totals; ETA."""
+    from sweeper.runner import sweep_status
+
+    s = sweep_status(sweep, storage)
+    con = _console()
+    keys = s.manifest.get("varied_keys", [])
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ["#", "trial key", *keys, "state", "round", "main_acc", "backdoor_acc", "run id"]:
+        table.add_column(col, justify="right" if col not in ("trial key", "state", "run id") else "left")
+    for t in s.trials:
+        table.add_row(str(t.index), t.trial_key[:8], *[_v(t.overrides.get(k)) for k in keys],
+                      t.state, f"{t.round}/{t.rounds}", _v(t.main_acc), _v(t.backdoor_acc),
+                      t.run_id or "-")
+    con.print(f"[bold]{s.manifest['name']}[/bold] ({s.sweep_dir}); MLflow {s.manifest['tracking_uri']}")
+    con.print(table)
+    counts = s.counts()
+    done = sum(t.round for t in s.trials)
+    total = sum(t.rounds for t in s.trials)
+    con.print(f"{len(s.trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+              + f"; rounds {done}/{total}; ETA {_dur(s.eta_seconds())}")
+    if counts.get("running"):
+        con.print("(states as last logged: if the sweep's driver has stopped, its running trials "
+                  f"continue with `fl-sweep resume {s.manifest['name']}`)")
+
+
+def ui_command(sweep_dir: Path, manifest: dict, host: str, port: int, workers: int = 1) -> list[str]:
+    """`mlflow ui` on the sweep's store. New experiments created from the UI get their
+    artifacts under the sweep directory too (not ./mlartifacts wherever this runs)."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", manifest["tracking_uri"],
+           "--host", host, "--port", str(port), "--workers", str(workers)]
+    if manifest["tracking_uri"].startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (sweep_dir / "artifacts").as_uri()]
+    return cmd
+
+
+@app.command()
+def ui(
+    sweep: Optional[str] = typer.Argument(None, help="sweep name or directory (default: the only/latest sweep)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
+    host: str = typer.Option("127.0.0.1", "--host", help="interface to bind; 0.0.0.0 exposes it to the network"),
+    port: int = typer.Option(5000, "--port", min=1, max=65535),
+    workers: int = typer.Option(1, "--workers", min=1, help="server worker processes"),
+) -> None:
+    """Open the MLflow dashboard on a sweep's store (blocks until Ctrl-C)."""
+    if sweep is None:
+        sweeps = st.list_sweeps(st.storage_root(storage))
+        if not sweeps:
+            raise SweeperError(f"no sweeps under {st.storage_root(storage)}; run one with `fl-sweep run GRID`")
+        sweep_dir, manifest = max(sweeps, key=lambda s: s[1].get("created", ""))
+    else:
+        sweep_dir = st.resolve_sweep(sweep, storage)
+        manifest = st.read_manifest(sweep_dir)
+    cmd = ui_command(sweep_dir, manifest, host, port, workers)
+    typer.echo(f"MLflow dashboard for {manifest['name']}: http://{host}:{port}  (Ctrl-C stops it)")
+    try:
+        rc = subprocess.call(cmd, env={**os.environ})
+    except KeyboardInterrupt:
+        rc = 0
+    if rc:
+        raise typer.Exit(rc)
+
+
+@app.command("list")
+def list_(storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
+    """Sweeps under the storage root."""
+    root = st.storage_root(storage)
+    sweeps = st.list_sweeps(root)
+    if not sweeps:
+        typer.echo(f"no sweeps under {root}")
+        return
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("name", "trials", "created", "experiment", "grid file"):
+        table.add_column(col)
+    for d, m in sweeps:
+        table.add_row(d.name, str(m.get("num_trials", "?")), m.get("created", "?"),
+                      m.get("experiment", "?"), m.get("grid_file", "?"))
+    con = _console()
+    con.print(f"sweeps under {root}:")
+    con.print(table)

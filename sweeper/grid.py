@@ -1,0 +1,585 @@
+"""Grid files: the YAML schema of a sweep and its expansion into trials.
+
+A grid file names a sweep, gives a `base` config (a partial `SimulationConfig`, as for
+`fl-sweep simulate`), a `grid` of dotted keys → lists of values, and `seeds`. The trials
+are the Cartesian product of the grid axes in declared order (the first key varies
+slowest) with the seeds as the innermost axis. Every key and every expanded config is
+validated here, before Ray starts or anything is written: a bad file raises one
+`GridError` that names the file, the key and what is allowed (Hydra's structured-config
+idea, without a global registry). The trial key is `config_hash(config)`, so reordering
+keys in the YAML changes no trial key.
+
+Example::
+
+    name: clip-vs-tasks
+    base: {data: {source: embedded}, attack: {kind: model-replacement, fraction: 0.03}}
+    grid: {defense.norm_bound: [3, 5, 10], attack.num_tasks: [10, 30]}
+    seeds: 2
+    resources: {workers: 2}
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import itertools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fl_core.config import (
+    DataConfig,
+    SimulationConfig,
+    all_keys,
+    config_hash,
+    parse_config,
+    set_dotted,
+)
+from fl_core.errors import ConfigError, FLCoreError
+from sweeper.errors import GridError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Resources(_Strict):
+    """What one trial reserves: a head bundle for the trial process (simulation loop,
+    aggregation, evaluation) plus one bundle per client-worker actor."""
+
+    workers: int | None = Field(
+        None, ge=1, le=1024,
+        description="client-worker actors per trial; sets fl.workers in every trial "
+        "(null keeps the config's fl.workers)",
+    )
+    executor: Literal["actors", "in-process"] = Field(
+        "actors",
+        description="actors: clients train in fl.workers Ray actors; in-process: in the "
+        "trial process itself (no actor bundles; cheapest for tiny sweeps)",
+    )
+    cpus_per_trial: float = Field(1.0, gt=0, le=1024, description="CPUs of the trial process")
+    cpus_per_worker: float = Field(1.0, gt=0, le=1024, description="CPUs of each client worker")
+    gpus_per_trial: float = Field(
+        0.0, ge=0, le=64,
+        description="GPUs per trial, fractions allowed (0.25 = four trials share a GPU); "
+        "split evenly over the trial's bundles; ignored with a note when the cluster "
+        "has no GPU",
+    )
+
+
+class Tracking(_Strict):
+    experiment: str | None = Field(
+        None, min_length=1, max_length=200,
+        description="MLflow experiment name (default: the grid's name)",
+    )
+
+
+class GridFile(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="sweep name: letters, digits, _ . -")
+    description: str = Field("", description="free text, shown in status and MLflow")
+    base: dict[str, Any] = Field(default_factory=dict, description="a partial SimulationConfig")
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict, description="dotted config key → list of values (Cartesian product)"
+    )
+    seeds: list[int] | int | None = Field(
+        None, description="list of seeds, or a count n meaning seeds 0..n-1 "
+        "(default: the base config's seed)",
+    )
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="at most this many trials at once (default: as many as fit)"
+    )
+    tracking: Tracking = Field(default_factory=Tracking)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One expanded trial.
+
+    Attributes:
+        index: position in the expansion order (0-based).
+        trial_key: `config_hash(config)`: the MLflow tag and the resume identity.
+        config: the resolved, validated config.
+        overrides: the varied keys (grid axes, plus `seed` when seeds are swept) and
+            this trial's values, in declared order.
+    """
+
+    index: int
+    trial_key: str
+    config: SimulationConfig
+    overrides: dict[str, Any]
+
+    @property
+    def short_key(self) -> str:
+        return self.trial_key[:8]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A validated grid file and its trials."""
+
+    path: str
+    spec: GridFile
+    trials: tuple[TrialSpec, ...]
+    varied_keys: tuple[str, ...]
+    text: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def experiment(self) -> str:
+        return self.spec.tracking.experiment or self.spec.name
+
+
+# -- YAML ------------------------------------------------------------------------------
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """SafeLoader (no Python tags) that also rejects duplicate keys: in a grid file a
+    repeated key silently dropping an axis is a classic, expensive mistake."""
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen[key] = True
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeySafeLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
+)
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], str]:
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise GridError(file, "(file)", "no such file; give the path of a grid YAML file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise GridError(file, "(file)", f"cannot read it: {e}") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 (safe subclass)
+    except yaml.constructor.ConstructorError as e:
+        where = _mark(e.problem_mark)
+        if e.problem and "duplicate key" in e.problem:
+            raise GridError(file, "(yaml)", f"{e.problem}{where}; each key may appear once") from None
+        raise GridError(
+            file, "(yaml)",
+            f"unsupported YAML tag{where} ({e.problem}); grid files are plain YAML: "
+            "mappings, lists, strings, numbers, booleans, null",
+        ) from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise GridError(file, "(yaml)", f"not valid YAML{_mark(mark)}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise GridError(
+            file, "(top level)",
+            f"expected a mapping with keys {', '.join(GridFile.model_fields)}; "
+            f"got {type(raw).__name__}",
+        )
+    return raw, text
+
+
+def _mark(mark: Any) -> str:
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+
+
+# -- validation ------------------------------------------------------------------------
+
+
+def _model_for(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = GridFile
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return model
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _grid_file_error(file: str, e: ValidationError) -> GridError:
+    err = e.errors()[0]
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        model = _model_for(loc[:-1]) or GridFile
+        known = list(model.model_fields)
+        near = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+        hint = f"did you mean `{'.'.join([*map(str, loc[:-1]), near[0]])}`? " if near else ""
+        return GridError(file, key, f"unknown key; {hint}allowed keys here: {', '.join(known)}")
+    if err["type"] == "missing":
+        return GridError(file, key, "required key is missing")
+    if loc and loc[0] == "seeds":  # a union: pydantic's loc names its members, not the key
+        return GridError(file, "seeds", f"invalid value {raw_value(e, 'seeds')!r}: expected a "
+                         "list of integer seeds (e.g. [0, 1, 2]) or a count (e.g. 3)")
+    model = _model_for(loc[:-1])
+    field = model.model_fields.get(str(loc[-1])) if model and loc else None
+    if loc and loc[0] == "grid" and len(loc) >= 2:
+        key = f"grid.{loc[1]}"
+        if len(loc) == 2:
+            return GridError(file, key, f"invalid value {err.get('input')!r}: {err['msg']}; "
+                             "each grid key takes a list of values, e.g. [1, 2]")
+    desc = f" ({field.description})" if field is not None and field.description else ""
+    return GridError(file, key, f"invalid value {err.get('input')!r}: {err['msg']}{desc}")
+
+
+def raw_value(e: ValidationError, key: str) -> Any:
+    for err in e.errors():
+        if err["loc"] and err["loc"][0] == key:
+            return err.get("input")
+    return None
+
+
+def _validate_grid_keys(file: str, grid: dict[str, list[Any]]) -> None:
+    keys = set(all_keys())
+    for key, values in grid.items():
+        if key not in keys:
+            near = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise GridError(
+                file, f"grid.{key}",
+                f"unknown config key; {hint}valid keys: {', '.join(sorted(keys))}",
+            )
+        if not values:
+            raise GridError(file, f"grid.{key}", "empty list of values; give at least one value")
+        for v in values:
+            if isinstance(v, (dict, list)):
+                raise GridError(
+                    file, f"grid.{key}",
+                    f"value {v!r} is a {type(v).__name__}; grid values are scalars "
+                    "(use one dotted key per leaf, e.g. defense.norm_bound)",
+                )
+            _check_value(file, key, v)
+
+
+def _check_value(file: str, key: str, value: Any) -> None:
+    """One axis value on its own (type and bounds of its field), so that a bad value is
+    reported as such rather than as whichever cross-field rule its trial trips first."""
+    parts = key.split(".")
+    model: type[BaseModel] = SimulationConfig
+    for p in parts[:-1]:
+        model = model.model_fields[p].annotation  # type: ignore[assignment]
+    if model is SimulationConfig:
+        return  # top-level keys (seed) have no cross-field interplay: the trial check suffices
+    try:
+        model.model_validate({parts[-1]: value})
+    except ValidationError as e:
+        err = e.errors()[0]
+        desc = model.model_fields[parts[-1]].description
+        raise GridError(
+            file, f"grid.{key}",
+            f"invalid value {value!r}: {err['msg']}" + (f" ({desc})" if desc else ""),
+        ) from None
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read, validate and expand a grid file. Touches nothing but the file itself.
+
+    Raises:
+        GridError: anything wrong with the file, naming the file, the key and what is
+            allowed.
+    """
+    p = Path(path)
+    file = str(path)
+    raw, text = _read_yaml(p)
+    try:
+        spec = GridFile.model_validate(raw)
+    except ValidationError as e:
+        raise _grid_file_error(file, e) from None
+
+    grid = dict(spec.grid or {})
+    seeds = _seeds(file, spec)
+    if not grid and seeds is None:
+        raise GridError(
+            file, "grid",
+            "the grid is empty: give at least one dotted config key with a list of values "
+            "(e.g. `attack.fraction: [0.01, 0.03]`) or a `seeds:` list/count",
+        )
+    _validate_grid_keys(file, grid)
+    if "seed" in grid and seeds is not None:
+        raise GridError(file, "seeds", "both `grid.seed` and `seeds` are given; keep one")
+    if spec.resources.workers is not None and "fl.workers" in grid:
+        raise GridError(
+            file, "resources.workers",
+            "both `resources.workers` and `grid.fl.workers` are given; keep one",
+        )
+    if spec.resources.executor == "in-process" and "fl.workers" in grid:
+        raise GridError(
+            file, "grid.fl.workers",
+            "resources.executor = in-process runs no client workers; sweeping fl.workers "
+            "needs executor: actors",
+        )
+
+    # The base must be valid on its own (except for cross-field rules a grid axis may
+    # complete), so its errors point at `base.<key>`, not at a trial.
+    base = copy.deepcopy(spec.base)
+    if spec.resources.workers is not None:
+        set_dotted(base, "fl.workers", spec.resources.workers)
+    _check_base_keys(file, base)
+
+    axes = list(grid.items())
+    if seeds is not None:
+        axes.append(("seed", seeds))
+    varied = tuple(k for k, _ in axes)
+    trials: list[TrialSpec] = []
+    by_key: dict[str, int] = {}
+    for index, combo in enumerate(itertools.product(*(vals for _, vals in axes))):
+        raw_cfg = copy.deepcopy(base)
+        overrides = dict(zip(varied, combo))
+        for k, v in overrides.items():
+            set_dotted(raw_cfg, k, v)
+        cfg = _parse_trial(file, raw_cfg, overrides, grid)
+        _check_data_fit(file, cfg, overrides)
+        _check_resources(file, cfg, spec.resources)
+        key = config_hash(cfg)
+        if key in by_key:
+            raise GridError(
+                file, "grid",
+                f"trials {by_key[key]} and {index} have the same config ({overrides}); "
+                "remove the duplicate value",
+            )
+        by_key[key] = index
+        trials.append(TrialSpec(index, key, cfg, overrides))
+    return Grid(file, spec, tuple(trials), varied, text)
+
+
+def _seeds(file: str, spec: GridFile) -> list[int] | None:
+    s = spec.seeds
+    if s is None:
+        return None
+    if isinstance(s, int):
+        if s < 1:
+            raise GridError(file, "seeds", f"invalid count {s}; give a count ≥ 1 or a list of seeds")
+        return list(range(s))
+    if not s:
+        raise GridError(file, "seeds", "empty list; give seeds such as [0, 1, 2] or a count")
+    if len(set(s)) != len(s):
+        raise GridError(file, "seeds", f"duplicate seeds in {s}")
+    for v in s:
+        if v < 0:
+            raise GridError(file, "seeds", f"invalid seed {v}; seeds are integers ≥ 0")
+    return list(s)
+
+
+def _check_base_keys(file: str, base: dict[str, Any]) -> None:
+    try:
+        parse_config(base, source=file)
+    except ConfigError as e:
+        if e.allowed.startswith("did you mean") or "known keys" in e.allowed:
+            raise GridError(file, f"base.{e.path}", f"unknown key; {e.allowed}") from None
+        # A value error in the base is reported now only if it is not a cross-field rule
+        # that a grid axis could satisfy (e.g. `attack.fraction` swept for an attack kind).
+        if not _is_cross_field(e):
+            raise GridError(
+                file, f"base.{e.path}", f"invalid value {e.value!r}; allowed: {e.allowed}"
+            ) from None
+
+
+def _is_cross_field(e: ConfigError) -> bool:
+    return e.value is None or " when " in e.allowed or "other than" in e.allowed
+
+
+def _parse_trial(
+    file: str, raw: dict[str, Any], overrides: dict[str, Any], grid: dict[str, list[Any]]
+) -> SimulationConfig:
+    try:
+        return parse_config(raw, source=file)
+    except ConfigError as e:
+        where = f"grid.{e.path}" if e.path in grid else (
+            "seeds" if e.path == "seed" else f"base.{e.path}"
+        )
+        raise GridError(
+            file, where,
+            f"invalid value {e.value!r} in the trial {overrides}; allowed: {e.allowed}",
+        ) from None
+
+
+# -- data-aware checks ------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=32)
+def known_num_writers(data: DataConfig) -> int | None:
+    """K for sources where it can be known without reading user files; None otherwise.
+
+    synthetic: `num_writers` (capped by `max_writers`); embedded: asks fl_core.data
+    (cheap: the embedded sample ships in the package). tff-h5/leaf: None (the trial
+    checks when it loads the files).
+    """
+    cap = data.max_writers
+    if data.source == "synthetic":
+        k = data.num_writers
+    elif data.source == "embedded":
+        k = _embedded_num_writers(data)
+    else:
+        return None
+    if k is None:
+        return cap
+    return min(k, cap) if cap is not None else k
+
+
+def _embedded_num_writers(data: DataConfig) -> int | None:
+    try:
+        import fl_core.data as fld
+    except ImportError:
+        return None
+    helper = getattr(fld, "num_writers", None)
+    if callable(helper):
+        try:
+            return helper(data)
+        except FLCoreError:
+            return None
+    loader = getattr(fld, "load_data", None)
+    if not callable(loader):
+        return None
+    try:
+        # the embedded sample is a small file shipped in the package: loading it is cheap
+        return loader(data.model_copy(update={"max_writers": None}), 0).num_writers
+    except FLCoreError:
+        return None
+
+
+def _check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) -> None:
+    k = known_num_writers(cfg.data)
+    if k is None:
+        return
+
+    def where(key: str) -> str:
+        return f"grid.{key}" if key in overrides else f"base.{key}"
+
+    src = f"data.source = {cfg.data.source}" + (
+        f", data.max_writers = {cfg.data.max_writers}" if cfg.data.max_writers else ""
+    )
+    if cfg.attack.num_tasks > k:
+        raise GridError(
+            file, where("attack.num_tasks"),
+            f"N = {cfg.attack.num_tasks} backdoor tasks (target writers) but the data has only "
+            f"K = {k} writers ({src}); allowed: 1..{k}",
+        )
+    if cfg.fl.sampling == "without-replacement" and cfg.fl.clients_per_round > k:
+        raise GridError(
+            file, where("fl.clients_per_round"),
+            f"{cfg.fl.clients_per_round} clients per round drawn without replacement from "
+            f"K = {k} writers ({src}); allowed: 1..{k}",
+        )
+    # The engine's own population checks (target writers need a source-label image; ε·K
+    # must give ≥ 1 attacker; attackers exclude targets), run now rather than when the
+    # trial starts, wherever the data are cheap to get.
+    from fl_core.data.backdoor import select_backdoor
+    from fl_core.sampling import attacker_pool
+
+    try:
+        data = _cheap_data(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
+        targets = select_backdoor(cfg, data).targets if data is not None else ()
+        attacker_pool(cfg, k, targets)
+    except ConfigError as e:
+        raise GridError(
+            file, where(e.path), f"invalid value {e.value!r} in the trial {overrides}; "
+            f"allowed: {e.allowed}",
+        ) from None
+
+
+CHEAP_SYNTHETIC_WRITERS = 1000
+
+
+@functools.lru_cache(maxsize=8)
+def _cheap_data(data: DataConfig, seed: int):
+    """The data, when getting them takes about a second: the embedded sample, or a small
+    synthetic population. None otherwise (the trial checks when it loads them)."""
+    k = known_num_writers(data)
+    if data.source == "synthetic" and k is not None and k <= CHEAP_SYNTHETIC_WRITERS:
+        pass
+    elif data.source != "embedded":
+        return None
+    from fl_core.data import load_data
+
+    try:
+        return load_data(data, seed)
+    except FLCoreError:
+        return None
+
+
+def _check_resources(file: str, cfg: SimulationConfig, res: Resources) -> None:
+    if cfg.fl.device == "cuda" and res.gpus_per_trial == 0:
+        raise GridError(
+            file, "resources.gpus_per_trial",
+            "fl.device = cuda needs a GPU share per trial (e.g. 0.5); or use fl.device: auto",
+        )
+    # torch runs fl.threads threads in the trial (evaluation, in-process training) and in
+    # each worker; Ray does not cap them, so more threads than reserved CPUs oversubscribe
+    threads = getattr(cfg.fl, "threads", 1)
+    procs = [("cpus_per_trial", res.cpus_per_trial)]
+    if res.executor == "actors":
+        procs.append(("cpus_per_worker", res.cpus_per_worker))
+    for key, cpus in procs:
+        if threads > max(1, math.floor(cpus + 1e-9)):
+            raise GridError(
+                file, f"resources.{key}",
+                f"{cpus:g} CPUs for fl.threads = {threads} torch threads; reserve at least "
+                f"{threads} or lower fl.threads",
+            )
+
+
+# -- resources and the trial table -------------------------------------------------------
+
+
+def bundles(cfg: SimulationConfig, res: Resources, gpus_available: bool = True) -> list[dict[str, float]]:
+    """Placement-group bundles of one trial: [trial head, worker 1, ..., worker W].
+
+    The trial's GPU share is split evenly over the bundles that touch the model (with
+    actors: the head evaluates, the workers train). With no GPU in the cluster the GPU
+    request is dropped (the trial then runs on CPU).
+    """
+    gpu = res.gpus_per_trial if gpus_available else 0.0
+    if res.executor == "in-process":
+        head = {"CPU": res.cpus_per_trial}
+        if gpu:
+            head["GPU"] = gpu
+        return [head]
+    n = cfg.fl.workers
+    # Ray keeps resource amounts to 4 decimals: round down so the shares never exceed `gpu`
+    share = math.floor(gpu / (n + 1) * 10_000) / 10_000 if gpu else 0.0
+    out = [{"CPU": res.cpus_per_trial}] + [{"CPU": res.cpus_per_worker} for _ in range(n)]
+    if share:
+        for b in out:
+            b["GPU"] = share
+    return out
+
+
+def trial_rows(grid: Grid) -> list[dict[str, Any]]:
+    """The resolved trial table (also written as trials.csv)."""
+    rows = []
+    for t in grid.trials:
+        b = bundles(t.config, grid.spec.resources)
+        rows.append(
+            {
+                "index": t.index,
+                "trial_key": t.trial_key,
+                **{k: t.overrides[k] for k in grid.varied_keys},
+                "rounds": t.config.fl.rounds,
+                "workers": 0 if grid.spec.resources.executor == "in-process" else t.config.fl.workers,
+                "cpus": sum(x.get("CPU", 0.0) for x in b),
+                "gpus": sum(x.get("GPU", 0.0) for x in b),
+            }
+        )
+    return rows

@@ -1,0 +1,402 @@
+"""Launch, resume and summarise sweeps: grid → Ray Tune `Tuner` → MLflow.
+
+`run_sweep` connects to Ray (a local cluster, `--address`, or the cluster of a `ray job
+submit`), checks that every trial's placement group fits the cluster (Ray would
+otherwise wait forever without an error), creates the sweep directory, the MLflow store,
+experiment and parent run, and runs a `Tuner` over one `tune.grid_search` of the expanded
+trials. `resume_sweep` re-opens the same parent run and calls `Tuner.restore(...,
+resume_errored=True)`: unfinished and errored trials continue from their last checkpoint.
+
+Nothing is written before the grid and the cluster check pass.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from sweeper import storage as st
+from sweeper.errors import SweeperError
+from sweeper.grid import NAME_PATTERN, Grid, bundles, trial_rows
+
+Echo = Callable[[str], None]
+
+
+def _echo(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class RayOptions:
+    """How to reach Ray. `address` None: the cluster of `ray job submit` if RAY_ADDRESS is
+    set, else a new local cluster with `num_cpus`/`num_gpus`/`object_store_mb`."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    num_gpus: int | None = None
+    object_store_mb: int | None = None
+
+
+@dataclass
+class SweepOutcome:
+    sweep_dir: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.counts.get("failed") or self.counts.get("interrupted") else 0
+
+
+# -- Ray ----------------------------------------------------------------------------------
+
+
+def connect(opts: RayOptions) -> bool:
+    """ray.init unless already initialised (tests share one cluster). Returns whether this
+    call started it, i.e. whether the caller must shut it down."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    existing = opts.address or os.environ.get("RAY_ADDRESS")
+    if existing:
+        if opts.num_cpus or opts.num_gpus or opts.object_store_mb:
+            raise SweeperError("--num-cpus/--num-gpus/--object-store-mb apply only to a local "
+                               "cluster, not with --address or inside `ray job submit`")
+        ray.init(address=existing, logging_level="WARNING")
+    else:
+        # address="local": always a new cluster; plain ray.init() would silently attach to
+        # any `ray start` cluster on this machine (/tmp/ray/ray_current_cluster)
+        kw: dict[str, Any] = {"address": "local", "include_dashboard": False,
+                              "logging_level": "WARNING"}
+        if opts.num_cpus:
+            kw["num_cpus"] = opts.num_cpus
+        if opts.num_gpus is not None:
+            kw["num_gpus"] = opts.num_gpus
+        if opts.object_store_mb:
+            kw["object_store_memory"] = opts.object_store_mb * 2**20
+        ray.init(**kw)
+    return True
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def check_fits(per_trial: list[tuple[str, list[dict[str, float]]]]) -> None:
+    """Every trial's bundles must fit the live cluster: each bundle on some node, their
+    sum within the cluster's total. Raise SweeperError naming the trial otherwise."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    have = ", ".join(f"{k}={v:g}" for k, v in sorted(total.items()) if k in ("CPU", "GPU"))
+    for label, bs in per_trial:
+        need: dict[str, float] = {}
+        for b in bs:
+            for k, v in b.items():
+                need[k] = need.get(k, 0.0) + v
+            if not any(all(n.get(k, 0.0) >= v for k, v in b.items()) for n in nodes):
+                raise SweeperError(
+                    f"{label}: a bundle {b} fits on no node of the cluster (largest node: "
+                    f"{max((n.get('CPU', 0) for n in nodes), default=0):g} CPU); lower "
+                    "resources.cpus_per_worker/cpus_per_trial/gpus_per_trial"
+                )
+        for k, v in need.items():
+            if v > total.get(k, 0.0) + 1e-9:
+                raise SweeperError(
+                    f"{label} needs {k}={v:g} ({len(bs)} bundles: the trial + "
+                    f"{len(bs) - 1} client workers) but the cluster has {have}; lower "
+                    "resources.workers or resources.cpus_per_worker, use resources.executor: "
+                    "in-process, or add nodes"
+                )
+
+
+def _quiet_tune() -> None:
+    """Our Progress callback prints the sweep; Tune's banner/tables and its warning about
+    frequent experiment snapshots (forced by num_to_keep, cheap here) would drown it."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def _tune_configs(sweep_dir: Path, max_concurrent: int | None, total: int):
+    from ray import tune
+
+    from sweeper.trainable import Progress, trial_name
+
+    tune_config = tune.TuneConfig(
+        max_concurrent_trials=max_concurrent,
+        # a finished trial's process (torch, fl_core and mlflow imported) takes the next
+        # trial of the same shape: saves seconds per trial; the trainable keeps no state
+        reuse_actors=True,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+    run_config = tune.RunConfig(
+        name=st.TUNE_NAME,
+        storage_path=str(sweep_dir),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        # one automatic retry (from the last checkpoint) for a crashed trial process;
+        # deterministic errors then stay errored until `fl-sweep resume`
+        failure_config=tune.FailureConfig(max_failures=1),
+        verbose=0,
+        callbacks=[Progress(total)],
+    )
+    return tune_config, run_config
+
+
+def _trainable():
+    from ray import tune
+
+    from sweeper.trainable import train_trial, trial_resources
+
+    return tune.with_resources(train_trial, trial_resources)
+
+
+# -- run / resume ---------------------------------------------------------------------------
+
+
+def param_space(grid: Grid, sweep: dict[str, Any], gpus_available: bool) -> dict[str, Any]:
+    from ray import tune
+
+    trials = [
+        {
+            "index": t.index,
+            "trial_key": t.trial_key,
+            "overrides": t.overrides,
+            "config": t.config.model_dump(mode="json"),
+            "bundles": bundles(t.config, grid.spec.resources, gpus_available),
+        }
+        for t in grid.trials
+    ]
+    return {"trial": tune.grid_search(trials), "sweep": sweep}
+
+
+def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None,
+              tracking_uri: str | None = None, ray_opts: RayOptions | None = None,
+              echo: Echo = _echo) -> SweepOutcome:
+    """Start a new sweep of `grid`. See the module docstring."""
+    import re
+
+    name = name or grid.name
+    if not re.match(NAME_PATTERN, name):
+        raise SweeperError(f"--name {name!r}: use letters, digits, _ . - (at most 80)")
+    root = st.storage_root(storage)
+    sweep_dir = root / name
+    if sweep_dir.exists():
+        raise SweeperError(
+            f"sweep {name!r} already exists at {sweep_dir}; `fl-sweep resume {name}` continues "
+            "it, `--name NEW` starts another"
+        )
+    _quiet_tune()
+    started = connect(ray_opts or RayOptions())
+    try:
+        gpus = cluster_gpus() > 0
+        if grid.spec.resources.gpus_per_trial and not gpus:
+            echo("note: resources.gpus_per_trial is set but the cluster has no GPU; trials run on CPU")
+        check_fits([(f"trial {t.index} [{t.short_key}]", bundles(t.config, grid.spec.resources, gpus))
+                    for t in grid.trials])
+
+        from ray import tune
+
+        from sweeper.tracking import Tracker, default_uri, normalize_uri, sqlite_path
+
+        uri = normalize_uri(tracking_uri) if tracking_uri else default_uri(sweep_dir)
+        # -- from here on the sweep exists on disk (removed again if setting up fails) ---
+        sweep_dir.mkdir(parents=True)
+        try:
+            tracker = Tracker(uri)
+            tracker.init_store(template_dir=root)
+            art = (sweep_dir / "artifacts").as_uri() if sqlite_path(uri) else None
+            exp_id = tracker.experiment(grid.experiment, art)
+            parent = tracker.start_parent(
+                exp_id, name, grid.spec.description,
+                tags={"fl_sweep.grid_file": grid.path, "fl_sweep.trials": str(len(grid.trials)),
+                      "fl_sweep.dir": str(sweep_dir)},
+            )
+            st.atomic_write_text(sweep_dir / "grid.yaml", grid.text)
+            st.atomic_write_text(sweep_dir / "trials.csv", st.csv_text(trial_rows(grid)))
+            tracker.log_artifact(parent, sweep_dir / "grid.yaml")
+            tracker.log_artifact(parent, sweep_dir / "trials.csv")
+            sweep = {
+                "name": name,
+                "tracking_uri": uri,
+                "experiment_id": exp_id,
+                "parent_run_id": parent,
+                "resources": grid.spec.resources.model_dump(mode="json"),
+                "launch_cwd": os.getcwd(),
+            }
+            manifest = {
+                **sweep,
+                "experiment": grid.experiment,
+                "grid_file": str(Path(grid.path).resolve()),
+                "description": grid.spec.description,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "num_trials": len(grid.trials),
+                "varied_keys": list(grid.varied_keys),
+                "max_concurrent_trials": grid.spec.max_concurrent_trials,
+                "trials": [{"index": t.index, "trial_key": t.trial_key, "rounds": t.config.fl.rounds,
+                            "overrides": t.overrides,
+                            "bundles": bundles(t.config, grid.spec.resources, gpus)}
+                           for t in grid.trials],
+            }
+            st.write_json(sweep_dir / st.MANIFEST, manifest)
+        except BaseException:
+            shutil.rmtree(sweep_dir, ignore_errors=True)
+            raise
+        echo(f"sweep {name}: {len(grid.trials)} trials → {sweep_dir}")
+        echo(f"MLflow: {uri} (experiment {grid.experiment!r}, parent run {parent})")
+        t0 = time.monotonic()
+        tune_config, run_config = _tune_configs(sweep_dir, grid.spec.max_concurrent_trials,
+                                                len(grid.trials))
+        tuner = tune.Tuner(_trainable(), param_space=param_space(grid, sweep, gpus),
+                           tune_config=tune_config, run_config=run_config)
+        results = tuner.fit()
+        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def resume_sweep(ref: str, *, storage: str | None = None, ray_opts: RayOptions | None = None,
+                 echo: Echo = _echo) -> SweepOutcome:
+    """Continue a sweep: same parent run; unfinished and errored trials go on from their
+    last checkpoint; finished ones are not re-run."""
+    sweep_dir = st.resolve_sweep(ref, storage)
+    manifest = st.read_manifest(sweep_dir)
+    from ray import tune
+
+    tune_dir = sweep_dir / st.TUNE_NAME
+    if not tune.Tuner.can_restore(str(tune_dir)):
+        raise SweeperError(
+            f"{sweep_dir}: Ray Tune saved no experiment state (the driver stopped before its "
+            f"first snapshot); start it again with `fl-sweep run {manifest.get('grid_file')} "
+            "--name NEW`"
+        )
+    _quiet_tune()
+    started = connect(ray_opts or RayOptions())
+    try:
+        check_fits([(f"trial {t['index']} [{t['trial_key'][:8]}]", t["bundles"])
+                    for t in manifest["trials"]])
+        from sweeper.tracking import Tracker
+
+        tracker = Tracker(manifest["tracking_uri"])
+        tracker.reopen(manifest["parent_run_id"])
+        echo(f"resuming sweep {manifest['name']} ({manifest['num_trials']} trials) from {sweep_dir}")
+        t0 = time.monotonic()
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(), resume_errored=True)
+        results = tuner.fit()
+        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results, seconds: float,
+              echo: Echo) -> SweepOutcome:
+    counts = {"finished": 0, "diverged": 0, "failed": 0, "interrupted": 0}
+    for r in results:
+        if r.error is not None:
+            counts["failed"] += 1
+        else:
+            s = (r.metrics or {}).get("fl_status")
+            counts[s if s in ("finished", "diverged") else "interrupted"] += 1
+    parent = manifest["parent_run_id"]
+    if counts["failed"]:
+        tracker.finish(parent, "failed")
+    elif not counts["interrupted"]:
+        tracker.finish(parent, "finished")
+    name = manifest["name"]
+    total = sum(counts.values())
+    echo(f"sweep {name}: {total} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+         + f" ({seconds:.0f}s)")
+    storage_opt = "" if sweep_dir.parent == st.storage_root(None) else f" --storage {sweep_dir.parent}"
+    echo(f"  status:    fl-sweep status {name}{storage_opt}")
+    echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open http://127.0.0.1:5000)")
+    if counts["failed"] or counts["interrupted"]:
+        echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
+             "(failed and unfinished trials continue from their last checkpoint)")
+    else:
+        echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
+             "(after a crash, Ctrl-C or kill: unfinished trials continue from their last checkpoint)")
+    return SweepOutcome(sweep_dir, counts, seconds)
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialStatus:
+    index: int
+    trial_key: str
+    overrides: dict[str, Any]
+    state: str                      # pending | running | finished | diverged | failed
+    round: int
+    rounds: int
+    main_acc: float | None = None
+    backdoor_acc: float | None = None
+    run_id: str | None = None
+    round_seconds: float | None = None
+
+
+@dataclass
+class SweepStatus:
+    sweep_dir: Path
+    manifest: dict[str, Any]
+    trials: list[TrialStatus]
+    parent_status: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+    def eta_seconds(self) -> float | None:
+        """Remaining rounds × mean seconds per round ÷ trials that can run at once; None
+        when nothing has been timed yet or nothing remains."""
+        live = [t for t in self.trials if t.state in ("pending", "running")]
+        timed = [t.round_seconds for t in self.trials if t.round_seconds]
+        if not live or not timed:
+            return None
+        remaining = sum(t.rounds - t.round for t in live)
+        per_round = sum(timed) / len(timed)
+        running = sum(t.state == "running" for t in self.trials)
+        parallel = max(1, running, min(len(live), self.manifest.get("max_concurrent_trials") or 1))
+        return remaining * per_round / parallel
+
+
+def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
+    """Read a sweep's state from its manifest and MLflow store (no Ray needed)."""
+    from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker
+
+    sweep_dir = st.resolve_sweep(ref, storage)
+    man = st.read_manifest(sweep_dir)
+    tracker = Tracker(man["tracking_uri"])
+    runs = {r.data.tags.get(TRIAL_KEY): r for r in
+            tracker.child_runs(man["experiment_id"], man["parent_run_id"])
+            if r.data.tags.get(ROLE) == "trial"}
+    parent = tracker.get_run(man["parent_run_id"])
+    out = []
+    for t in man["trials"]:
+        r = runs.get(t["trial_key"])
+        if r is None:
+            out.append(TrialStatus(t["index"], t["trial_key"], t["overrides"], "pending", 0, t["rounds"]))
+            continue
+        m = r.data.metrics
+        out.append(TrialStatus(
+            t["index"], t["trial_key"], t["overrides"], r.data.tags.get(STATUS, "running"),
+            int(m.get("round", 0)), t["rounds"], m.get("main_acc"), m.get("backdoor_acc"),
+            r.info.run_id, m.get("round_seconds"),
+        ))
+    return SweepStatus(sweep_dir, man, out, parent.data.tags.get(STATUS))

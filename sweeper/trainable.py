@@ -1,0 +1,264 @@
+"""The Ray Tune function trainable: one trial = one fl_core `Simulation`.
+
+Shape of `custom_func_checkpointing.py` in Ray's examples: read the last checkpoint with
+`tune.get_checkpoint()`, loop, and `tune.report(metrics, checkpoint=...)`. A report is
+made on every evaluated round; the `SimulationState` is checkpointed every
+`fl.checkpoint_every` rounds and after the last one. A checkpoint directory holds
+
+    state.pt        fl_core.state.save_state (global weights, round, config hash)
+    progress.json   round, the trial's MLflow child run id, its trial key
+    metrics.jsonl   the evaluated rounds so far (for the artifact and the plot)
+
+Everything random is derived from (seed, round, client), so a trial restarted from any
+checkpoint replays the same rounds bit-identically; MLflow gets only the rounds it does
+not already hold (see `sweeper.tracking`). A trial whose weights become NaN/inf ends as
+`diverged` (a normal end for Tune: the sweep goes on); any other exception marks the run
+`failed` and errors the trial, which `fl-sweep resume` retries from its last checkpoint.
+
+`config` (Tune's param space for one trial) is `{"trial": {...}, "sweep": {...}}`, built
+by `sweeper.runner.param_space`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from fl_core.config import SimulationConfig, flatten, parse_config
+from fl_core.errors import DivergedError
+from sweeper.actors import RayActorExecutor, set_determinism
+from sweeper.storage import atomic_write_text
+from sweeper.tracking import Tracker
+
+STATE, PROGRESS, METRICS = "state.pt", "progress.json", "metrics.jsonl"
+
+
+def trial_resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
+    """Tune resource callback: the bundles the driver computed (and checked against the
+    cluster) when the sweep started. Module-level so that it pickles by reference for
+    `Tuner.restore`."""
+    return tune.PlacementGroupFactory(config["trial"]["bundles"], strategy="PACK")
+
+
+def trial_name(trial: Any) -> str:
+    t = trial.config["trial"]
+    return f"trial_{t['index']:04d}_{t['trial_key'][:8]}"
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+class Progress(tune.Callback):
+    """Driver side: one line per reported round and per ended trial (Tune's own table
+    is off: with whole configs in the param space it is unreadable)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.done = 0
+
+    @staticmethod
+    def _name(trial: Any) -> str:
+        t = trial.config["trial"]
+        return f"trial {t['index']:>3} [{t['trial_key'][:8]}]"
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        r, total = result.get("round") or 0, result.get("rounds_total") or 0
+        # about 20 lines per trial, whatever its length
+        if result.get("fl_status") == "diverged" or (r % max(1, total // 20) and r != total):
+            return
+        print(f"{self._name(trial)} round {result.get('round')}/{result.get('rounds_total')}"
+              f"  main_acc {_fmt(result.get('main_acc'))}"
+              f"  backdoor_acc {_fmt(result.get('backdoor_acc'))}", flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.done += 1
+        res = trial.last_result or {}
+        status = res.get("fl_status", "finished")
+        extra = f" ({res.get('error')})" if status == "diverged" else ""
+        print(f"{self._name(trial)} {status}{extra}  [{self.done}/{self.total} trials ended]",
+              flush=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.done += 1
+        print(f"{self._name(trial)} FAILED: see {trial.path}/error.txt  "
+              f"[{self.done}/{self.total} trials ended]", flush=True)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def jsonl_text(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def _resolve_data(cfg: SimulationConfig, launch_cwd: str | None):
+    """A relative `data.path` means relative to where the sweep was launched; Tune runs
+    trials in their own directories. The config itself (and so its hash) is unchanged."""
+    path = cfg.data.path
+    if path and not os.path.isabs(path):
+        base = os.environ.get("TUNE_ORIG_WORKING_DIR") or launch_cwd or os.getcwd()
+        return cfg.data.model_copy(update={"path": os.path.join(base, path)})
+    return cfg.data
+
+
+def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    rounds = [h["round"] for h in history]
+    for key, style in (("main_acc", ":"), ("backdoor_acc", "-"), ("backdoor_acc_heldout", "--")):
+        ys = [h.get(key) for h in history]
+        if any(y is not None for y in ys):
+            ax.plot(rounds, [math.nan if y is None else y for y in ys], style, label=key)
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _finalize(tracker: Tracker, run_id: str, cfg: SimulationConfig, history, state, status: str,
+              title: str) -> None:
+    """Artifacts of the child run, then close it with `status`."""
+    import torch
+    import yaml
+
+    with tempfile.TemporaryDirectory(prefix="fl-sweep-art-") as d:
+        d = Path(d)
+        (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (d / METRICS).write_text(jsonl_text(history))
+        files = [d / "config.yaml", d / METRICS]
+        if status == "finished":
+            torch.save(state.global_params.cpu(), d / "final_weights.pt")
+            files.append(d / "final_weights.pt")
+        if history:
+            _plot(history, d / "curves.png", title)
+            files.append(d / "curves.png")
+        for f in files:
+            tracker.log_artifact(run_id, f)
+    tracker.finish(run_id, status)
+
+
+def _save_checkpoint(d: Path, state, run_id: str, trial_key: str, history) -> None:
+    from fl_core.state import save_state
+
+    save_state(d / STATE, state)
+    atomic_write_text(d / PROGRESS, json.dumps(
+        {"round": state.round_idx, "run_id": run_id, "trial_key": trial_key}, sort_keys=True))
+    atomic_write_text(d / METRICS, jsonl_text(history))
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Run (or continue) one trial. See the module docstring."""
+    from fl_core.data import load_data
+    from fl_core.simulate import Simulation
+    from fl_core.state import load_state
+
+    spec, sweep = config["trial"], config["sweep"]
+    res = sweep["resources"]
+    # one "Checkpoint successfully created" INFO line per checkpoint drowns the progress
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    set_determinism(res["cpus_per_trial"], ray.get_gpu_ids())
+    cfg = parse_config(spec["config"])
+    trial_key = spec["trial_key"]
+    tracker = Tracker(sweep["tracking_uri"])
+
+    state, progress, history = None, {}, []
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_state(Path(d) / STATE, cfg)
+            progress = json.loads((Path(d) / PROGRESS).read_text())
+            history = [h for h in read_jsonl(Path(d) / METRICS) if h["round"] <= state.round_idx]
+
+    import torch
+
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
+    tags = {"fl_sweep.trial_index": str(spec["index"]), "fl_sweep.torch": torch.__version__,
+            "fl_sweep.device": device or "cpu",
+            "fl_sweep.node": ray.get_runtime_context().get_node_id(),
+            "fl_sweep.gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+    run_id = tracker.get_or_create_child(
+        sweep["experiment_id"], sweep["parent_run_id"], sweep["name"], trial_key,
+        run_name=f"trial-{spec['index']:04d}", params=flatten(cfg), tags=tags,
+        known_run_id=progress.get("run_id"),
+    )
+    logged = tracker.last_step(run_id)  # rounds ≤ this are in MLflow already
+    title = f"{sweep['name']} trial {spec['index']}: " + ", ".join(
+        f"{k}={v}" for k, v in spec.get("overrides", {}).items())
+
+    data = load_data(_resolve_data(cfg, sweep.get("launch_cwd")), cfg.seed)
+    executor = None
+    if res["executor"] == "actors":
+        gpu_share = spec["bundles"][-1].get("GPU", 0.0)
+        executor = RayActorExecutor(
+            cfg, ray.put(data), cfg.fl.workers, res["cpus_per_worker"], gpu_share,
+            device=device,
+        )
+    try:
+        if executor is not None:
+            tracker.set_tags(run_id, {"fl_sweep.worker_nodes": ",".join(n for _, n in executor.where())})
+        sim = Simulation(cfg, data=data, executor=executor, state=state)
+        total = cfg.fl.rounds
+        reported = False
+        while not sim.done:
+            try:
+                m = sim.step()
+            except DivergedError as e:
+                r = sim.state.round_idx + 1
+                tracker.set_tags(run_id, {"fl_sweep.diverged_round": str(r)})
+                _finalize(tracker, run_id, cfg, history, sim.state, "diverged", title)
+                tune.report({"round": r, "rounds_total": total, "fl_status": "diverged",
+                             "error": str(e), "run_id": run_id})
+                return
+            r = sim.state.round_idx
+            if m is not None:
+                history.append(dict(m))
+                if r > logged:
+                    tracker.log_metrics(run_id, m, step=r)
+            report = {**(m or {"round": r}), "rounds_total": total, "fl_status": "running",
+                      "run_id": run_id}
+            if r % cfg.fl.checkpoint_every == 0 or sim.done:
+                if sim.done:
+                    report["fl_status"] = "finished"
+                with tempfile.TemporaryDirectory(prefix="fl-sweep-ckpt-") as d:
+                    _save_checkpoint(Path(d), sim.state, run_id, trial_key, history)
+                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
+                reported = True
+            elif m is not None:
+                tune.report(report)
+                reported = True
+        _finalize(tracker, run_id, cfg, history, sim.state, "finished", title)
+        if not reported:  # restored from the final checkpoint: nothing left to run
+            last = history[-1] if history else {"round": sim.state.round_idx}
+            tune.report({**last, "rounds_total": total, "fl_status": "finished", "run_id": run_id})
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)):
+            try:
+                tracker.set_tags(run_id, {"fl_sweep.error": f"{type(e).__name__}: {e}"[:4000]})
+                tracker.finish(run_id, "failed")
+            except Exception:
+                pass
+        raise
+    finally:
+        if executor is not None:
+            executor.close()

@@ -1,0 +1,288 @@
+"""Grid files: expansion, trial keys, and the table of bad files (each: its own clear
+error naming the file, the key and what is allowed; exit 2; nothing launched or written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from fl_core.config import config_hash
+from sweeper.errors import GridError
+from sweeper.grid import bundles, load_grid, trial_rows
+
+REPO = Path(__file__).resolve().parents[2]
+
+GOOD = """\
+name: tiny
+description: a test grid
+base:
+  data: {source: synthetic, num_writers: 12}
+  fl: {rounds: 2, clients_per_round: 4}
+  attack: {kind: model-replacement, num_tasks: 3}
+grid:
+  attack.fraction: [0.1, 0.2]
+  defense.norm_bound: [3, 5, 10]
+seeds: 2
+resources: {workers: 2, cpus_per_worker: 0.5}
+max_concurrent_trials: 2
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "grid.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_expansion_is_the_cartesian_product_in_declared_order(tmp_path):
+    g = load_grid(write(tmp_path, GOOD))
+    assert g.varied_keys == ("attack.fraction", "defense.norm_bound", "seed")
+    assert len(g.trials) == 2 * 3 * 2
+    got = [tuple(t.overrides.values()) for t in g.trials]
+    want = [(f, m, s) for f in (0.1, 0.2) for m in (3, 5, 10) for s in (0, 1)]
+    assert got == want
+    t = g.trials[7]  # (0.2, 3, 1)
+    assert (t.config.attack.fraction, t.config.defense.norm_bound, t.config.seed) == (0.2, 3, 1)
+    assert t.config.fl.workers == 2  # resources.workers sets fl.workers
+    assert t.trial_key == config_hash(t.config)
+    assert len({t.trial_key for t in g.trials}) == 12
+
+
+def test_reordering_yaml_keys_changes_no_trial_key(tmp_path):
+    a = load_grid(write(tmp_path, GOOD, "a.yaml"))
+    reordered = """\
+    seeds: [0, 1]
+    grid:
+      defense.norm_bound: [3, 5, 10]
+      attack.fraction: [0.1, 0.2]
+    resources: {cpus_per_worker: 0.5, workers: 2}
+    max_concurrent_trials: 2
+    base:
+      attack: {num_tasks: 3, kind: model-replacement}
+      fl: {clients_per_round: 4, rounds: 2}
+      data: {num_writers: 12, source: synthetic}
+    name: tiny
+    """
+    b = load_grid(write(tmp_path, reordered, "b.yaml"))
+    assert {t.trial_key for t in a.trials} == {t.trial_key for t in b.trials}
+    # declared order is respected: norm_bound now varies slowest
+    assert [t.overrides["defense.norm_bound"] for t in b.trials[:4]] == [3, 3, 3, 3]
+
+
+def test_seed_list_resources_and_trial_rows(tmp_path):
+    g = load_grid(write(tmp_path, GOOD.replace("seeds: 2", "seeds: [7, 3]")))
+    assert [t.config.seed for t in g.trials[:2]] == [7, 3]
+    b = bundles(g.trials[0].config, g.spec.resources)
+    assert b == [{"CPU": 1.0}, {"CPU": 0.5}, {"CPU": 0.5}]
+    gpu = g.spec.resources.model_copy(update={"gpus_per_trial": 0.3})
+    gb = bundles(g.trials[0].config, gpu)
+    assert 0.299 <= sum(x["GPU"] for x in gb) <= 0.3  # shares rounded down to 1e-4
+    assert all("GPU" not in x for x in bundles(g.trials[0].config, gpu, gpus_available=False))
+    rows = trial_rows(g)
+    assert rows[0]["cpus"] == 2.0 and rows[0]["workers"] == 2 and rows[-1]["index"] == 11
+
+
+def test_in_process_executor_reserves_one_bundle(tmp_path):
+    g = load_grid(write(tmp_path, GOOD.replace("resources: {workers: 2, cpus_per_worker: 0.5}",
+                                                "resources: {executor: in-process, cpus_per_trial: 2}")))
+    assert bundles(g.trials[0].config, g.spec.resources) == [{"CPU": 2.0}]
+
+
+# -- the table of bad grid files -----------------------------------------------------------
+
+BASE_OK = "base: {data: {source: synthetic, num_writers: 12}, fl: {clients_per_round: 4}, attack: {num_tasks: 3}}"
+
+BAD = {
+    # id: (yaml text, key named in the error, phrase of the explanation)
+    "unknown-top-level-key": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\nworkers: 3\n",
+        "`workers`", "allowed keys here: name, description, base, grid"),
+    "typo-top-level": (
+        f"name: x\n{BASE_OK}\ngird: {{fl.rounds: [1]}}\n",
+        "`gird`", "did you mean `grid`?"),
+    "typo-grid-key": (
+        f"name: x\n{BASE_OK}\ngrid: {{attack.fractoin: [0.1]}}\n",
+        "`grid.attack.fractoin`", "did you mean `attack.fraction`?"),
+    "typo-base-key": (
+        "name: x\nbase: {fl: {roundz: 3}}\ngrid: {fl.rounds: [1]}\n",
+        "`base.fl.roundz`", "did you mean `fl.rounds`?"),
+    "typo-resources-key": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\nresources: {{cpus_per_trail: 2}}\n",
+        "`resources.cpus_per_trail`", "did you mean `resources.cpus_per_trial`?"),
+    "wrong-type": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [ten]}}\n",
+        "`grid.fl.rounds`", "valid integer"),
+    "wrong-type-top-level": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\nmax_concurrent_trials: lots\n",
+        "`max_concurrent_trials`", "valid integer"),
+    "scalar-instead-of-list": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: 3}}\n",
+        "`grid.fl.rounds`", "valid list"),
+    "epsilon-above-1": (
+        f"name: x\n{BASE_OK}\ngrid: {{attack.fraction: [0.1, 1.5]}}\n",
+        "`grid.attack.fraction`", "less than 1"),
+    "epsilon-zero": (
+        f"name: x\n{BASE_OK}\ngrid: {{attack.fraction: [0]}}\n",
+        "`grid.attack.fraction`", "greater than 0"),
+    "negative-sigma": (
+        f"name: x\n{BASE_OK}\ngrid: {{defense.noise_sigma: [0.01, -0.5]}}\n",
+        "`grid.defense.noise_sigma`", "greater than or equal to 0"),
+    "M-zero": (
+        f"name: x\n{BASE_OK}\ngrid: {{defense.norm_bound: [0]}}\n",
+        "`grid.defense.norm_bound`", "greater than 0"),
+    "M-negative-in-base": (
+        "name: x\nbase: {defense: {norm_bound: -3}}\ngrid: {fl.rounds: [1]}\n",
+        "`base.defense.norm_bound`", "greater than 0"),
+    "more-tasks-than-writers": (
+        "name: x\nbase: {data: {source: synthetic, num_writers: 12}, fl: {clients_per_round: 4}}\n"
+        "grid: {attack.num_tasks: [5, 20]}\n",
+        "`grid.attack.num_tasks`", "K = 12 writers"),
+    "more-tasks-than-max-writers": (
+        "name: x\nbase: {data: {source: synthetic, max_writers: 6}, fl: {clients_per_round: 4},"
+        " attack: {num_tasks: 8}}\ngrid: {seed: [0, 1]}\n",
+        "`base.attack.num_tasks`", "K = 6 writers"),
+    "seeds-wrong-type": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\nseeds: abc\n",
+        "`seeds`", "list of integer seeds"),
+    "seeds-zero-count": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\nseeds: 0\n",
+        "`seeds`", "count ≥ 1"),
+    "more-tasks-than-embedded-writers": (
+        "name: x\nbase: {data: {source: embedded, max_writers: 5}, fl: {clients_per_round: 2}}\n"
+        "grid: {attack.num_tasks: [6]}\n",
+        "`grid.attack.num_tasks`", "K = 5 writers (data.source = embedded, data.max_writers = 5)"),
+    "epsilon-too-small-for-K": (
+        f"name: x\n{BASE_OK}\ngrid: {{attack.kind: [model-replacement], attack.fraction: [0.2, 0.01]}}\n",
+        "`grid.attack.fraction`", "ε·K ≥ 1 attacker with K = 12 writers"),
+    "empty-grid": (
+        f"name: x\n{BASE_OK}\ngrid: {{}}\n",
+        "`grid`", "the grid is empty"),
+    "empty-axis": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: []}}\n",
+        "`grid.fl.rounds`", "empty list"),
+    "cross-field-rule": (
+        f"name: x\n{BASE_OK}\ngrid: {{attack.kind: [pgd]}}\n",
+        "`base.attack.fraction`", "a number in (0, 1)"),
+    "duplicate-yaml-key": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\ngrid: {{fl.rounds: [2]}}\n",
+        "`(yaml)`", "duplicate key 'grid'"),
+    "unreadable-yaml": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [1, 2}}\n",
+        "`(yaml)`", "not valid YAML at line 3"),
+    "unsafe-yaml-tag": (
+        "name: !!python/object/apply:os.system ['touch PWNED']\ngrid: {fl.rounds: [1]}\n",
+        "`(yaml)`", "python/object/apply:os.system"),
+    "not-a-mapping": (
+        "- just\n- a list\n", "`(top level)`", "expected a mapping"),
+    "bad-name": (
+        f"name: ../escape\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\n",
+        "`name`", "should match pattern"),
+    "duplicate-trials": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [2, 2]}}\n",
+        "`grid`", "have the same config"),
+    "threads-exceed-cpus": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.threads: [1, 2]}}\nresources: {{cpus_per_worker: 1}}\n",
+        "`resources.cpus_per_trial`", "1 CPUs for fl.threads = 2 torch threads"),
+    "cuda-without-gpu-share": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.device: [cuda]}}\n",
+        "`resources.gpus_per_trial`", "needs a GPU share"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_grid_raises_grid_error_naming_file_and_key(tmp_path, case):
+    text, key, phrase = BAD[case]
+    p = write(tmp_path, text)
+    with pytest.raises(GridError) as ei:
+        load_grid(p)
+    msg = str(ei.value)
+    assert msg.startswith(f"{p}: {key}:"), msg
+    assert phrase in msg, msg
+    assert sorted(os.listdir(tmp_path)) == ["grid.yaml"]  # nothing written (no PWNED either)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GridError, match="no such file"):
+        load_grid(tmp_path / "nope.yaml")
+
+
+def test_cli_bad_grids_exit_2_launch_and_write_nothing(tmp_path):
+    """Through the real CLI, in one fresh interpreter: for every bad file, `validate` and
+    `run` exit 2 with one line on stderr; afterwards neither Ray nor MLflow was imported
+    and the storage root does not exist."""
+    files = {}
+    for case, (text, _, _) in BAD.items():
+        files[case] = str(write(tmp_path, text, f"{case}.yaml"))
+    storage = tmp_path / "sweeps"
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from sweeper.cli import main
+        files = json.loads({json.dumps(json.dumps(files))})
+        out = {{}}
+        for case, path in files.items():
+            for argv in (["validate", path], ["run", path, "--storage", {str(storage)!r}],
+                         ["run", path, "--dry-run"]):
+                err = io.StringIO()
+                with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                    rc = main(argv)
+                out.setdefault(case, []).append([rc, err.getvalue()])
+        out["_modules"] = [m for m in ("ray", "mlflow") if m in sys.modules]
+        print(json.dumps(out))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out.pop("_modules") == []
+    for case, runs in out.items():
+        _, key, phrase = BAD[case]
+        for rc, err in runs:
+            assert rc == 2, (case, err)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"fl-sweep: error: {files[case]}: {key}:"), (case, err)
+            assert phrase in err, (case, err)
+    assert not storage.exists()
+    assert not (tmp_path / "PWNED").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{c}.yaml" for c in BAD)
+
+
+def test_cli_validate_and_dry_run_print_the_trial_table(tmp_path):
+    p = write(tmp_path, GOOD)
+    script = textwrap.dedent(f"""
+        import sys
+        from sweeper.cli import main
+        rc1 = main(["validate", {str(p)!r}])
+        rc2 = main(["run", {str(p)!r}, "--dry-run", "--storage", {str(tmp_path / 'sweeps')!r}])
+        print("RC", rc1, rc2, "ray" in sys.modules, "mlflow" in sys.modules)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "RC 0 0 False False" in out
+    assert "12 trials" in out and "dry run: 12 trials, nothing launched" in out
+    assert "attack.fraction" in out and "defense.norm_bound" in out
+    assert "1 CPU (trial) + 2 worker(s) × 0.5 CPU = 2 CPU" in out
+    g = load_grid(p)
+    assert all(t.short_key in out for t in g.trials)
+    assert not (tmp_path / "sweeps").exists()
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "grids").rglob("*.yaml")))
+def test_shipped_grids_are_valid(path):
+    g = load_grid(REPO / path)
+    assert g.trials and len({t.trial_key for t in g.trials}) == len(g.trials)
+
+
+def test_smoke_grid_is_small():
+    g = load_grid(REPO / "grids" / "smoke.yaml")
+    assert len(g.trials) == 4
+    assert all(t.config.fl.rounds <= 10 and t.config.data.source == "embedded" for t in g.trials)
