@@ -1,0 +1,84 @@
+"""`fl-sweep report SWEEP... [--out DIR] [--claims]`: figures, summary page, the paper's
+claims and the privacy of weak DP for one or more sweeps (see sweeper/report/)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sweeper.cli import app
+from sweeper.report.claims import Thresholds, format_check
+from sweeper.report.load import ReportError, load_sweeps
+from sweeper.report.page import build_report, log_to_mlflow
+from sweeper.report.privacy import DEFAULT_DELTA
+
+VERDICT_STYLE = {"PASS": "green", "FAIL": "red", "N.A.": "yellow"}
+
+
+def _thresholds(items: list[str]) -> Thresholds:
+    pairs = {}
+    for item in items:
+        if "=" not in item:
+            raise ReportError(f"--threshold {item!r}: expected name=value, e.g. high_backdoor=0.7")
+        k, v = item.split("=", 1)
+        pairs[k.strip()] = v.strip()
+    try:
+        return Thresholds.from_overrides(pairs)
+    except ValueError as e:
+        raise ReportError(f"--threshold: {e}") from None
+
+
+@app.command()
+def report(
+    sweeps: List[str] = typer.Argument(
+        ..., help="sweep names or directories (`fl-sweep run` sweeps, MLflow stores, or "
+        "`fl-sweep simulate` outputs); several are merged (e.g. fig4a fig4_baseline)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output directory (default: reports/<sweep names>)"),
+    claims: bool = typer.Option(False, "--claims", help="check the paper's six claims"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store to read sweep names from"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage root of the sweeps (default $FL_SWEEP_STORAGE or ./sweeps)"),
+    threshold: List[str] = typer.Option([], "--threshold", help="override a claim threshold, name=value (see docs/REPRODUCTION.md)"),
+    delta: float = typer.Option(DEFAULT_DELTA, "--delta", help="δ of the DP accounting"),
+    population: Optional[int] = typer.Option(None, "--population", min=1, help="K for the DP accounting (default: counted from the data)"),
+    heldout: bool = typer.Option(False, "--heldout", help="plot the held-out backdoor accuracy instead of the attacker's own set"),
+    no_log: bool = typer.Option(False, "--no-log", help="do not log the report to the sweeps' MLflow parent runs"),
+) -> None:
+    """Paper-style figures, a summary page and (with --claims) the paper's claims."""
+    th = _thresholds(threshold)
+    t0 = time.monotonic()
+    data = load_sweeps(sweeps, tracking_uri=tracking_uri, storage_root=storage)
+    out_dir = out or Path("reports") / data.name
+    rep = build_report(data, out_dir, claims=claims, thresholds=th, delta=delta,
+                       population=population,
+                       backdoor_metric="backdoor_acc_heldout" if heldout else "backdoor_acc")
+    if data.parents and not no_log:
+        rep.notes += log_to_mlflow(data, rep)
+    con = Console(soft_wrap=True, width=max(100, Console().width))
+    con.print(f"[bold]{data.name}[/bold]: {len(data.runs)} runs, {len(data.cells())} cells")
+    table = Table(show_edge=False, pad_edge=False)
+    for h in ("cell", "seeds", "rounds", "main (tail)", "backdoor (avg)", "backdoor (final)"):
+        table.add_column(h, justify="left" if h == "cell" else "right")
+    for _, r in rep.cells.iterrows():
+        table.add_row(r["cell"], str(r["seeds"]), str(r["rounds_max"]), f"{r['main_tail']:.3f}",
+                      f"{r['backdoor_avg']:.3f}", f"{r['backdoor_final']:.3f}")
+    con.print(table)
+    for p in rep.privacy:
+        con.print(f"DP [{p.cell}]: z = {p.noise_multiplier:.4g}, q = {p.sampling_rate:.4g}, "
+                  f"{p.rounds} rounds → ε = {p.epsilon:.4g} at δ = {p.delta:g}: {p.verdict}")
+    if rep.claims is not None:
+        for c in rep.claims:
+            style = VERDICT_STYLE[c.verdict]
+            con.print(f"[{style}]{c.verdict:>4}[/{style}] claim {c.number}: {c.claim}")
+            for ch in c.checks:
+                con.print(f"       {format_check(ch)}", markup=False)
+            if c.note:
+                con.print(f"       {c.note}", markup=False)
+    for n in rep.notes:
+        con.print(f"note: {n}", markup=False)
+    con.print(f"report: {out_dir / 'report.md'} (and report.html, figures/, cells.csv"
+              + (", claims.json" if claims else "") + f") in {time.monotonic() - t0:.1f} s")

@@ -1,0 +1,379 @@
+"""The paper's six claims (Sun et al. 2019, §5 and figs 1–6) as explicit checks.
+
+Each claim is a list of inequalities between numbers measured in the sweep (means over
+seeds of the run statistics defined in `stats`: `backdoor (avg)` = mean backdoor accuracy
+over the attacked run, `main (tail)` = mean main-task accuracy over the last 10% of
+rounds) and bounds built from `Thresholds`. The verdict follows from the checks alone:
+
+- PASS: every check holds (on the seed means);
+- FAIL: at least one check fails;
+- N.A.: the loaded sweeps lack a cell the claim needs (the result says which).
+
+Every check also says in how many seeds it holds on its own (seeds paired by seed
+number), which answers "how sure are you?" without changing the verdict.
+
+| # | claim (paper) | cells used |
+|---|---|---|
+| 1 | unconstrained attack at ε = 3.3% reaches high backdoor accuracy, main task intact (fig 1) | unconstrained, ε_high, N = 30, each schedule; baseline if loaded |
+| 2 | at ε = 0.33% the attack is much weaker (figs 1, 2) | ε_high and ε_low per attack (unconstrained; PGD M = 10) and schedule |
+| 3 | fixed-frequency is at least as effective as random sampling (figs 1, 2) | both schedules per attack and ε |
+| 4 | more backdoor tasks → lower backdoor accuracy (fig 3) | PGD M = 10, fixed-frequency, ε_high, every N |
+| 5 | M = 3 mitigates the norm-bounded attack with ≤ ~1 point main-task loss; M = 10 does not (fig 4a) | PGD fixed-frequency ε_high with M = 3 and 10, unattacked baseline |
+| 6 | M = 5 plus σ = 0.025 mitigates further than M = 5 alone (fig 4b) | PGD fixed-frequency ε_high, M = 5 with σ = 0 and σ = 0.025 |
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import pandas as pd
+
+from sweeper.report.load import SweepData
+from sweeper.report.stats import DEFAULT_TAIL, run_summary
+
+PASS, FAIL, NA = "PASS", "FAIL", "N.A."
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Bounds of the claim checks; every default is documented in docs/REPRODUCTION.md.
+
+    Attributes:
+        eps_high: ε of the strong attack (3.3%, one attacker every round).
+        eps_low: ε of the weak attack (0.33%, one attacker every 10th round).
+        tasks: number of backdoor tasks N of claims 1–3, 5, 6 (the paper's 30).
+        high_backdoor: claim 1: backdoor (avg) ≥ this counts as "high".
+        main_intact_drop: claim 1: baseline main − attacked main ≤ this (2 points);
+            used when the unattacked baseline is loaded.
+        min_main_acc: claim 1 without a baseline: attacked main ≥ this.
+        weaker_ratio: claim 2: backdoor(ε_low) ≤ weaker_ratio × backdoor(ε_high).
+        schedule_tolerance: claim 3: backdoor(fixed) ≥ backdoor(random) − this.
+        tasks_tolerance: claim 4: from one N to the next larger, backdoor may rise by at
+            most this (seed noise).
+        tasks_min_drop: claim 4: backdoor(N_min) − backdoor(N_max) ≥ this.
+        m_low, m_mid, m_high: the norm bounds M of claims 5, 6 (3, 5, 10).
+        sigma: the noise σ of claim 6 (0.025).
+        mitigated_max: claims 5: backdoor (avg) ≤ this counts as mitigated; M = m_high
+            must stay above it.
+        max_main_drop: claim 5: baseline main − main at M = m_low ≤ this (1 point).
+        further_min_gap: claim 6: backdoor(σ = 0) − backdoor(σ) ≥ this.
+        tail: fraction of the last evaluated rounds averaged into "main (tail)".
+        burn_in: fraction of the first attacked rounds left out of "backdoor (avg)"
+            (0 = the paper's cumulative mean; use ~0.25 for runs of a few dozen rounds,
+            whose untrained first rounds call every digit a 1).
+    """
+
+    eps_high: float = 0.033
+    eps_low: float = 0.0033
+    tasks: int = 30
+    high_backdoor: float = 0.8
+    main_intact_drop: float = 0.02
+    min_main_acc: float = 0.9
+    weaker_ratio: float = 0.5
+    schedule_tolerance: float = 0.05
+    tasks_tolerance: float = 0.02
+    tasks_min_drop: float = 0.05
+    m_low: float = 3.0
+    m_mid: float = 5.0
+    m_high: float = 10.0
+    sigma: float = 0.025
+    mitigated_max: float = 0.2
+    max_main_drop: float = 0.01
+    further_min_gap: float = 0.05
+    tail: float = DEFAULT_TAIL
+    burn_in: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.tail <= 1:
+            raise ValueError(f"tail must be in (0, 1], got {self.tail}")
+        if not 0 <= self.burn_in < 1:
+            raise ValueError(f"burn_in must be in [0, 1), got {self.burn_in}")
+        if not 0 < self.eps_low < self.eps_high < 1:
+            raise ValueError(f"need 0 < eps_low < eps_high < 1, got {self.eps_low}, {self.eps_high}")
+        if not 0 < self.m_low < self.m_mid < self.m_high:
+            raise ValueError(f"need 0 < m_low < m_mid < m_high, got {self.m_low}, {self.m_mid}, {self.m_high}")
+
+    @classmethod
+    def from_overrides(cls, items: Mapping[str, str]) -> "Thresholds":
+        """`{"high_backdoor": "0.7"}` → Thresholds with that default replaced."""
+        known = {f.name: f.type for f in fields(cls)}
+        vals: dict[str, Any] = {}
+        for k, v in items.items():
+            if k not in known:
+                raise ValueError(f"unknown threshold `{k}`; known: {', '.join(known)}")
+            try:
+                vals[k] = int(v) if k == "tasks" else float(v)
+            except ValueError:
+                raise ValueError(f"threshold `{k}` needs a number, got {v!r}") from None
+        return cls(**vals)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One inequality `value op bound` on seed means; `seeds_ok` of `seeds_n` paired
+    seeds satisfy it on their own."""
+
+    text: str
+    value: float
+    op: str  # ">=" or "<="
+    bound: float
+    seeds_ok: int
+    seeds_n: int
+
+    @property
+    def ok(self) -> bool:
+        return holds(self.value, self.op, self.bound)
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    number: int
+    claim: str
+    figure: str
+    verdict: str
+    checks: tuple[Check, ...]
+    cells: tuple[str, ...]
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checks"] = [{**asdict(c), "ok": c.ok} for c in self.checks]
+        return d
+
+
+def holds(value: float, op: str, bound: float) -> bool:
+    """`value op bound`; NaN never holds."""
+    if math.isnan(value) or math.isnan(bound):
+        return False
+    if op == ">=":
+        return value >= bound
+    if op == "<=":
+        return value <= bound
+    raise ValueError(f"unknown comparison {op!r}")
+
+
+def verdict_of(checks: tuple[Check, ...] | list[Check]) -> str:
+    """PASS iff there are checks and all hold; N.A. without checks; FAIL otherwise."""
+    if not checks:
+        return NA
+    return PASS if all(c.ok for c in checks) else FAIL
+
+
+# --------------------------------------------------------------------------- cell lookup
+class _Cells:
+    """Cell configs and per-seed run statistics of a SweepData."""
+
+    def __init__(self, data: SweepData, th: Thresholds):
+        self.data = data
+        self.th = th
+        self.summary = run_summary(data, th.tail, th.burn_in)
+        self.configs = {c: data.cell_config(c) for c in data.cells()}
+
+    def find(self, **crit: Any) -> list[str]:
+        """Cells whose config matches every `key__sub=value` (dots as `__`); floats match
+        within 5% (so ε = 0.033 finds 1/30)."""
+        out = []
+        for cell, cfg in self.configs.items():
+            if all(_match(cfg.get(k.replace("__", ".")), v) for k, v in crit.items()):
+                out.append(cell)
+        return out
+
+    def stat(self, cell: str, column: str) -> pd.Series:
+        g = self.summary[self.summary["cell"] == cell]
+        # Runs of one cell that differ only in execution keys (workers, ...) share a seed.
+        return g.groupby("seed")[column].mean().sort_index()
+
+
+def _match(have: Any, want: Any) -> bool:
+    if callable(want):
+        return bool(want(have))
+    if want is None or have is None:
+        return have is None and want is None
+    if isinstance(want, (int, float)) and isinstance(have, (int, float)):
+        return math.isclose(float(have), float(want), rel_tol=0.05, abs_tol=1e-12)
+    return have == want
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.3g}%"
+
+
+def _fmt(x: float) -> str:
+    return "nan" if math.isnan(x) else f"{x:.3f}"
+
+
+def make_check(text: str, lhs: pd.Series, op: str, rhs: pd.Series | float) -> Check:
+    """Compare seed means; count the seeds (present on both sides) for which it holds."""
+    rhs_s = rhs if isinstance(rhs, pd.Series) else pd.Series(float(rhs), index=lhs.index)
+    value = float(lhs.mean()) if len(lhs.dropna()) else float("nan")
+    bound = float(rhs_s.mean()) if len(rhs_s.dropna()) else float("nan")
+    common = lhs.dropna().index.intersection(rhs_s.dropna().index)
+    ok = sum(holds(float(lhs[s]), op, float(rhs_s[s])) for s in common)
+    return Check(text, value, op, bound, int(ok), len(common))
+
+
+# --------------------------------------------------------------------------- the claims
+def _family_filters(th: Thresholds) -> dict[str, dict[str, Any]]:
+    return {
+        "unconstrained": dict(attack__kind="model-replacement", defense__norm_bound=None,
+                              defense__noise_sigma=0.0, attack__num_tasks=th.tasks),
+        f"PGD M={th.m_high:g}": dict(attack__kind="pgd", defense__norm_bound=th.m_high,
+                                     defense__noise_sigma=0.0, attack__num_tasks=th.tasks),
+    }
+
+
+def _baseline(c: _Cells) -> str | None:
+    cells = c.find(attack__kind="none", defense__norm_bound=None, defense__noise_sigma=0.0)
+    return cells[0] if cells else None
+
+
+def claim1(c: _Cells) -> ClaimResult:
+    th = c.th
+    claim = (f"the unconstrained attack at ε = {_pct(th.eps_high)} reaches high backdoor "
+             "accuracy with the main-task accuracy intact")
+    cells = c.find(**_family_filters(th)["unconstrained"], attack__fraction=th.eps_high)
+    base = _baseline(c)
+    checks: list[Check] = []
+    for cell in cells:
+        checks.append(make_check(f"backdoor (avg) of [{cell}] ≥ high_backdoor",
+                                 c.stat(cell, "backdoor_avg"), ">=", th.high_backdoor))
+        if base is not None:
+            checks.append(make_check(
+                f"main (tail) of [{base}] − main (tail) of [{cell}] ≤ main_intact_drop",
+                c.stat(base, "main_tail") - c.stat(cell, "main_tail"), "<=",
+                th.main_intact_drop))
+        else:
+            checks.append(make_check(f"main (tail) of [{cell}] ≥ min_main_acc (no baseline loaded)",
+                                     c.stat(cell, "main_tail"), ">=", th.min_main_acc))
+    used = tuple(cells) + ((base,) if base and cells else ())
+    note = "" if cells else f"needs an unconstrained cell with ε = {th.eps_high:g}, N = {th.tasks}, no defense (grids/paper/fig1_5.yaml)"
+    return ClaimResult(1, claim, "1, 5", verdict_of(checks), tuple(checks), used, note)
+
+
+def claim2(c: _Cells) -> ClaimResult:
+    th = c.th
+    claim = f"at ε = {_pct(th.eps_low)} the attack is much weaker than at ε = {_pct(th.eps_high)}"
+    checks, used = [], []
+    for fam, filt in _family_filters(th).items():
+        for sched in ("fixed-frequency", "random-sampling"):
+            hi = c.find(**filt, attack__schedule=sched, attack__fraction=th.eps_high)
+            lo = c.find(**filt, attack__schedule=sched, attack__fraction=th.eps_low)
+            if hi and lo:
+                h, l = hi[0], lo[0]
+                checks.append(make_check(
+                    f"backdoor (avg) of [{l}] ≤ weaker_ratio × backdoor (avg) of [{h}]",
+                    c.stat(l, "backdoor_avg"), "<=", th.weaker_ratio * c.stat(h, "backdoor_avg")))
+                used += [h, l]
+    note = "" if checks else "needs cells at both ε values with the same attack and schedule (fig1_5 / fig2_6)"
+    return ClaimResult(2, claim, "1, 2, 5, 6", verdict_of(checks), tuple(checks), tuple(used), note)
+
+
+def claim3(c: _Cells) -> ClaimResult:
+    th = c.th
+    claim = "fixed-frequency attacks are at least as effective as random sampling"
+    checks, used = [], []
+    for fam, filt in _family_filters(th).items():
+        for eps in (th.eps_high, th.eps_low):
+            ff = c.find(**filt, attack__schedule="fixed-frequency", attack__fraction=eps)
+            rs = c.find(**filt, attack__schedule="random-sampling", attack__fraction=eps)
+            if ff and rs:
+                checks.append(make_check(
+                    f"backdoor (avg) of [{ff[0]}] ≥ backdoor (avg) of [{rs[0]}] − schedule_tolerance",
+                    c.stat(ff[0], "backdoor_avg"), ">=",
+                    c.stat(rs[0], "backdoor_avg") - th.schedule_tolerance))
+                used += [ff[0], rs[0]]
+    note = "" if checks else "needs both schedules at the same ε and attack (fig1_5 / fig2_6)"
+    return ClaimResult(3, claim, "1, 2, 5, 6", verdict_of(checks), tuple(checks), tuple(used), note)
+
+
+def claim4(c: _Cells) -> ClaimResult:
+    th = c.th
+    claim = f"more backdoor tasks → lower backdoor accuracy (PGD, M = {th.m_high:g})"
+    cells = c.find(attack__kind="pgd", defense__norm_bound=th.m_high, defense__noise_sigma=0.0,
+                   attack__schedule="fixed-frequency", attack__fraction=th.eps_high)
+    by_n: dict[int, str] = {}
+    for cell in cells:
+        by_n.setdefault(int(c.configs[cell]["attack.num_tasks"]), cell)
+    ns = sorted(by_n)
+    checks: list[Check] = []
+    if len(ns) >= 2:
+        for a, b in zip(ns, ns[1:]):
+            checks.append(make_check(
+                f"backdoor (avg) of [{by_n[b]}] ≤ backdoor (avg) of [{by_n[a]}] + tasks_tolerance",
+                c.stat(by_n[b], "backdoor_avg"), "<=",
+                c.stat(by_n[a], "backdoor_avg") + th.tasks_tolerance))
+        lo, hi = by_n[ns[0]], by_n[ns[-1]]
+        checks.append(make_check(
+            f"backdoor (avg) of [{lo}] − backdoor (avg) of [{hi}] ≥ tasks_min_drop",
+            c.stat(lo, "backdoor_avg") - c.stat(hi, "backdoor_avg"), ">=", th.tasks_min_drop))
+    note = "" if checks else f"needs PGD M = {th.m_high:g} cells at ≥ 2 values of N (grids/paper/fig3.yaml)"
+    return ClaimResult(4, claim, "3", verdict_of(checks), tuple(checks),
+                       tuple(by_n[n] for n in ns) if checks else (), note)
+
+
+def _pgd_every_round(c: _Cells, m: float, sigma: float) -> list[str]:
+    th = c.th
+    return c.find(attack__kind="pgd", defense__norm_bound=m, defense__noise_sigma=sigma,
+                  attack__schedule="fixed-frequency", attack__fraction=th.eps_high,
+                  attack__num_tasks=th.tasks)
+
+
+def claim5(c: _Cells) -> ClaimResult:
+    th = c.th
+    claim = (f"M = {th.m_low:g} clipping mitigates the norm-bounded attack with at most "
+             f"~{th.max_main_drop * 100:g} point{'' if th.max_main_drop == 0.01 else 's'} of main-task loss, while M = {th.m_high:g} does not")
+    lo = _pgd_every_round(c, th.m_low, 0.0)
+    hi = _pgd_every_round(c, th.m_high, 0.0)
+    base = _baseline(c)
+    if not (lo and hi and base):
+        miss = [n for n, x in ((f"PGD M={th.m_low:g}", lo), (f"PGD M={th.m_high:g}", hi),
+                               ("the unattacked baseline", base)) if not x]
+        return ClaimResult(5, claim, "4a", NA, (), (),
+                           f"missing: {', '.join(miss)} (grids/paper/fig4a.yaml + fig4_baseline.yaml)")
+    l, h = lo[0], hi[0]
+    checks = (
+        make_check(f"backdoor (avg) of [{l}] ≤ mitigated_max", c.stat(l, "backdoor_avg"), "<=",
+                   th.mitigated_max),
+        make_check(f"main (tail) of [{base}] − main (tail) of [{l}] ≤ max_main_drop",
+                   c.stat(base, "main_tail") - c.stat(l, "main_tail"), "<=", th.max_main_drop),
+        make_check(f"backdoor (avg) of [{h}] ≥ mitigated_max (not mitigated)",
+                   c.stat(h, "backdoor_avg"), ">=", th.mitigated_max),
+    )
+    return ClaimResult(5, claim, "4a", verdict_of(checks), checks, (l, h, base))
+
+
+def claim6(c: _Cells) -> ClaimResult:
+    th = c.th
+    claim = (f"M = {th.m_mid:g} plus σ = {th.sigma:g} mitigates further than M = {th.m_mid:g} "
+             "alone")
+    plain = _pgd_every_round(c, th.m_mid, 0.0)
+    noisy = _pgd_every_round(c, th.m_mid, th.sigma)
+    if not (plain and noisy):
+        return ClaimResult(6, claim, "4b", NA, (), (),
+                           f"needs PGD M = {th.m_mid:g} with σ = 0 and σ = {th.sigma:g} (grids/paper/fig4b.yaml)")
+    p, n = plain[0], noisy[0]
+    checks = (make_check(
+        f"backdoor (avg) of [{p}] − backdoor (avg) of [{n}] ≥ further_min_gap",
+        c.stat(p, "backdoor_avg") - c.stat(n, "backdoor_avg"), ">=", th.further_min_gap),)
+    base = _baseline(c)
+    note = ""
+    if base is not None:
+        drop = float((c.stat(base, "main_tail") - c.stat(n, "main_tail")).mean())
+        note = f"(not part of the verdict) main-task cost of the noise vs baseline: {drop:+.3f}"
+    return ClaimResult(6, claim, "4b", verdict_of(checks), checks, (p, n), note)
+
+
+CLAIMS = (claim1, claim2, claim3, claim4, claim5, claim6)
+
+
+def check_claims(data: SweepData, thresholds: Thresholds | None = None) -> list[ClaimResult]:
+    """Evaluate all six claims on the loaded runs."""
+    cells = _Cells(data, thresholds or Thresholds())
+    return [f(cells) for f in CLAIMS]
+
+
+def format_check(ch: Check) -> str:
+    return (f"{ch.text}: {_fmt(ch.value)} {'≥' if ch.op == '>=' else '≤'} {_fmt(ch.bound)} "
+            f"→ {'holds' if ch.ok else 'fails'} (per seed {ch.seeds_ok}/{ch.seeds_n})")

@@ -1,0 +1,162 @@
+"""Paper-style figures (Sun et al. 2019, figs 1–6) with matplotlib's Agg canvas.
+
+Two figures per report:
+- `panels.png`: one panel per grid cell, laid out like the paper (rows: ε or the other
+  varied keys; columns: fixed-frequency | random-sampling when the schedule varies).
+  Each panel: main-task accuracy dotted, backdoor accuracy solid, the cumulative mean of
+  the backdoor accuracy in green (the paper's green line); lines are the mean over seeds,
+  shaded bands the min–max over seeds.
+- `overlay.png`: every cell in one panel, one colour each (the paper's fig 4 style:
+  dotted main task, solid backdoor), and beside it the cumulative means.
+
+The Figure/FigureCanvasAgg API is used instead of pyplot: no global backend or figure
+state, so it is safe in any process (Ray workers, tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import textwrap
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sweeper.report.load import SweepData, format_value, label_for
+from sweeper.report.stats import cell_curves, run_curves
+
+MAIN_COLOR = "tab:blue"
+BACKDOOR_COLOR = "tab:red"
+CUMMEAN_COLOR = "tab:green"
+CELL_COLORS = ("tab:blue", "tab:green", "tab:red", "black", "tab:orange", "tab:purple",
+               "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+DPI = 100
+
+
+def _band(ax, curve: pd.DataFrame, color: str, style: str, label: str | None, lw=1.2) -> None:
+    x = curve.index.to_numpy()
+    ax.plot(x, curve["mean"].to_numpy(), linestyle=style, color=color, lw=lw, label=label)
+    if (curve["n"] > 1).any():
+        ax.fill_between(x, curve["min"].to_numpy(), curve["max"].to_numpy(), color=color,
+                        alpha=0.18, lw=0)
+
+
+def panel_layout(data: SweepData) -> list[tuple[int, int, str]]:
+    """(row, column, cell) for every cell, paper-style.
+
+    The column key is `attack.schedule` when it varies (paper: fixed-frequency left,
+    random sampling right), otherwise the last varied key when there are two or more;
+    the rows are the remaining keys. When that does not give one cell per position, leaves
+    more than max(1, n/4) positions empty, or a single key varies, the panels flow left to
+    right, at most 4 per row.
+    """
+    cells = data.cells()
+    keys = list(data.cell_keys)
+    n = len(cells)
+    if len(keys) >= 2:
+        col_key = "attack.schedule" if "attack.schedule" in keys else keys[-1]
+        row_keys = [k for k in keys if k != col_key]
+        pos: dict[tuple[str, str], str] = {}
+        rows: list[str] = []
+        cols: list[str] = []
+        for cell in cells:
+            cfg = data.cell_config(cell)
+            r = label_for(cfg, row_keys)
+            c = format_value(col_key, cfg.get(col_key))
+            rows += [r] if r not in rows else []
+            cols += [c] if c not in cols else []
+            if (r, c) in pos:
+                break
+            pos[(r, c)] = cell
+        else:
+            if len(rows) * len(cols) - n <= max(1, n // 4):  # (almost) full: keep the grid
+                return [(rows.index(r), cols.index(c), cell) for (r, c), cell in pos.items()]
+    ncols = min(4, n)
+    return [(i // ncols, i % ncols, cell) for i, cell in enumerate(cells)]
+
+
+def _title(data: SweepData, cell: str) -> str:
+    seeds = data.cell_runs(cell)["seed"].nunique()
+    return "\n".join(textwrap.wrap(f"{cell} ({seeds} seed{'s' if seeds != 1 else ''})", 46))
+
+
+def _curves(data: SweepData, backdoor_metric: str):
+    runs = run_curves(data)
+    cum = "backdoor_cummean" if backdoor_metric == "backdoor_acc" else "heldout_cummean"
+    return (cell_curves(data, "main_acc", runs), cell_curves(data, backdoor_metric, runs),
+            cell_curves(data, cum, runs))
+
+
+def plot_panels(data: SweepData, path: Path, backdoor_metric: str = "backdoor_acc",
+                title: str | None = None) -> Path:
+    """One panel per cell (see module docstring); writes a PNG to `path`."""
+    layout = panel_layout(data)
+    nrows = max(r for r, _, _ in layout) + 1
+    ncols = max(c for _, c, _ in layout) + 1
+    main, bd, cum = _curves(data, backdoor_metric)
+    fig = Figure(figsize=(3.9 * ncols, 2.9 * nrows + 0.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True)
+    used = set()
+    for r, c, cell in layout:
+        ax = axes[r][c]
+        used.add((r, c))
+        _band(ax, main[cell], MAIN_COLOR, ":", "main task", lw=1.5)
+        _band(ax, bd[cell], BACKDOOR_COLOR, "-", "backdoor")
+        _band(ax, cum[cell], CUMMEAN_COLOR, "-", "backdoor, cumulative mean", lw=1.8)
+        ax.set_title(_title(data, cell), fontsize=8)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for r in range(nrows):
+        for c in range(ncols):
+            if (r, c) not in used:
+                axes[r][c].set_visible(False)
+        axes[r][0].set_ylabel("accuracy")
+    for c in range(ncols):
+        axes[nrows - 1][c].set_xlabel("round")
+    first = axes[layout[0][0]][layout[0][1]]
+    fig.legend(*first.get_legend_handles_labels(), loc="outside lower center", ncols=3,
+               fontsize=8, frameon=False)
+    fig.suptitle(title or f"{data.name}: mean over seeds, band = min–max over seeds",
+                 fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_overlay(data: SweepData, path: Path, backdoor_metric: str = "backdoor_acc",
+                 title: str | None = None) -> Path:
+    """All cells in one panel (paper fig 4 style) plus their cumulative means."""
+    main, bd, cum = _curves(data, backdoor_metric)
+    fig = Figure(figsize=(11, 4.2 + 0.18 * len(data.cells())), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax, ax2 = fig.subplots(1, 2, sharey=True)
+    for i, cell in enumerate(data.cells()):
+        color = CELL_COLORS[i % len(CELL_COLORS)]
+        _band(ax, main[cell], color, ":", None, lw=1.5)
+        _band(ax, bd[cell], color, "-", cell)
+        _band(ax2, cum[cell], color, "-", cell, lw=1.8)
+    ax.set_title("per round: dotted = main task, solid = backdoor", fontsize=9)
+    ax2.set_title("backdoor accuracy, cumulative mean", fontsize=9)
+    for a in (ax, ax2):
+        a.set_xlabel("round")
+        a.set_ylim(-0.02, 1.02)
+        a.grid(alpha=0.3)
+    ax.set_ylabel("accuracy")
+    fig.legend(*ax2.get_legend_handles_labels(), loc="outside lower center", ncols=2,
+               fontsize=7.5, frameon=False)
+    fig.suptitle(title or f"{data.name}: mean over seeds, band = min–max over seeds",
+                 fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_all(data: SweepData, out_dir: Path, backdoor_metric: str = "backdoor_acc") -> list[Path]:
+    """Both figures into `out_dir`; returns their paths."""
+    return [
+        plot_panels(data, out_dir / "panels.png", backdoor_metric),
+        plot_overlay(data, out_dir / "overlay.png", backdoor_metric),
+    ]
+

@@ -1,0 +1,546 @@
+"""Read a sweep's runs into pandas: from MLflow (DESIGN.md's layout) or from plain
+`fl-sweep simulate` output directories (`config.yaml` + `metrics.jsonl`).
+
+Every source ends up as the same two frames (`SweepData`):
+- `runs`: one row per run (index `run_id`) with `sweep`, `source`, `status`, `seed`,
+  `cell` (the grid cell's label), `cell_index` (its position in the paper-style order)
+  and one column per dotted config key (`attack.fraction`, `defense.norm_bound`, ...),
+  typed as in `fl_core.config` (MLflow params are strings; they are parsed back and
+  validated with `parse_config`).
+- `metrics`: one row per (run, evaluated round): `run_id`, `round` (rounds completed,
+  1..R; MLflow `step`) and the metric keys of DESIGN.md.
+
+A grid cell is a distinct value of the config keys that vary across the loaded runs,
+ignoring the seed and the keys that change no result (workers, checkpointing, backend,
+device). Several sweeps may be loaded together (e.g. `fig4a` plus `fig4_baseline`); a run
+that appears twice (same config, same seed: e.g. the M = 10 cell shared by fig 2/6, 3 and
+4a) is kept once, the one with the most rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+import yaml
+
+from fl_core.config import config_hash, flatten, parse_config, set_dotted
+from fl_core.errors import ConfigError
+from sweeper.errors import SweeperError
+
+METRIC_KEYS = (
+    "main_acc",
+    "main_loss",
+    "backdoor_acc",
+    "backdoor_acc_heldout",
+    "num_attackers",
+    "benign_norm_p50",
+    "benign_norm_p90",
+    "benign_norm_max",
+    "attacker_norm_pre",
+    "attacker_norm_post",
+    "aggregate_norm",
+    "round_seconds",
+)
+# Keys that never define a grid cell: the seed is the replicate axis, the rest change no
+# result (see fl_core.config.EXECUTION_ONLY_KEYS and the fl.* execution settings).
+NON_CELL_KEYS = frozenset(
+    {"seed", "fl.workers", "fl.checkpoint_every", "fl.backend", "fl.device", "fl.eval_every"}
+)
+# Paper-style order of the keys in a cell label (rows before columns), then alphabetical.
+KEY_ORDER = (
+    "attack.kind",
+    "attack.fraction",
+    "attack.schedule",
+    "attack.frequency",
+    "attack.num_tasks",
+    "defense.norm_bound",
+    "defense.noise_sigma",
+    "defense.noise_placement",
+)
+SHORT = {
+    "attack.fraction": "ε",
+    "attack.frequency": "f",
+    "attack.num_tasks": "N",
+    "attack.start_round": "start",
+    "defense.norm_bound": "M",
+    "defense.noise_sigma": "σ",
+    "defense.noise_placement": "noise on",
+    "fl.rounds": "R",
+    "fl.clients_per_round": "C·K",
+}
+KIND_LABEL = {"none": "no attack", "model-replacement": "unconstrained", "pgd": "PGD"}
+KIND_RANK = {"none": 0, "model-replacement": 1, "pgd": 2}
+
+
+class ReportError(SweeperError):
+    """The report cannot find or read what it was pointed at."""
+
+
+@dataclass(frozen=True)
+class ParentRun:
+    """The MLflow parent run of one sweep (where the report logs its artifacts)."""
+
+    sweep: str
+    tracking_uri: str
+    run_id: str
+    experiment_id: str
+
+
+@dataclass(frozen=True)
+class SweepData:
+    """Runs and per-round metrics of one or more sweeps (see the module docstring)."""
+
+    name: str
+    runs: pd.DataFrame
+    metrics: pd.DataFrame
+    cell_keys: tuple[str, ...]
+    parents: tuple[ParentRun, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+
+    def cells(self) -> list[str]:
+        """Cell labels in paper-style order."""
+        order = self.runs.drop_duplicates("cell").sort_values("cell_index")
+        return list(order["cell"])
+
+    def cell_runs(self, cell: str) -> pd.DataFrame:
+        return self.runs[self.runs["cell"] == cell]
+
+    def cell_config(self, cell: str) -> dict[str, Any]:
+        """Dotted config of the cell's first run, without the seed."""
+        row = self.cell_runs(cell).iloc[0]
+        return {k: na_to_none(row[k]) for k in self.config_keys() if k != "seed"}
+
+    def config_keys(self) -> list[str]:
+        return [c for c in self.runs.columns if c == "seed" or "." in c]
+
+
+# --------------------------------------------------------------------------- parsing
+def parse_param(text: str) -> Any:
+    """An MLflow param string back to a Python value (MLflow logs `str(value)`)."""
+    if text in ("None", "null", ""):
+        return None
+    if text in ("True", "true"):
+        return True
+    if text in ("False", "false"):
+        return False
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _typed_config(flat: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validate a dotted config through fl_core; unknown/old keys are kept as given."""
+    nested: dict[str, Any] = {}
+    for k, v in flat.items():
+        set_dotted(nested, k, v)
+    try:
+        return flatten(parse_config(nested, source=source))
+    except ConfigError:
+        # A run written by another version of the engine: report it with its own keys.
+        return dict(flat)
+
+
+def na_to_none(v: Any) -> Any:
+    """A config value from a DataFrame cell: pandas turns None into NaN; turn it back."""
+    if v is None:
+        return None
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+# --------------------------------------------------------------------------- simulate dirs
+def find_simulate_dirs(root: Path, max_depth: int = 4) -> list[Path]:
+    """Directories under `root` (itself included) holding config.yaml + metrics.jsonl."""
+    found: list[Path] = []
+    root = root.resolve()
+    for dirpath, dirnames, filenames in os.walk(root):
+        depth = len(Path(dirpath).relative_to(root).parts)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth)
+        if "config.yaml" in filenames and "metrics.jsonl" in filenames:
+            found.append(Path(dirpath))
+    return sorted(found)
+
+
+def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl; a truncated last line (run killed mid-write) is skipped."""
+    rows = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                continue
+            raise ReportError(f"{path}: line {i + 1} is not JSON; the file is corrupt") from None
+    return rows
+
+
+def _load_simulate_dir(d: Path, sweep: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    raw = yaml.safe_load((d / "config.yaml").read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ReportError(f"{d / 'config.yaml'}: not a mapping")
+    try:
+        cfg = parse_config(raw, source=str(d / "config.yaml"))
+        flat = flatten(cfg)
+        trial_key = config_hash(cfg)
+    except ConfigError:
+        flat = _flat_dict(raw)
+        trial_key = json.dumps(flat, sort_keys=True, default=str)
+    rows = read_metrics_jsonl(d / "metrics.jsonl")
+    last = max((int(r["round"]) for r in rows), default=0)
+    rounds = flat.get("fl.rounds")
+    status = "finished" if rounds is not None and last >= int(rounds) else "incomplete"
+    status_file = d / "status.json"  # written by `fl-sweep simulate` (sweeper/local.py)
+    if status_file.exists():
+        try:
+            status = json.loads(status_file.read_text()).get("status", status)
+        except json.JSONDecodeError:
+            pass
+    run = {"run_id": f"dir:{d}", "sweep": sweep, "source": str(d), "status": status,
+           "trial_key": trial_key, **flat}
+    return run, [{"run_id": run["run_id"], **r} for r in rows]
+
+
+def _flat_dict(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_simulate_dirs(root: Path, sweep: str | None = None) -> tuple[list[dict], list[dict]]:
+    dirs = find_simulate_dirs(root)
+    if not dirs:
+        raise ReportError(
+            f"{root}: no run found (expected config.yaml + metrics.jsonl from `fl-sweep "
+            "simulate --out DIR`, in it or in its sub-directories, or an MLflow store)"
+        )
+    name = sweep or root.resolve().name
+    runs, metrics = [], []
+    for d in dirs:
+        run, rows = _load_simulate_dir(d, name)
+        runs.append(run)
+        metrics.extend(rows)
+    return runs, metrics
+
+
+# --------------------------------------------------------------------------- MLflow
+def find_store(path: Path) -> str | None:
+    """The MLflow tracking URI of a sweep storage directory, or None if it holds none.
+
+    The sweeper keeps its sqlite store under the sweep's storage directory; any `*.db`
+    there (or in a direct sub-directory) that has MLflow's `runs` table counts.
+    """
+    import sqlite3
+
+    candidates = sorted(path.glob("*.db")) + sorted(path.glob("*/*.db"))
+    for db in candidates:
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                ok = con.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table' AND name='runs'"
+                ).fetchone()
+            finally:
+                con.close()
+        except sqlite3.Error:
+            continue
+        if ok:
+            return f"sqlite:///{db.resolve()}"
+    return None
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _search_all(client, exp_ids: list[str], filter_string: str) -> list:
+    out, token = [], None
+    while True:
+        page = client.search_runs(exp_ids, filter_string=filter_string, max_results=1000,
+                                  page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
+def find_parent_runs(uri: str, sweep: str | None = None) -> list:
+    """Parent runs (tag fl_sweep.role=parent) in the store, optionally of one sweep name,
+    newest first."""
+    client = _client(uri)
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    if not exp_ids:
+        return []
+    filt = "tags.`fl_sweep.role` = 'parent'"
+    if sweep is not None:
+        filt += f" and tags.`fl_sweep.sweep` = '{sweep}'"
+    runs = _search_all(client, exp_ids, filt)
+    return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+
+def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | None = None,
+                      ) -> tuple[list[dict], list[dict], ParentRun, list[str]]:
+    """Child runs of one sweep's parent run in store `uri`: the given `parent_run_id`
+    (from the sweep manifest), else the newest parent run tagged with `sweep` (any
+    sweep if None, as long as the store holds only one)."""
+    notes: list[str] = []
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # MLflow would silently create an empty store there
+        raise ReportError(f"MLflow store {uri}: no such file")
+    if parent_run_id is not None:
+        parent = _client(uri).get_run(parent_run_id)
+    else:
+        parents = find_parent_runs(uri, sweep)
+        if not parents:
+            what = f"sweep `{sweep}`" if sweep else "any sweep"
+            raise ReportError(f"MLflow store {uri}: no parent run of {what} (tag fl_sweep.role=parent)")
+        names = {p.data.tags.get("fl_sweep.sweep") for p in parents}
+        if sweep is None and len(names) > 1:
+            raise ReportError(
+                f"MLflow store {uri} holds several sweeps ({', '.join(sorted(map(str, names)))}); "
+                "name the one to report"
+            )
+        parent = parents[0]
+        if len(parents) > 1:
+            notes.append(f"{sweep or parent.info.run_name}: {len(parents)} parent runs in the "
+                         f"store; reporting the newest ({parent.info.run_id})")
+    name = parent.data.tags.get("fl_sweep.sweep", sweep or parent.info.run_name)
+    client = _client(uri)
+    children = _search_all(client, [parent.info.experiment_id],
+                           f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    runs, metrics = [], []
+    for child in children:
+        params = {k: parse_param(v) for k, v in child.data.params.items()}
+        flat = _typed_config(params, source=f"{uri} run {child.info.run_id}")
+        tags = child.data.tags
+        run = {
+            "run_id": child.info.run_id,
+            "sweep": name,
+            "source": f"{uri}#{child.info.run_id}",
+            "status": tags.get("fl_sweep.status", child.info.status.lower()),
+            "trial_key": tags.get("fl_sweep.trial_key", child.info.run_id),
+            **flat,
+        }
+        runs.append(run)
+        by_step: dict[int, dict[str, Any]] = {}
+        for key in child.data.metrics:
+            for m in client.get_metric_history(child.info.run_id, key):
+                by_step.setdefault(int(m.step), {})[key] = m.value
+        for step in sorted(by_step):
+            metrics.append({"run_id": run["run_id"], "round": step, **by_step[step]})
+    ref = ParentRun(name, uri, parent.info.run_id, parent.info.experiment_id)
+    return runs, metrics, ref, notes
+
+
+# --------------------------------------------------------------------------- resolution
+def _manifest(path: Path) -> dict[str, Any] | None:
+    from sweeper import storage
+
+    if not (path / storage.MANIFEST).is_file():
+        return None
+    return storage.read_manifest(path)
+
+
+def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = None):
+    """(runs, metrics, parent-or-None, notes) for one SWEEP argument."""
+    from sweeper import storage
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        man = _manifest(path)
+        if man is not None:  # a sweep directory of `fl-sweep run`
+            return load_mlflow_sweep(tracking_uri or man["tracking_uri"], man.get("name"),
+                                     None if tracking_uri else man.get("parent_run_id"))
+        uri = find_store(path)
+        if uri is not None:
+            return load_mlflow_sweep(uri, None)
+        runs, metrics = load_simulate_dirs(path)
+        return runs, metrics, None, []
+    if tracking_uri:
+        return load_mlflow_sweep(tracking_uri, source)
+    try:
+        sweep_dir = storage.resolve_sweep(source, storage_root)
+    except SweeperError as e:
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return load_mlflow_sweep(uri, source)
+        raise ReportError(
+            f"`{source}` is neither a directory (sweep storage or `fl-sweep simulate` "
+            f"output) nor a known sweep: {e}; or pass --tracking-uri URI"
+        ) from None
+    return _load_one(str(sweep_dir), None)
+
+
+def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
+                storage_root: str | None = None) -> SweepData:
+    """Load and merge the runs of every SWEEP argument (names or paths).
+
+    Args:
+        sources: sweep directories of `fl-sweep run` (their manifest names the MLflow
+            store and parent run), sweep names (under `storage_root`, else looked up by
+            tag in `tracking_uri` or $MLFLOW_TRACKING_URI), directories holding an MLflow
+            sqlite store, or directories of `fl-sweep simulate` outputs.
+        tracking_uri: MLflow store to read instead of the one a manifest names.
+        storage_root: the sweeper's storage root (default $FL_SWEEP_STORAGE or ./sweeps).
+
+    Returns:
+        SweepData with runs deduplicated by (config, seed) and cells assigned.
+
+    Raises:
+        ReportError: nothing found, or a run without any metric.
+    """
+    if not sources:
+        raise ReportError("no sweep given")
+    all_runs: list[dict] = []
+    all_metrics: list[dict] = []
+    parents: list[ParentRun] = []
+    notes: list[str] = []
+    names: list[str] = []
+    from mlflow.exceptions import MlflowException
+
+    for s in sources:
+        try:
+            runs, metrics, parent, n = _load_one(s, tracking_uri, storage_root)
+        except MlflowException as e:
+            raise ReportError(f"`{s}`: cannot read its MLflow store: {e.message}") from None
+        all_runs.extend(runs)
+        all_metrics.extend(metrics)
+        notes.extend(n)
+        if parent is not None:
+            parents.append(parent)
+        names.append(runs[0]["sweep"] if runs else Path(s).name)
+    if not all_runs:
+        raise ReportError(f"{', '.join(sources)}: the sweep has no runs yet")
+    runs_df = pd.DataFrame(all_runs)
+    metrics_df = pd.DataFrame(all_metrics) if all_metrics else pd.DataFrame(columns=["run_id", "round"])
+    for k in METRIC_KEYS:
+        if k not in metrics_df.columns:
+            metrics_df[k] = float("nan")
+    metrics_df["round"] = metrics_df["round"].astype(int)
+    runs_df, dropped = _dedupe(runs_df, metrics_df)
+    if dropped:
+        notes.append(f"{dropped} duplicate run(s) (same config and seed in several sweeps) kept once")
+    metrics_df = metrics_df[metrics_df["run_id"].isin(runs_df["run_id"])]
+    metrics_df = metrics_df.sort_values(["run_id", "round"]).reset_index(drop=True)
+    empty = sorted(set(runs_df["run_id"]) - set(metrics_df["run_id"]))
+    if empty:
+        notes.append(f"{len(empty)} run(s) without any evaluated round left out")
+        runs_df = runs_df[~runs_df["run_id"].isin(empty)]
+    if runs_df.empty:
+        raise ReportError(f"{', '.join(sources)}: no run has an evaluated round yet")
+    runs_df, keys = assign_cells(runs_df)
+    return SweepData(
+        name="+".join(dict.fromkeys(names)),
+        runs=runs_df.set_index("run_id", drop=False),
+        metrics=metrics_df,
+        cell_keys=tuple(keys),
+        parents=tuple(parents),
+        notes=tuple(notes),
+    )
+
+
+def _dedupe(runs: pd.DataFrame, metrics: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    last = metrics.groupby("run_id")["round"].max() if not metrics.empty else pd.Series(dtype=int)
+    runs = runs.assign(_last=runs["run_id"].map(last).fillna(0))
+    runs = runs.sort_values("_last", ascending=False, kind="stable")
+    kept = runs.drop_duplicates("trial_key", keep="first")
+    return kept.drop(columns="_last").reset_index(drop=True), len(runs) - len(kept)
+
+
+# --------------------------------------------------------------------------- cells
+def _hashable(v: Any) -> Any:
+    v = na_to_none(v)
+    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
+
+
+def _sort_value(key: str, v: Any) -> tuple:
+    v = na_to_none(v)
+    if key == "attack.kind":
+        return (0, KIND_RANK.get(v, 9), str(v))
+    if key == "attack.schedule":
+        return (0, 0 if v == "fixed-frequency" else 1, str(v))
+    if v is None:
+        return (0, float("-inf"), "")
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        # ε rows top-down from the largest (paper's figs 1/2), everything else ascending.
+        return (1, -v if key == "attack.fraction" else v, "")
+    return (2, 0, str(v))
+
+
+def format_value(key: str, v: Any) -> str:
+    v = na_to_none(v)
+    if key == "attack.kind":
+        return KIND_LABEL.get(v, str(v))
+    if key == "attack.fraction":
+        return "–" if v is None else f"{v * 100:.3g}%"
+    if key == "defense.norm_bound" and v is None:
+        return "off"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return "–" if v is None else str(v)
+
+
+def label_for(config: Mapping[str, Any], keys: Iterable[str]) -> str:
+    """Human label of a cell from its values of `keys` (paper notation)."""
+    parts = []
+    baseline = na_to_none(config.get("attack.kind")) == "none"
+    for k in keys:
+        if baseline and k.startswith("attack.") and k != "attack.kind":
+            continue  # attack settings mean nothing without an attack
+        val = format_value(k, config.get(k))
+        if k in ("attack.kind", "attack.schedule"):
+            parts.append(val)
+        else:
+            parts.append(f"{SHORT.get(k, k)}={val}")
+    return ", ".join(parts)
+
+
+def _ordered_keys(keys: Iterable[str]) -> list[str]:
+    keys = list(keys)
+    first = [k for k in KEY_ORDER if k in keys]
+    return first + sorted(k for k in keys if k not in KEY_ORDER)
+
+
+def assign_cells(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Add `cell` and `cell_index`; return the frame and the keys that define cells."""
+    config_cols = [c for c in runs.columns if "." in c]
+    varied = [
+        c for c in config_cols
+        if c not in NON_CELL_KEYS and runs[c].map(_hashable).nunique(dropna=False) > 1
+    ]
+    keys = _ordered_keys(varied)
+    label_keys = keys or [k for k in ("attack.kind", "attack.fraction", "attack.schedule",
+                                      "defense.norm_bound", "defense.noise_sigma")
+                          if k in runs.columns]
+    runs = runs.copy()
+    runs["cell"] = [label_for(row, label_keys) for row in runs.to_dict("records")]
+    if "seed" not in runs.columns:
+        runs["seed"] = 0
+    sort_rows = sorted(
+        {row["cell"]: tuple(_sort_value(k, row.get(k)) for k in keys)
+         for row in runs.to_dict("records")}.items(),
+        key=lambda kv: kv[1],
+    )
+    index = {cell: i for i, (cell, _) in enumerate(sort_rows)}
+    runs["cell_index"] = runs["cell"].map(index).astype(int)
+    return runs, keys

@@ -1,0 +1,276 @@
+"""The report: figures + per-cell table + claims + privacy, as Markdown and HTML pages
+and machine-readable files, optionally logged to each sweep's MLflow parent run.
+
+Files written to the output directory:
+- `report.md`, `report.html`: the page;
+- `figures/panels.png`, `figures/overlay.png`: see `figures`;
+- `cells.csv`: the per-cell table (mean, min, max over seeds of every statistic);
+- `claims.json` (with `--claims`): each claim, its verdict, checks, numbers and cells;
+- `privacy.json`: (ε, δ) per noisy cell.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from sweeper.report.claims import ClaimResult, Thresholds, check_claims, format_check
+from sweeper.report.figures import plot_all
+from sweeper.report.load import SweepData
+from sweeper.report.privacy import DEFAULT_DELTA, PrivacyResult, privacy_report
+from sweeper.report.stats import cell_summary
+
+# (column in cell_summary, header) of the page's table, in order.
+TABLE_COLUMNS = (
+    ("main_final", "main acc (final)"),
+    ("main_tail", "main acc (tail)"),
+    ("backdoor_final", "backdoor acc (final)"),
+    ("backdoor_avg", "backdoor acc (avg)"),
+    ("heldout_avg", "held-out backdoor (avg)"),
+    ("attacked_rounds", "rounds attacked"),
+    ("benign_norm_p90_median", "benign norm p90 (median)"),
+)
+TABLE_HEADER = ("cell", "seeds", "rounds", *(h for _, h in TABLE_COLUMNS), "DP ε (δ)")
+CLAIMS_HEADER = ("#", "claim", "paper fig.", "verdict", "numbers", "cells used")
+PRIVACY_HEADER = ("cell", "noise on", "σ", "M", "C·K", "K", "q", "rounds", "z",
+                  "δ", "ε (RDP)", "ε (PLD)", "in plain words")
+
+DEFINITIONS = """\
+- **backdoor acc (avg)**: the run's mean backdoor accuracy over all evaluated rounds after
+  `attack.start_round` = the last value of the cumulative mean (the paper's green line){burn}.
+- **main acc (tail)**: the run's mean main-task accuracy over the last {tail:.0%} of its
+  evaluated rounds.
+- **held-out backdoor**: the same on the target writers' test-split 7s (not seen by the
+  attacker); `backdoor acc` is measured on the attacker's own backdoor set, as the
+  original code does.
+- Every number is the mean over the cell's seeds, with [min–max] over seeds.
+- **rounds attacked**: the share of evaluated rounds with at least one attacker.
+"""
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    files: list[Path]
+    cells: pd.DataFrame
+    claims: list[ClaimResult] | None
+    privacy: list[PrivacyResult]
+    notes: list[str] = field(default_factory=list)
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _spread(row: pd.Series, col: str) -> str:
+    mean, lo, hi = row[col], row[f"{col}_min"], row[f"{col}_max"]
+    if math.isnan(mean):
+        return "–"
+    if row["seeds"] <= 1 or lo == hi:
+        return _fmt(mean)
+    return f"{_fmt(mean)} [{_fmt(lo)}–{_fmt(hi)}]"
+
+
+def _eps_text(p: PrivacyResult | None) -> str:
+    if p is None:
+        return "no noise"
+    return f"{p.epsilon:.3g} ({p.delta:g})"
+
+
+def table_rows(cells: pd.DataFrame, privacy: list[PrivacyResult]) -> list[list[str]]:
+    """The per-cell table as strings, one list per row, columns as `TABLE_HEADER`."""
+    by_cell = {p.cell: p for p in privacy}
+    rows = []
+    for _, r in cells.iterrows():
+        rounds = (str(r["rounds_max"]) if r["rounds_min"] == r["rounds_max"]
+                  else f"{r['rounds_min']}–{r['rounds_max']}")
+        rows.append([r["cell"], str(int(r["seeds"])), rounds,
+                     *(_spread(r, c) for c, _ in TABLE_COLUMNS), _eps_text(by_cell.get(r["cell"]))])
+    return rows
+
+
+def claims_rows(claims: list[ClaimResult]) -> list[list[str]]:
+    rows = []
+    for c in claims:
+        numbers = "; ".join(format_check(ch) for ch in c.checks) or c.note
+        if c.checks and c.note:
+            numbers += f"; {c.note}"
+        rows.append([str(c.number), c.claim, c.figure, c.verdict, numbers,
+                     "; ".join(c.cells) or "–"])
+    return rows
+
+
+def privacy_rows(privacy: list[PrivacyResult]) -> list[list[str]]:
+    return [[p.cell, p.placement, f"{p.sigma:g}", f"{p.norm_bound:g}", str(p.clients_per_round),
+             f"{p.population} ({p.population_source})", f"{p.sampling_rate:.4g}", str(p.rounds),
+             f"{p.noise_multiplier:.4g}", f"{p.delta:g}", f"{p.epsilon_rdp:.4g}",
+             "–" if p.epsilon_pld is None else f"{p.epsilon_pld:.4g}", p.verdict]
+            for p in privacy]
+
+
+def _md_table(header, rows) -> str:
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _html_table(header, rows) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+PRIVACY_INTRO = (
+    "Weak DP read as user-level DP-FedAvg: per round a Gaussian mechanism on the clipped "
+    "updates of a sampled cohort, accounted with `dp-accounting` (RDP and PLD, Poisson "
+    "sampling at q = C·K/K, add/remove-one-writer, over the rounds run). Noise on the sum: "
+    "z = σ/M; on the mean: z = σ·C·K/M. The cohort is really a fixed-size sample; Poisson "
+    "sampling with the same expected size is the standard approximation."
+)
+
+
+def _sections(data: SweepData, rep: Report, tail: float, burn_in: float) -> list[tuple[str, str, list | None, tuple | None]]:
+    """(title, text, rows, header) sections shared by the Markdown and HTML pages."""
+    n_runs, n_cells = len(data.runs), len(data.cells())
+    intro = (f"{n_runs} runs in {n_cells} cells from: "
+             + ", ".join(sorted(set(data.runs["sweep"].astype(str)))) + ". "
+             + "Varied keys: " + (", ".join(data.cell_keys) or "none") + ".")
+    secs = [("", intro + (" Notes: " + "; ".join(rep.notes) if rep.notes else ""), None, None)]
+    burn = (f", here without the first {burn_in:.0%} of those rounds (burn-in)" if burn_in else "")
+    secs.append(("Cells: final and averaged metrics", DEFINITIONS.format(tail=tail, burn=burn),
+                 table_rows(rep.cells, rep.privacy), TABLE_HEADER))
+    if rep.claims is not None:
+        counts = {v: sum(c.verdict == v for c in rep.claims) for v in ("PASS", "FAIL", "N.A.")}
+        secs.append(("Claims of the paper",
+                     " · ".join(f"{k}: {v}" for k, v in counts.items())
+                     + ". Thresholds are parameters (`--threshold name=value`); a verdict is "
+                     "PASS iff every check holds on the seed means.",
+                     claims_rows(rep.claims), CLAIMS_HEADER))
+    if rep.privacy:
+        secs.append(("How private is the weak DP?", PRIVACY_INTRO, privacy_rows(rep.privacy),
+                     PRIVACY_HEADER))
+    else:
+        secs.append(("How private is the weak DP?", "No cell adds noise (σ = 0 everywhere): "
+                     "no differential privacy at all.", None, None))
+    return secs
+
+
+def write_pages(data: SweepData, rep: Report, figures: list[Path], tail: float,
+                burn_in: float = 0.0) -> list[Path]:
+    secs = _sections(data, rep, tail, burn_in)
+    rel = [f.relative_to(rep.out_dir).as_posix() for f in figures]
+    md = [f"# Report: {data.name}", ""]
+    htm = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.name)}"
+           "</title><style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
+           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+           "padding:3px 6px;vertical-align:top}img{max-width:100%}</style></head><body>",
+           f"<h1>Report: {html.escape(data.name)}</h1>"]
+    first, *rest = secs
+    md += [first[1], "", "## Figures", ""] + [f"![{Path(r).stem}]({r})" for r in rel] + [""]
+    htm += [f"<p>{html.escape(first[1])}</p><h2>Figures</h2>"]
+    htm += [f"<p><img src='{html.escape(r)}' alt='{html.escape(Path(r).stem)}'></p>" for r in rel]
+    for title, text, rows, header in rest:
+        md += [f"## {title}", "", text, ""]
+        htm += [f"<h2>{html.escape(title)}</h2>",
+                "<p>" + "<br>".join(html.escape(x) for x in text.splitlines()) + "</p>"]
+        if rows is not None:
+            md += [_md_table(header, rows), ""]
+            htm.append(_html_table(header, rows))
+    if rep.claims:
+        md += ["### Claim checks in detail", ""]
+        htm.append("<h3>Claim checks in detail</h3><ul>")
+        for c in rep.claims:
+            md.append(f"- **Claim {c.number} — {c.verdict}**: {c.claim}.")
+            htm.append(f"<li><b>Claim {c.number} — {c.verdict}</b>: {html.escape(c.claim)}<ul>")
+            for ch in c.checks:
+                md.append(f"  - {format_check(ch)}")
+                htm.append(f"<li>{html.escape(format_check(ch))}</li>")
+            if c.note:
+                md.append(f"  - {c.note}")
+                htm.append(f"<li>{html.escape(c.note)}</li>")
+            htm.append("</ul></li>")
+        htm.append("</ul>")
+        md.append("")
+    htm.append("</body></html>")
+    md_path, html_path = rep.out_dir / "report.md", rep.out_dir / "report.html"
+    md_path.write_text("\n".join(md) + "\n")
+    html_path.write_text("\n".join(htm) + "\n")
+    return [md_path, html_path]
+
+
+def build_report(
+    data: SweepData,
+    out_dir: Path,
+    claims: bool = False,
+    thresholds: Thresholds | None = None,
+    delta: float = DEFAULT_DELTA,
+    population: int | None = None,
+    backdoor_metric: str = "backdoor_acc",
+) -> Report:
+    """Write every report file into `out_dir` (see the module docstring)."""
+    th = thresholds or Thresholds()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cells = cell_summary(data, th.tail, th.burn_in)
+    privacy = privacy_report(data, delta, population)
+    claim_results = check_claims(data, th) if claims else None
+    rep = Report(out_dir, [], cells, claim_results, privacy, list(data.notes))
+    figures = plot_all(data, out_dir / "figures", backdoor_metric)
+    cells.to_csv(out_dir / "cells.csv", index=False)
+    files = [*figures, out_dir / "cells.csv"]
+    (out_dir / "privacy.json").write_text(json.dumps([p.to_dict() for p in privacy], indent=2))
+    files.append(out_dir / "privacy.json")
+    (out_dir / "claims.json").unlink(missing_ok=True)  # never leave a stale one behind
+    if claim_results is not None:
+        payload = {"thresholds": th.__dict__, "claims": [c.to_dict() for c in claim_results]}
+        (out_dir / "claims.json").write_text(json.dumps(payload, indent=2, default=float))
+        files.append(out_dir / "claims.json")
+    files += write_pages(data, rep, figures, th.tail, th.burn_in)
+    rep.files = files
+    return rep
+
+
+def _slug(text: str) -> str:
+    text = text.replace("σ", "sigma").replace("ε", "eps").replace("%", "pct")
+    return re.sub(r"[^A-Za-z0-9.\-]+", "_", text).strip("_")[:120]
+
+
+def log_to_mlflow(data: SweepData, rep: Report) -> list[str]:
+    """Log the report directory as artifacts (`report/`) of every loaded sweep's parent
+    run, and each noisy cell's (z, q, rounds, δ, ε) as params and metrics there.
+
+    Params are immutable in MLflow: when a re-run of the report computes a different
+    value (another δ, more rounds), the param keeps its first value and the metric
+    (which may change) carries the new one; the returned notes say so.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    notes = []
+    for parent in data.parents:
+        client = MlflowClient(tracking_uri=parent.tracking_uri)
+        client.log_artifacts(parent.run_id, str(rep.out_dir), artifact_path="report")
+        for p in rep.privacy:
+            if p.cell not in set(data.runs.loc[data.runs["sweep"] == parent.sweep, "cell"]):
+                continue
+            base = f"dp.{_slug(p.cell)}"
+            values = {"noise_multiplier": p.noise_multiplier, "sampling_rate": p.sampling_rate,
+                      "rounds": p.rounds, "delta": p.delta, "epsilon_rdp": p.epsilon_rdp}
+            if p.epsilon_pld is not None:
+                values["epsilon_pld"] = p.epsilon_pld
+            for k, v in values.items():
+                client.log_metric(parent.run_id, f"{base}.{k}", float(v))
+                try:
+                    client.log_param(parent.run_id, f"{base}.{k}", f"{v:.6g}")
+                except MlflowException:
+                    notes.append(f"{parent.sweep}: param {base}.{k} already set to another "
+                                 "value; the metric holds the new one")
+        notes.append(f"logged report to MLflow run {parent.run_id} ({parent.tracking_uri})")
+    return notes

@@ -1,0 +1,164 @@
+"""The numbers behind the figures, the table and the claims.
+
+Definitions (used everywhere in the report, and stated on the page):
+- **cumulative mean** of the backdoor accuracy at round t: the mean of the run's
+  evaluated backdoor accuracies from the first evaluated round after `attack.start_round`
+  up to t (the paper's green line). With `fl.eval_every` > 1 it averages the evaluated
+  rounds only.
+- **backdoor (avg)** of a run: its cumulative mean at its last round, i.e. the mean
+  backdoor accuracy over the whole attacked run. This is what the claims compare: with
+  an attack every 10th round the per-round accuracy spikes and decays, and the average
+  is what the paper's green line shows. With `burn_in` = b > 0 the first b·n of those
+  n rounds are left out: an untrained model calls every digit a 1, so the first rounds
+  of a short run score "backdoor accuracy" 1.0 with or without an attack.
+- **main (tail)** of a run: its mean main-task accuracy over the last `tail` fraction of
+  evaluated rounds (at least one round): the level training settled at, less noisy than
+  the last round alone.
+- Cell values are the mean over the cell's seeds, with min and max.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from sweeper.report.load import SweepData
+
+DEFAULT_TAIL = 0.1
+
+
+def cumulative_mean(values: pd.Series | np.ndarray, start: int = 0) -> np.ndarray:
+    """Running mean of `values` from position `start` on; NaN before `start`.
+
+    NaN entries (an unevaluated metric) are skipped: the mean is over the values seen.
+    """
+    v = np.asarray(values, dtype=float)
+    out = np.full(v.shape, np.nan)
+    if start >= len(v):
+        return out
+    tail = v[start:]
+    ok = ~np.isnan(tail)
+    sums = np.cumsum(np.where(ok, tail, 0.0))
+    counts = np.cumsum(ok)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[start:] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    return out
+
+
+def _start_index(rounds: np.ndarray, start_round: int | None) -> int:
+    """Index of the first evaluated round after the attack starts (round r is 1-based:
+    rounds completed, so round r ran 0-based round r-1 ≥ start_round)."""
+    s = int(start_round or 0)
+    idx = np.nonzero(rounds - 1 >= s)[0]
+    return int(idx[0]) if len(idx) else len(rounds)
+
+
+def run_curves(data: SweepData) -> pd.DataFrame:
+    """Per run and round: the metrics plus `backdoor_cummean` and `heldout_cummean`."""
+    parts = []
+    for run_id, g in data.metrics.groupby("run_id", sort=False):
+        g = g.sort_values("round").copy()
+        start = data.runs.loc[run_id].get("attack.start_round", 0)
+        i0 = _start_index(g["round"].to_numpy(), None if pd.isna(start) else start)
+        g["backdoor_cummean"] = cumulative_mean(g["backdoor_acc"].to_numpy(), i0)
+        g["heldout_cummean"] = cumulative_mean(g["backdoor_acc_heldout"].to_numpy(dtype=float), i0)
+        parts.append(g)
+    out = pd.concat(parts, ignore_index=True)
+    cols = data.runs[["run_id", "cell", "seed"]].reset_index(drop=True)
+    return out.merge(cols, on="run_id", how="left")
+
+
+def _tail_mean(x: pd.Series, tail: float) -> float:
+    n = max(1, int(math.ceil(len(x) * tail)))
+    return float(x.iloc[-n:].mean())
+
+
+def _late_mean(x: pd.Series, burn_in: float) -> float:
+    """Mean of the non-NaN values of `x` after dropping the first ceil(burn_in·n)."""
+    x = x.dropna()
+    if x.empty:
+        return float("nan")
+    skip = min(len(x) - 1, int(math.ceil(len(x) * burn_in)))
+    return float(x.iloc[skip:].mean())
+
+
+def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.0) -> pd.DataFrame:
+    """One row per run: cell, seed, rounds, final and averaged metrics (see module doc).
+
+    Args:
+        tail: fraction of the last evaluated rounds averaged into `main_tail`, in (0, 1].
+        burn_in: fraction of the attacked rounds left out of `backdoor_avg` and
+            `heldout_avg`, in [0, 1); 0 = the paper's cumulative mean.
+    """
+    if not 0 < tail <= 1:
+        raise ValueError(f"tail must be in (0, 1], got {tail}")
+    if not 0 <= burn_in < 1:
+        raise ValueError(f"burn_in must be in [0, 1), got {burn_in}")
+    curves = run_curves(data)
+    rows = []
+    for run_id, g in curves.groupby("run_id", sort=False):
+        g = g.sort_values("round")
+        last = g.iloc[-1]
+        attacked = g["num_attackers"].fillna(0) > 0
+        after = g["backdoor_cummean"].notna()  # evaluated rounds after attack.start_round
+        rows.append({
+            "run_id": run_id,
+            "cell": last["cell"],
+            "seed": int(last["seed"]),
+            "status": data.runs.loc[run_id, "status"],
+            "rounds": int(last["round"]),
+            "main_final": float(last["main_acc"]),
+            "main_tail": _tail_mean(g["main_acc"], tail),
+            "backdoor_final": float(last["backdoor_acc"]),
+            "backdoor_avg": _late_mean(g.loc[after, "backdoor_acc"].astype(float), burn_in),
+            "heldout_avg": _late_mean(g.loc[after, "backdoor_acc_heldout"].astype(float), burn_in),
+            "attacked_rounds": float(attacked.mean()),
+            "attackers_per_round": float(g["num_attackers"].fillna(0).mean()),
+            "benign_norm_p90_median": float(g["benign_norm_p90"].median()),
+        })
+    return pd.DataFrame(rows)
+
+
+SUMMARY_COLUMNS = (
+    "main_final", "main_tail", "backdoor_final", "backdoor_avg", "heldout_avg",
+    "attacked_rounds", "attackers_per_round", "benign_norm_p90_median",
+)
+
+
+def cell_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.0) -> pd.DataFrame:
+    """One row per cell (paper order): n seeds, rounds, and mean/min/max over seeds of
+    each `SUMMARY_COLUMNS` value (columns `<name>`, `<name>_min`, `<name>_max`)."""
+    runs = run_summary(data, tail, burn_in)
+    rows = []
+    for cell in data.cells():
+        g = runs[runs["cell"] == cell]
+        row = {"cell": cell, "seeds": len(g), "rounds_min": int(g["rounds"].min()),
+               "rounds_max": int(g["rounds"].max()),
+               "statuses": ",".join(sorted(set(g["status"].astype(str))))}
+        for c in SUMMARY_COLUMNS:
+            row[c] = float(g[c].mean())
+            row[f"{c}_min"] = float(g[c].min())
+            row[f"{c}_max"] = float(g[c].max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def cell_curves(data: SweepData, metric: str,
+                curves: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """Per cell: a frame indexed by round with columns mean, min, max, n over seeds.
+
+    Args:
+        curves: `run_curves(data)` if already computed (it is the costly part).
+    """
+    curves = run_curves(data) if curves is None else curves
+    out = {}
+    for cell in data.cells():
+        g = curves[curves["cell"] == cell]
+        piv = g.pivot_table(index="round", columns="run_id", values=metric, aggfunc="first")
+        out[cell] = pd.DataFrame({
+            "mean": piv.mean(axis=1), "min": piv.min(axis=1), "max": piv.max(axis=1),
+            "n": piv.notna().sum(axis=1),
+        })
+    return out

@@ -1,0 +1,157 @@
+"""Golden tests of the claim verdicts: data built so that a claim must PASS, must FAIL (one
+number moved past its threshold) or is N.A. (its cells missing); and in every case the
+verdict follows from the printed numbers alone."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from sweeper.report.claims import (
+    FAIL,
+    NA,
+    PASS,
+    Check,
+    Thresholds,
+    check_claims,
+    holds,
+    make_check,
+    verdict_of,
+)
+from sweeper.report.load import load_sweeps
+
+
+def _verdicts(results):
+    return {c.number: c.verdict for c in results}
+
+
+def assert_verdicts_follow_from_numbers(results, th=Thresholds()):
+    """Each check's `ok` is `value op bound` and the verdict is PASS iff all hold."""
+    for c in results:
+        for ch in c.checks:
+            assert ch.ok == (ch.value >= ch.bound if ch.op == ">=" else ch.value <= ch.bound)
+            assert 0 <= ch.seeds_ok <= ch.seeds_n
+        if not c.checks:
+            assert c.verdict == NA and c.note
+        else:
+            assert c.verdict == (PASS if all(ch.ok for ch in c.checks) else FAIL)
+            assert c.cells, "a verdict names the cells it used"
+
+
+def test_all_claims_pass_on_designed_data(paper_sweep):
+    res = check_claims(load_sweeps([str(paper_sweep)]))
+    assert _verdicts(res) == {i: PASS for i in range(1, 7)}
+    assert_verdicts_follow_from_numbers(res)
+    by = {c.number: c for c in res}
+    # claim 1 compares with the baseline when it is loaded: 0.95 − 0.94 = 0.01 ≤ 0.02
+    assert by[1].checks[1].value == pytest.approx(0.01)
+    assert by[1].checks[1].bound == pytest.approx(0.02)
+    # claim 2, unconstrained fixed-frequency: 0.30 ≤ 0.5 × 0.95
+    assert (by[2].checks[0].value, by[2].checks[0].bound) == pytest.approx((0.30, 0.475))
+    # claim 4: N = 10, 20, 30, 50 → 3 steps + the overall drop 0.90 − 0.60
+    assert len(by[4].checks) == 4 and by[4].checks[-1].value == pytest.approx(0.30)
+    # claim 5: M = 3 backdoor 0.05 ≤ 0.2, main drop 0.005 ≤ 0.01, M = 10 0.80 ≥ 0.2
+    assert [c.value for c in by[5].checks] == pytest.approx([0.05, 0.005, 0.80])
+    # claim 6: 0.50 − 0.20 ≥ 0.05
+    assert by[6].checks[0].value == pytest.approx(0.30)
+    # every check holds in both seeds (the jitter shifts paired cells alike)
+    assert all(ch.seeds_ok == ch.seeds_n == 2 for c in res for ch in c.checks)
+
+
+# (claim that must fail, cell to change, new backdoor acc or None, new main acc or None)
+FAILURES = [
+    (1, "mr_hi_ff", None, 0.90),   # main drop 0.95 − 0.90 = 0.05 > main_intact_drop 0.02
+    (2, "mr_lo_ff", 0.60, None),   # 0.60 > 0.5 × 0.95
+    (3, "pgd_hi_rs", 0.90, None),  # fixed 0.80 < random 0.90 − 0.05
+    (4, "pgd_n50", 0.85, None),    # N = 50 rises above N = 30 (0.80) + 0.02
+    (5, "pgd_m3", 0.40, None),     # M = 3 does not mitigate: 0.40 > 0.2
+    (6, "pgd_m5_dp", 0.48, None),  # noise gains only 0.02 < 0.05
+]
+
+
+@pytest.mark.parametrize("claim,cell,bd,main", FAILURES)
+def test_one_number_past_its_threshold_fails_exactly_that_claim(
+        tmp_path, cells_writer, paper_cell_table, claim, cell, bd, main):
+    cells = paper_cell_table()
+    ov, b, m = cells[cell]
+    cells[cell] = (ov, b if bd is None else bd, m if main is None else main)
+    root = cells_writer(tmp_path / "p", cells)
+    res = check_claims(load_sweeps([str(root)]))
+    expected = {i: PASS for i in range(1, 7)}
+    expected[claim] = FAIL
+    assert _verdicts(res) == expected
+    assert_verdicts_follow_from_numbers(res)
+
+
+def test_missing_cells_give_na_and_say_what_is_missing(tmp_path, cells_writer, paper_cell_table):
+    cells = {k: v for k, v in paper_cell_table().items()
+             if k == "baseline" or k.startswith("mr_")}
+    res = check_claims(load_sweeps([str(cells_writer(tmp_path / "p", cells))]))
+    v = _verdicts(res)
+    assert (v[1], v[2], v[3]) == (PASS, PASS, PASS)
+    assert (v[4], v[5], v[6]) == (NA, NA, NA)
+    assert "fig3" in res[3].note
+    # claim 5 names what is missing: both PGD cells, not the (loaded) baseline
+    assert "PGD M=3" in res[4].note and "the unattacked baseline" not in res[4].note
+    assert_verdicts_follow_from_numbers(res)
+
+
+def test_claim1_without_baseline_uses_the_absolute_floor(tmp_path, cells_writer, paper_cell_table):
+    cells = {k: v for k, v in paper_cell_table().items() if k.startswith("mr_hi")}
+    data = load_sweeps([str(cells_writer(tmp_path / "p", cells))])
+    res = check_claims(data)
+    assert res[0].verdict == PASS
+    assert "min_main_acc" in res[0].checks[1].text and res[0].checks[1].bound == 0.9
+    # raising the floor above the measured 0.94 flips the verdict
+    assert check_claims(data, Thresholds(min_main_acc=0.95))[0].verdict == FAIL
+    assert check_claims(data)[4].verdict == NA  # claim 5 needs M=3, M=10 and the baseline
+
+
+def test_thresholds_are_parameters(paper_sweep):
+    data = load_sweeps([str(paper_sweep)])
+    # claim 1: the ε = 3.3% random-sampling cell has 0.92; demanding 0.93 fails it
+    assert check_claims(data, Thresholds(high_backdoor=0.93))[0].verdict == FAIL
+    # claim 6: the noise gains 0.30; demanding 0.31 fails it
+    assert check_claims(data, Thresholds(further_min_gap=0.31))[5].verdict == FAIL
+    # no cell has ε = 5%: claims 1 and 2 are N.A., claim 3 keeps its two ε = 0.33% pairs
+    res = check_claims(data, Thresholds(eps_high=0.05))
+    assert [c.verdict for c in res[:3]] == [NA, NA, PASS]
+    assert len(res[2].checks) == 2 and all("0.33%" in ch.text for ch in res[2].checks)
+
+
+def test_per_seed_counts_do_not_change_the_verdict(tmp_path, run_writer):
+    """Claim 6 holds on the seed means (gap 0.06 ≥ 0.05) but in only one of two seeds."""
+    base = {"attack.kind": "pgd", "attack.fraction": 0.033, "defense.norm_bound": 5.0}
+    for seed, (plain, noisy) in enumerate([(0.5, 0.40), (0.5, 0.48)]):
+        run_writer(tmp_path / "s" / f"p{seed}", base, seed, {"backdoor_acc": [plain] * 5, "main_acc": [0.9] * 5})
+        run_writer(tmp_path / "s" / f"n{seed}", {**base, "defense.noise_sigma": 0.025}, seed,
+                   {"backdoor_acc": [noisy] * 5, "main_acc": [0.9] * 5})
+    c6 = check_claims(load_sweeps([str(tmp_path / "s")]))[5]
+    assert c6.verdict == PASS
+    ch = c6.checks[0]
+    assert ch.value == pytest.approx(0.06) and (ch.seeds_ok, ch.seeds_n) == (1, 2)
+
+
+def test_make_check_and_verdict_rules():
+    import pandas as pd
+
+    lhs = pd.Series({0: 0.3, 1: 0.5, 2: float("nan")})
+    ch = make_check("x", lhs, "<=", 0.45)
+    assert ch.value == pytest.approx(0.4) and ch.bound == 0.45 and ch.ok
+    assert (ch.seeds_ok, ch.seeds_n) == (1, 2)
+    assert not holds(math.nan, ">=", 0.0) and not holds(1.0, "<=", math.nan)
+    assert verdict_of([]) == NA
+    good, bad = Check("a", 1, ">=", 0, 1, 1), Check("b", 1, "<=", 0, 0, 1)
+    assert verdict_of([good]) == PASS and verdict_of([good, bad]) == FAIL
+    with pytest.raises(ValueError):
+        holds(1.0, "<", 2.0)
+
+
+def test_threshold_overrides_are_validated():
+    th = Thresholds.from_overrides({"high_backdoor": "0.7", "tasks": "10"})
+    assert th.high_backdoor == 0.7 and th.tasks == 10 and th.sigma == 0.025
+    for bad in ({"nope": "1"}, {"tail": "0"}, {"burn_in": "1"}, {"eps_low": "0.5"},
+                {"high_backdoor": "high"}):
+        with pytest.raises(ValueError):
+            Thresholds.from_overrides(bad)
