@@ -119,6 +119,10 @@ class ClientRunner:
         self.hp = SGDParams(config.fl.local_epochs, config.fl.batch_size, config.fl.client_lr)
         self.attack = make_attack(config)
         self.model = CNN().to(self.device)
+        from fl_core.backends import check_precision, make_backend
+
+        check_precision(config.fl.precision, self.device)
+        self.backend = make_backend(config.fl.backend, self)
 
     def client_data(self, k: int) -> ClientData:
         s = self.data.train_slice(k)
@@ -141,9 +145,22 @@ class ClientRunner:
         return ClientResult(task.client_index, task.slot, task.role, len(own), delta.cpu(), metrics)
 
     def run(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
-        """Train `tasks` and return their results in task order."""
-        with torch_threads(self.config.fl.threads):
-            return [self.run_one(t, global_params) for t in tasks]
+        """Train `tasks` and return their results in task order: the benign ones through
+        the `fl.backend` backend (all together), attackers one by one through the attack
+        plug-in. Every task has its own generator and RNG scope and starts from
+        `global_params`, so the order in which they train changes no result."""
+        from fl_core.backends import precision_scope
+
+        with torch_threads(self.config.fl.threads), precision_scope(self.config.fl.precision, self.device):
+            gp = global_params.to(self.device)
+            benign = [i for i, t in enumerate(tasks) if t.role == "benign"]
+            results: list[ClientResult | None] = [None] * len(tasks)
+            for i, res in zip(benign, self.backend.train([tasks[i] for i in benign], gp), strict=True):
+                results[i] = res
+            for i, t in enumerate(tasks):
+                if results[i] is None:
+                    results[i] = self.run_one(t, gp)
+            return results  # type: ignore[return-value]
 
 
 @contextlib.contextmanager

@@ -65,6 +65,11 @@ class FLConfig(_Frozen):
     backend: Literal["auto", "sequential", "vectorized"] = Field(
         "auto", description="client-training backend; auto picks the fastest for the device"
     )
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32",
+        description="client-training arithmetic on CUDA: fp32 (IEEE, TF32 off), tf32 (TF32 "
+        "matmuls/convolutions), bf16 (autocast forward, fp32 weights); CPU runs fp32 only",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
     workers: int = Field(1, ge=1, description="Ray client-worker actors per trial (sweeper)")
     threads: int = Field(
@@ -75,6 +80,13 @@ class FLConfig(_Frozen):
         "CPU float reductions (and so bit-exact results) depend on it",
     )
     checkpoint_every: int = Field(10, ge=1, description="checkpoint every N rounds (and the last)")
+
+    @model_validator(mode="after")
+    def _precision_on_cpu(self) -> "FLConfig":
+        # device auto is checked when it resolves (fl_core.backends.check_precision)
+        if self.device == "cpu" and self.precision != "fp32":
+            raise ConfigError("fl.precision", self.precision, "fp32 when fl.device = cpu (tf32/bf16 are CUDA-only)")
+        return self
 
 
 class AttackConfig(_Frozen):
