@@ -286,3 +286,15 @@ def test_smoke_grid_is_small():
     g = load_grid(REPO / "grids" / "smoke.yaml")
     assert len(g.trials) == 4
     assert all(t.config.fl.rounds <= 20 and t.config.data.source == "embedded" for t in g.trials)
+
+
+def test_readme_grid_example_is_valid(tmp_path):
+    """The grid file a user copies from the README must load as written."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"## A grid file\n\n```yaml\n(.*?)```", text, re.S)
+    assert block, "README lost its grid-file example"
+    g = load_grid(write(tmp_path, block.group(1)))
+    assert len(g.trials) == 3 * 2 * 3
+    assert {t.config.defense.norm_bound for t in g.trials} == {3.0, 5.0, 10.0}
