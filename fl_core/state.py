@@ -56,12 +56,21 @@ class SimulationState:
         return replace(self, **changes)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(fileobj)` on a temp file next to `path`, fsync, then rename over it."""
+    """Call `write(fileobj)` on a temp file next to `path`, fsync, then rename over it.
+    The file gets the usual umask permissions (mkstemp's 0600 would hide checkpoints and
+    manifests from the other users of a shared cluster mount)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -19,14 +19,11 @@ from typing import Callable
 from fl_core.config import SimulationConfig
 from fl_core.errors import DivergedError
 from fl_core.simulate import Simulation
-from fl_core.state import atomic_write_bytes, load_state, save_state
+from fl_core.state import load_state, save_state
 from sweeper.configio import dump_config
+from sweeper.storage import atomic_write_text
 
 STATE, METRICS, CONFIG, STATUS = "state.pt", "metrics.jsonl", "config.yaml", "status.json"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -38,7 +35,7 @@ def read_metrics(path: Path) -> list[dict]:
 def truncate_metrics(path: Path, last_round: int) -> None:
     """Keep only the lines with round ≤ last_round (atomic rewrite)."""
     kept = [m for m in read_metrics(path) if m["round"] <= last_round]
-    write_text_atomic(path, "".join(json.dumps(m) + "\n" for m in kept))
+    atomic_write_text(path, "".join(json.dumps(m) + "\n" for m in kept))
 
 
 def run_local(
@@ -57,9 +54,9 @@ def run_local(
     else:
         (out / METRICS).unlink(missing_ok=True)
         (out / STATE).unlink(missing_ok=True)
-    write_text_atomic(out / CONFIG, dump_config(config))
+    atomic_write_text(out / CONFIG, dump_config(config))
     status = {"status": "running", "round": sim.state.round_idx, "rounds": config.fl.rounds}
-    write_text_atomic(out / STATUS, json.dumps(status))
+    atomic_write_text(out / STATUS, json.dumps(status))
     try:
         with open(out / METRICS, "a") as mf:
             while not sim.done:
@@ -75,8 +72,8 @@ def run_local(
                     on_round(r, m)
     except DivergedError as e:
         status.update(status="diverged", round=e.round_num, message=str(e))
-        write_text_atomic(out / STATUS, json.dumps(status))
+        atomic_write_text(out / STATUS, json.dumps(status))
         return "diverged"
     status.update(status="finished", round=sim.state.round_idx)
-    write_text_atomic(out / STATUS, json.dumps(status))
+    atomic_write_text(out / STATUS, json.dumps(status))
     return "finished"

@@ -19,10 +19,10 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from fl_core.state import atomic_write_bytes
 from sweeper.errors import SweeperError
 
 MANIFEST = "sweep.json"
@@ -43,25 +43,8 @@ def storage_root(option: str | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; others on the cluster read these
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -88,6 +89,10 @@ def test_save_is_atomic_and_leaves_no_temp_files(config, tiny_data, tmp_path):
     save_state(tmp_path / "s.pt", sim.state)
     save_state(tmp_path / "s.pt", sim.state)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.pt"]
+    # the usual umask permissions, not mkstemp's private 0600 (shared cluster mounts)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "s.pt").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_nan_weights_stop_with_diverged(tiny_data):
