@@ -22,7 +22,8 @@ ray = pytest.importorskip("ray")
 from fl_core.config import parse_config  # noqa: E402
 from fl_core.data import load_data  # noqa: E402
 from fl_core.simulate import Simulation  # noqa: E402
-from sweeper.actors import RayActorExecutor, split  # noqa: E402
+from sweeper.actors import RayActorExecutor, pack, split, unpack  # noqa: E402
+from fl_core.types import ClientResult  # noqa: E402
 from sweeper.errors import SweeperError  # noqa: E402
 from sweeper.grid import load_grid  # noqa: E402
 from sweeper.runner import run_sweep, sweep_status  # noqa: E402
@@ -71,6 +72,24 @@ def _run(cfg, executor=None, data=None):
         m = sim.step()
         metrics.append({k: v for k, v in m.items() if k not in TIMING})
     return sim.state.global_params, metrics
+
+
+def test_pack_moves_updates_into_one_array_and_unpack_restores_them_exactly():
+    g = torch.Generator().manual_seed(0)
+    deltas = [torch.randn(7, generator=g) for _ in range(3)]
+    results = [ClientResult(k, 0, "benign" if k else "attacker", 10 + k, d.clone(), {"train_loss": 0.5 * k})
+               for k, d in enumerate(deltas)]
+    light, arr = pack(list(results))
+    assert arr.shape == (3, 7) and arr.dtype.name == "float32"
+    assert all(r.delta.numel() == 0 for r in light)  # no tensor travels twice
+    arr.setflags(write=False)  # what ray.get returns: a read-only buffer
+    back = unpack((light, arr))
+    for r, b in zip(results, back):
+        assert (b.client_index, b.slot, b.role, b.num_examples, b.metrics) == (
+            r.client_index, r.slot, r.role, r.num_examples, r.metrics)
+        assert b.delta.dtype == torch.float32 and torch.equal(b.delta, r.delta)
+    back[0].delta.add_(1.0)  # writable, and the caller owns it
+    assert pack([])[0] == [] and unpack(pack([])) == []
 
 
 def test_split_is_contiguous_and_balanced():
