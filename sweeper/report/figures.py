@@ -116,13 +116,7 @@ def plot_panels(data: SweepData, path: Path, backdoor_metric: str = "backdoor_ac
     for c in range(ncols):
         axes[nrows - 1][c].set_xlabel("round")
     first = axes[layout[0][0]][layout[0][1]]
-    fig.legend(*first.get_legend_handles_labels(), loc="outside lower center", ncols=3,
-               fontsize=8, frameon=False)
-    fig.suptitle(title or f"{data.name}: mean over seeds, band = min–max over seeds",
-                 fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return _finish(fig, first, 3, 8, data, title, path)
 
 
 def plot_overlay(data: SweepData, path: Path, backdoor_metric: str = "backdoor_acc",
@@ -144,8 +138,15 @@ def plot_overlay(data: SweepData, path: Path, backdoor_metric: str = "backdoor_a
         a.set_ylim(-0.02, 1.02)
         a.grid(alpha=0.3)
     ax.set_ylabel("accuracy")
-    fig.legend(*ax2.get_legend_handles_labels(), loc="outside lower center", ncols=2,
-               fontsize=7.5, frameon=False)
+    return _finish(fig, ax2, 2, 7.5, data, title, path)
+
+
+
+def _finish(fig: Figure, legend_ax, ncols: int, fontsize: float, data: SweepData,
+            title: str | None, path: Path) -> Path:
+    """Legend (from `legend_ax`) under the figure, the title, and the PNG at `path`."""
+    fig.legend(*legend_ax.get_legend_handles_labels(), loc="outside lower center", ncols=ncols,
+               fontsize=fontsize, frameon=False)
     fig.suptitle(title or f"{data.name}: mean over seeds, band = min–max over seeds",
                  fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
