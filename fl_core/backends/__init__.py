@@ -45,6 +45,13 @@ class ClientBackend(Protocol):
         ...
 
 
+def require_benign(tasks: Sequence[ClientTask]) -> None:
+    """Backends train benign clients only: attackers go to the attack plug-in."""
+    for t in tasks:
+        if t.role != "benign":
+            raise ValueError(f"backends train benign clients only; task {t} goes to the attack plug-in")
+
+
 def _sequential(runner: "ClientRunner") -> ClientBackend:
     from fl_core.backends.sequential import SequentialBackend
 
@@ -144,5 +151,6 @@ __all__ = [
     "check_precision",
     "make_backend",
     "precision_scope",
+    "require_benign",
     "resolve_backend_name",
 ]

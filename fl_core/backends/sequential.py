@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from fl_core.backends import require_benign
 from fl_core.types import ClientResult, ClientTask
 
 if TYPE_CHECKING:
@@ -30,7 +31,5 @@ class SequentialBackend:
         self.runner = runner
 
     def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
-        for t in tasks:
-            if t.role != "benign":
-                raise ValueError(f"backends train benign clients only; task {t} goes to the attack plug-in")
+        require_benign(tasks)
         return [self.runner.run_one(t, global_params) for t in tasks]

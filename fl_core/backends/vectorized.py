@@ -47,6 +47,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fl_core.client import to_input
+from fl_core.backends import require_benign
 from fl_core.types import ClientResult, ClientTask
 
 if TYPE_CHECKING:
@@ -255,9 +256,7 @@ class VectorizedBackend:
 
     # -- the round ---------------------------------------------------------------------
     def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
-        for t in tasks:
-            if t.role != "benign":
-                raise ValueError(f"backends train benign clients only; task {t} goes to the attack plug-in")
+        require_benign(tasks)
         if not tasks:
             return []
         hp, dev = self.hp, self.device
