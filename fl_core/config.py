@@ -80,6 +80,13 @@ class FLConfig(_Frozen):
         "CPU float reductions (and so bit-exact results) depend on it",
     )
     checkpoint_every: int = Field(10, ge=1, description="checkpoint every N rounds (and the last)")
+    init: str = Field(
+        "random",
+        min_length=1,
+        description="where round 0's weights come from: random (the CNN's seeded init), or a "
+        "finished run to warm-start from (a `fl-sweep simulate --out` directory or its state.pt); "
+        "rounds continue from its round, so attack.start_round keeps its meaning",
+    )
 
     @model_validator(mode="after")
     def _precision_on_cpu(self) -> "FLConfig":
@@ -90,6 +97,18 @@ class FLConfig(_Frozen):
 
 
 class AttackConfig(_Frozen):
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, Mapping) and "pgd_pass" in raw:
+            raise ConfigError(
+                "attack.pgd_pass", raw["pgd_pass"],
+                "nothing: the key was replaced by `attack.recipe` (reference | union | mixed); "
+                "pgd_pass: original → recipe: reference (now fl.local_epochs epochs per pass, as the "
+                "reference code), pgd_pass: union → recipe: union",
+            )
+        return raw
+
     kind: Literal["none", "model-replacement", "pgd"] = Field(
         "none", description="attack plug-in name"
     )
@@ -109,10 +128,21 @@ class AttackConfig(_Frozen):
     source_label: int = Field(7, ge=0, le=9, description="label of the backdoored images")
     target_label: int = Field(1, ge=0, le=9, description="label the attacker wants them to get")
     pgd_iterations: int = Field(5, ge=1, description="P: PGD passes, projecting after each")
-    pgd_pass: Literal["union", "original"] = Field(
-        "union",
-        description="union: one epoch over D_trn ∪ D_mal (paper); original: one epoch over "
-        "D_trn then one step on all of D_mal as one batch (reference code)",
+    recipe: Literal["reference", "union", "mixed"] = Field(
+        "reference",
+        description="how the attacker trains its malicious model: reference (the paper's code: "
+        "Δ_benign + β·one full-batch step on D_mal; PGD passes = local_epochs over own data then "
+        "that step), union (train on own ∪ D_mal, boost all), mixed (every minibatch carries "
+        "poison_fraction of D_mal, Bagdasaryan et al.); see fl_core/attacks/recipes.py",
+    )
+    poison_fraction: float = Field(
+        0.3125, gt=0, lt=1,
+        description="mixed recipe: share of each minibatch drawn from D_mal (Bagdasaryan et al.: 20 of 64)",
+    )
+    max_tasks: int = Field(
+        50, ge=1,
+        description="the largest N any compared cell uses: the first max_tasks writers of the target "
+        "order are never attackers, so the attacker pool is the same for every N ≤ max_tasks",
     )
     boost: float | None = Field(
         None, gt=0, description="β override; null = Σn/(η·m·n_a) under the weighting in force"
@@ -161,6 +191,11 @@ class SimulationConfig(_Frozen):
             raise ConfigError(
                 "defense.norm_bound", None,
                 "a positive number M when defense.noise_sigma > 0 (weak DP clips first)",
+            )
+        if a.kind != "none" and a.num_tasks > a.max_tasks:
+            raise ConfigError(
+                "attack.num_tasks", a.num_tasks,
+                f"at most attack.max_tasks = {a.max_tasks} (raise attack.max_tasks for larger N)",
             )
         if a.source_label == a.target_label:
             raise ConfigError(

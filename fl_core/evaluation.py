@@ -4,6 +4,15 @@ Main task: all writers' test images (or a fixed random subset drawn once from th
 POPULATION stream). Backdoor: the fraction of D_mal (the attacker's own backdoor images,
 the reference code's figure) and of the target writers' held-out source-label test images
 classified as the target label.
+
+A semantic backdoor spreads: the attacked model also turns OTHER writers' source-label images
+into the target label (measured up to 98% on real writers, `../shared/paper/NOTES.md`), which
+`main_acc` counts only as a 10% slice of the test set. So two more figures, on the same test
+rows as `main_acc`:
+- `main_acc_clean`: accuracy on the test images whose label is not the source label (the
+  main task with the backdoor's own label taken out);
+- `collateral_rate`: the share of NON-target writers' source-label test images predicted as
+  the target label (the backdoor's spill-over; the unattacked model's value is its baseline).
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ class Evaluator:
             rows = np.sort(numpy_rng(config.seed, Stream.POPULATION, 2).choice(rows, size=n, replace=False))
         self.test_x = torch.from_numpy(data.test_pixels[rows]).to(device)
         self.test_y = torch.from_numpy(data.test_labels[rows]).to(device)
+        writer = np.repeat(np.arange(data.num_writers), np.diff(data.test_offsets))[rows]
+        is_src = data.test_labels[rows] == config.attack.source_label
+        self.clean_mask = torch.from_numpy(~is_src).to(device)
+        self.collateral_mask = torch.from_numpy(is_src & ~np.isin(writer, backdoor.targets)).to(device)
         self.mal_x = torch.from_numpy(data.train_pixels[backdoor.train_rows]).to(device)
         self.held_x = torch.from_numpy(data.test_pixels[backdoor.heldout_rows]).to(device)
         self.model = CNN().to(device)
@@ -63,9 +76,18 @@ class Evaluator:
         self.model.eval()
         preds, loss_sum = self._predict(self.test_x, self.test_y)
         n = max(len(self.test_y), 1)
+        correct = preds == self.test_y
         return {
-            "main_acc": float((preds == self.test_y).double().sum()) / n,
+            "main_acc": float(correct.double().sum()) / n,
+            "main_acc_clean": _mean(correct, self.clean_mask),
+            "collateral_rate": _mean(preds == self.target, self.collateral_mask),
             "main_loss": loss_sum / n,
             "backdoor_acc": self._rate(self.mal_x),
             "backdoor_acc_heldout": self._rate(self.held_x),
         }
+
+
+def _mean(hits: torch.Tensor, mask: torch.Tensor) -> float | None:
+    """Share of `hits` among the rows in `mask`; None when the mask is empty."""
+    n = int(mask.sum())
+    return float(hits[mask].double().sum()) / n if n else None

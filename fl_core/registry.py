@@ -8,6 +8,7 @@ from typing import Callable
 
 from fl_core.attacks.model_replacement import ModelReplacement
 from fl_core.attacks.pgd import NormBoundedPGD
+from fl_core.attacks.recipes import RECIPES
 from fl_core.config import SimulationConfig
 from fl_core.defenses.norm_clipping import NormClipping
 from fl_core.defenses.weak_dp import GaussianNoise
@@ -17,8 +18,8 @@ ATTACKS: MappingProxyType[str, Callable[[SimulationConfig], object]] = MappingPr
     {
         # kind "none" has no attackers, so its factory is never called to craft.
         "none": lambda cfg: None,
-        "model-replacement": lambda cfg: ModelReplacement(),
-        "pgd": lambda cfg: NormBoundedPGD(cfg.attack.pgd_iterations, cfg.attack.pgd_pass),
+        "model-replacement": lambda cfg: ModelReplacement(RECIPES[cfg.attack.recipe](cfg)),
+        "pgd": lambda cfg: NormBoundedPGD(cfg.attack.pgd_iterations, RECIPES[cfg.attack.recipe](cfg)),
     }
 )
 

@@ -1,7 +1,9 @@
 """Who trains and who attacks in each round: pure functions of (config, round_idx).
 
 The attacker pool is a population property (Sun et al. 2019 §2): round(ε·K) writers, fixed
-for the run, never re-drawn per round and never a target writer.
+for the run, never re-drawn per round, never a target writer, and the same for every number
+of backdoor tasks N (drawn outside the reserved head of the target order, see
+`fl_core.data.backdoor`).
 - random sampling: the cohort is drawn from all K writers; pool members in it attack, so
   the count per round is hypergeometric(K, εK, C·K);
 - fixed frequency: exactly one attacker every f = 1/(ε·C·K) rounds (or `attack.frequency`),
@@ -31,8 +33,10 @@ class Population:
     attackers: tuple[int, ...]
 
 
-def attacker_pool(config: SimulationConfig, num_writers: int, targets: tuple[int, ...]) -> tuple[int, ...]:
-    """round(ε·K) writers drawn once from the POPULATION stream, excluding target writers."""
+def attacker_pool(config: SimulationConfig, num_writers: int, reserved: tuple[int, ...]) -> tuple[int, ...]:
+    """round(ε·K) writers drawn once from the POPULATION stream among the writers not
+    `reserved` (`BackdoorSets.reserved`: the targets of every N ≤ attack.max_tasks), so the
+    pool is the same for every number of backdoor tasks N."""
     a = config.attack
     if a.kind == "none":
         return ()
@@ -42,7 +46,7 @@ def attacker_pool(config: SimulationConfig, num_writers: int, targets: tuple[int
             "attack.fraction", a.fraction,
             f"at least {1 / num_writers:.4g} so that ε·K ≥ 1 attacker with K = {num_writers} writers",
         )
-    candidates = np.setdiff1d(np.arange(num_writers), np.asarray(targets, np.int64))
+    candidates = np.setdiff1d(np.arange(num_writers), np.asarray(reserved, np.int64))
     if m > len(candidates):
         raise ConfigError("attack.fraction", a.fraction, f"at most {len(candidates) / num_writers:.4g} (non-target writers)")
     rng = numpy_rng(config.seed, Stream.POPULATION, 1)

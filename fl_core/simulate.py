@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -17,6 +18,7 @@ from fl_core.client import ClientRunner, resolve_device
 from fl_core.config import SimulationConfig, result_hash
 from fl_core.data import load_data
 from fl_core.data.base import FederatedData
+from fl_core.errors import ConfigError
 from fl_core.evaluation import Evaluator
 from fl_core.executor import ClientExecutor, SerialExecutor
 from fl_core.models import CNN
@@ -25,14 +27,52 @@ from fl_core.registry import make_defenses
 from fl_core.rng import Stream, client_rng_scope, derive_seed
 from fl_core.round import run_round
 from fl_core.sampling import Population, attacker_pool, plan_round
-from fl_core.state import SimulationState, runtime_env
+from fl_core.state import SimulationState, load_state, runtime_env
 
 
-def initial_state(config: SimulationConfig, device: torch.device | str = "cpu") -> SimulationState:
-    """Round 0: the CNN's default (Kaiming-uniform) init drawn from the INIT stream."""
-    with client_rng_scope(derive_seed(config.seed, Stream.INIT)):
-        params = get_flat(CNN())
-    return SimulationState(0, params, result_hash(config), env=runtime_env(device))
+def initial_state(
+    config: SimulationConfig, device: torch.device | str = "cpu", init_root: str | Path | None = None
+) -> SimulationState:
+    """Where round 0's weights come from (`fl.init`).
+
+    `random`: the CNN's default (Kaiming-uniform) init drawn from the INIT stream, round 0.
+    Otherwise a warm start (the paper's derivation assumes a model that "has sufficiently
+    converged"; backdoor studies attack pretrained checkpoints): the weights and round of a
+    finished run (a `fl-sweep simulate --out` directory or its `state.pt`), so rounds and
+    `attack.start_round` keep counting from where the warm-up stopped. A relative `fl.init`
+    is resolved against `init_root` when given (the sweeper's storage root), else the
+    working directory; the config, and so its hash, keeps the relative form.
+    """
+    if config.fl.init == "random":
+        with client_rng_scope(derive_seed(config.seed, Stream.INIT)):
+            params = get_flat(CNN())
+        return SimulationState(0, params, result_hash(config), env=runtime_env(device))
+    init = config.fl.init
+    if init_root is not None and not Path(init).is_absolute():
+        init = str(Path(init_root) / init)
+    start = load_warm_start(init)
+    if start.round_idx >= config.fl.rounds:
+        raise ConfigError(
+            "fl.rounds", config.fl.rounds,
+            f"more than the warm start's {start.round_idx} rounds ({init})",
+        )
+    return SimulationState(start.round_idx, start.global_params, result_hash(config), env=runtime_env(device))
+
+
+def load_warm_start(init: str) -> SimulationState:
+    """The checkpoint `fl.init` names: a file, or a directory holding `state.pt`."""
+    path = Path(init)
+    if path.is_dir():
+        path = path / "state.pt"
+    if not path.is_file():
+        raise ConfigError(
+            "fl.init", init, "random, or a finished run to start from: a `fl-sweep simulate --out` "
+            "directory (with state.pt) or a state.pt file",
+        )
+    state = load_state(path)
+    if state.global_params.shape != get_flat(CNN()).shape:
+        raise ConfigError("fl.init", init, "a checkpoint of the paper's CNN (its weights have another size)")
+    return state
 
 
 def is_eval_round(config: SimulationConfig, rounds_done: int) -> bool:
@@ -70,7 +110,7 @@ class Simulation:
         self.population = Population(
             num_writers=self.data.num_writers,
             weights=tuple(self.data.num_train(k) for k in range(self.data.num_writers)),
-            attackers=attacker_pool(config, self.data.num_writers, self.backdoor.targets),
+            attackers=attacker_pool(config, self.data.num_writers, self.backdoor.reserved),
         )
         self.defenses = make_defenses(config)
         self.evaluator = Evaluator(config, self.data, self.backdoor, self.device)

@@ -25,7 +25,7 @@ import difflib
 import functools
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +42,7 @@ from fl_core.config import (
 )
 from fl_core.errors import ConfigError, FLCoreError
 from sweeper.errors import GridError
+from sweeper.warmup import WarmupSpec, init_ref, warmup_key, warmup_raw
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
 
@@ -97,6 +98,10 @@ class GridFile(_Strict):
         None, ge=1, description="at most this many trials at once (default: as many as fit)"
     )
     tracking: Tracking = Field(default_factory=Tracking)
+    warmup: WarmupSpec | None = Field(
+        None, description="a shared clean warm-up per seed that every trial of that seed starts "
+        "from (sweeper/warmup.py)",
+    )
 
 
 @dataclass(frozen=True)
@@ -130,6 +135,8 @@ class Grid:
     trials: tuple[TrialSpec, ...]
     varied_keys: tuple[str, ...]
     text: str
+    #: warm-up key → its config (empty without a `warmup:` section); trials name theirs in fl.init
+    warmups: dict[str, SimulationConfig] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -338,6 +345,10 @@ def load_grid(path: str | Path) -> Grid:
         set_dotted(base, "fl.workers", spec.resources.workers)
     _check_base_keys(file, base)
 
+    if spec.warmup is not None:
+        _check_warmup(file, spec.warmup, base, grid)
+    warmups: dict[str, SimulationConfig] = {}
+
     axes = list(grid.items())
     if seeds is not None:
         axes.append(("seed", seeds))
@@ -349,7 +360,18 @@ def load_grid(path: str | Path) -> Grid:
         overrides = dict(zip(varied, combo))
         for k, v in overrides.items():
             set_dotted(raw_cfg, k, v)
+        if spec.warmup is not None:
+            wkey, wcfg = _warmup_for(file, spec.warmup, base, raw_cfg)
+            warmups[wkey] = wcfg
+            set_dotted(raw_cfg, "fl.init", init_ref(wkey))
         cfg = _parse_trial(file, raw_cfg, overrides, grid)
+        if spec.warmup is not None and cfg.fl.rounds <= spec.warmup.rounds:
+            raise GridError(
+                file, "warmup.rounds",
+                f"{spec.warmup.rounds} warm-up rounds leave nothing to run in the trial {overrides} "
+                f"(fl.rounds = {cfg.fl.rounds} counts the warm-up's rounds too); allowed: "
+                f"less than {cfg.fl.rounds}",
+            )
         _check_data_fit(file, cfg, overrides)
         _check_resources(file, cfg, spec.resources)
         key = config_hash(cfg)
@@ -361,7 +383,43 @@ def load_grid(path: str | Path) -> Grid:
             )
         by_key[key] = index
         trials.append(TrialSpec(index, key, cfg, overrides))
-    return Grid(file, spec, tuple(trials), varied, text)
+    return Grid(file, spec, tuple(trials), varied, text, warmups)
+
+
+def _check_warmup(file: str, w: WarmupSpec, base: dict[str, Any], grid: dict[str, list[Any]]) -> None:
+    """A warm-up is clean FedAvg on the trials' own data: no attack/defense overrides, no
+    grid axis that changes the data (the trials would continue on other writers)."""
+    for k in w.overrides:
+        if k.split(".")[0] in ("attack", "defense", "seed") or k in ("fl.rounds", "fl.init"):
+            raise GridError(
+                file, f"warmup.overrides.{k}",
+                "a warm-up is clean FedAvg with its own `rounds`; allowed: data-independent "
+                "fl.* keys such as fl.local_epochs or fl.eval_every",
+            )
+        if k.startswith("data."):
+            raise GridError(file, f"warmup.overrides.{k}", "the warm-up trains on the trials' data; "
+                            "allowed: fl.* keys")
+    for k in grid:
+        if k.startswith("data.") or k == "fl.init":
+            raise GridError(
+                file, f"grid.{k}",
+                f"with a `warmup:` section every trial of a seed starts from the same warm-up, so "
+                f"{k} cannot vary; allowed: a grid without {k}, or no warmup section",
+            )
+    init = (base.get("fl") or {}).get("init", "random")
+    if init != "random":
+        raise GridError(file, "base.fl.init", f"{init!r} conflicts with the `warmup:` section; "
+                        "allowed: random (or drop the warmup section)")
+
+
+def _warmup_for(file: str, w: WarmupSpec, base: dict[str, Any], trial_raw: dict[str, Any]):
+    """(key, config) of the warm-up of the trial whose raw config is `trial_raw`."""
+    seed = int(trial_raw.get("seed", 0))
+    try:
+        cfg = parse_config(warmup_raw(base, w, seed), source=file)
+    except ConfigError as e:
+        raise GridError(file, f"warmup ({e.path})", f"invalid value {e.value!r}; allowed: {e.allowed}") from None
+    return warmup_key(cfg), cfg
 
 
 def _seeds(file: str, spec: GridFile) -> list[int] | None:
@@ -490,8 +548,8 @@ def _check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any])
 
     try:
         data = _cheap_data(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
-        targets = select_backdoor(cfg, data).targets if data is not None else ()
-        attacker_pool(cfg, k, targets)
+        reserved = select_backdoor(cfg, data).reserved if data is not None else ()
+        attacker_pool(cfg, k, reserved)
     except ConfigError as e:
         raise GridError(
             file, where(e.path), f"invalid value {e.value!r} in the trial {overrides}; "

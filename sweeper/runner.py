@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from fl_core.config import parse_config
 from sweeper import storage as st
 from sweeper.errors import SweeperError
 from sweeper.grid import NAME_PATTERN, Grid, bundles, trial_rows
@@ -231,6 +232,7 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
                 "parent_run_id": parent,
                 "resources": grid.spec.resources.model_dump(mode="json"),
                 "launch_cwd": os.getcwd(),
+                "storage_root": str(root),
             }
             manifest = {
                 **sweep,
@@ -241,6 +243,7 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
                 "num_trials": len(grid.trials),
                 "varied_keys": list(grid.varied_keys),
                 "max_concurrent_trials": grid.spec.max_concurrent_trials,
+                "warmups": {k: c.model_dump(mode="json") for k, c in grid.warmups.items()},
                 "trials": [{"index": t.index, "trial_key": t.trial_key, "rounds": t.config.fl.rounds,
                             "overrides": t.overrides,
                             "bundles": bundles(t.config, grid.spec.resources, gpus)}
@@ -253,6 +256,7 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
         echo(f"sweep {name}: {len(grid.trials)} trials → {sweep_dir}")
         echo(f"MLflow: {uri} (experiment {grid.experiment!r}, parent run {parent})")
         t0 = time.monotonic()
+        _warmups(grid.warmups, root, manifest, tracker, grid.spec.resources.cpus_per_trial, echo)
         tune_config, run_config = _tune_configs(sweep_dir, grid.spec.max_concurrent_trials,
                                                 len(grid.trials))
         tuner = tune.Tuner(_trainable(), param_space=param_space(grid, sweep, gpus),
@@ -292,6 +296,9 @@ def resume_sweep(ref: str, *, storage: str | None = None, ray_opts: RayOptions |
         tracker.reopen(manifest["parent_run_id"])
         echo(f"resuming sweep {manifest['name']} ({manifest['num_trials']} trials) from {sweep_dir}")
         t0 = time.monotonic()
+        warm = {k: parse_config(c) for k, c in (manifest.get("warmups") or {}).items()}
+        _warmups(warm, Path(manifest.get("storage_root") or sweep_dir.parent), manifest, tracker,
+                 float((manifest.get("resources") or {}).get("cpus_per_trial", 1.0)), echo)
         tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(), resume_errored=True)
         results = tuner.fit()
         return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
@@ -300,6 +307,20 @@ def resume_sweep(ref: str, *, storage: str | None = None, ray_opts: RayOptions |
             import ray
 
             ray.shutdown()
+
+
+def _warmups(warmups: dict, root: Path, manifest: dict[str, Any], tracker, cpus: float, echo: Echo) -> None:
+    """Compute (or reuse) the grid's shared warm-ups before any trial starts, and log each
+    as its own child run of the sweep."""
+    if not warmups:
+        return
+    from sweeper import warmup
+
+    got = warmup.ensure(warmups, root, launch_cwd=manifest.get("launch_cwd"), cpus=cpus, echo=echo)
+    for key, cfg in warmups.items():
+        warmup.log_to_mlflow(tracker, manifest["experiment_id"], manifest["parent_run_id"],
+                             manifest["name"], key, cfg, root)
+        echo(f"warm-up {key} (seed {cfg.seed}, {cfg.fl.rounds} rounds): {got[key]}")
 
 
 def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results, seconds: float,

@@ -217,6 +217,12 @@ def train_trial(config: dict[str, Any]) -> None:
     try:
         if executor is not None:
             tracker.set_tags(run_id, {"fl_sweep.worker_nodes": ",".join(n for _, n in executor.where())})
+        if state is None and cfg.fl.init != "random":
+            # a storage-relative warm start (`warmups/<key>`) resolves against the storage
+            # root; the config, and so its hash and trial key, keeps the relative form
+            from fl_core.simulate import initial_state
+
+            state = initial_state(cfg, device or "cpu", init_root=sweep.get("storage_root"))
         sim = Simulation(cfg, data=data, executor=executor, state=state)
         total = cfg.fl.rounds
         reported = False

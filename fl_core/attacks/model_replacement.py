@@ -1,16 +1,22 @@
 """Unconstrained boosted model replacement (Bagdasaryan et al. 2018; Bhagoji et al. 2019;
-Sun et al. 2019 §2): train w* from w_t on D_trn ∪ D_mal for the usual epochs, then send
-Δ = β (w* − w_t) so that the aggregate lands near w*."""
+Sun et al. 2019 §2): the attacker scales its malicious update by β so that the aggregate
+lands near its backdoored model. How the malicious model is trained, and which part of the
+update is boosted, is the recipe's (`fl_core/attacks/recipes.py`; default `reference`:
+Δ_benign + β·Δ_mal, the paper's code)."""
 
 from __future__ import annotations
 
 import torch
 
-from fl_core.client import ClientData, SGDParams, local_train
+from fl_core.attacks.recipes import Recipe
+from fl_core.client import ClientData, SGDParams
 from fl_core.types import ClientTask, Delta
 
 
 class ModelReplacement:
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+
     def craft(
         self,
         task: ClientTask,
@@ -21,5 +27,4 @@ class ModelReplacement:
         hp: SGDParams,
         gen: torch.Generator,
     ) -> tuple[Delta, dict]:
-        delta, metrics = local_train(model, global_params, benign.cat(malicious), hp, gen)
-        return task.boost * delta, metrics
+        return self.recipe.replacement(model, global_params, benign, malicious, hp, gen, task.boost)

@@ -1,19 +1,19 @@
 """Norm-bounded attack by projected gradient descent (Sun et al. 2019 §2).
 
-P times: train one pass (from the current point, not from w_t), then project w − w_t onto
-the L2 ball of radius M/β around w_t — after EVERY pass, not once at the end, and the
-un-boosted difference, not the boosted update. Finally send β (w − w_t), whose norm is ≤ M,
-so the server's clipping at M leaves it intact.
-
-`pass_kind`: `union` (paper) is one epoch over D_trn ∪ D_mal in minibatches; `original`
-(reference code) is one epoch over D_trn then one step on all of D_mal as a single batch.
+P times: one pass of the recipe (from the current point, not from w_t), then project
+w − w_t onto the L2 ball of radius M/β around w_t — after EVERY pass, not once at the end,
+and the un-boosted difference, not the boosted update. Finally send β (w − w_t), whose norm
+is ≤ M, so the server's clipping at M leaves it intact. What a pass trains on is the
+recipe's (`fl_core/attacks/recipes.py`; default `reference`: fl.local_epochs epochs over
+the attacker's own data then one full-batch step on D_mal, as `ClientProjectBoost`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from fl_core.client import ClientData, SGDParams, sgd_epochs, sgd_step, to_input
+from fl_core.attacks.recipes import Recipe
+from fl_core.client import ClientData, SGDParams
 from fl_core.params import get_flat, set_flat
 from fl_core.types import ClientTask, Delta
 
@@ -27,9 +27,9 @@ def project_l2(diff: torch.Tensor, radius: float) -> torch.Tensor:
 
 
 class NormBoundedPGD:
-    def __init__(self, iterations: int, pass_kind: str = "union"):
+    def __init__(self, iterations: int, recipe: Recipe):
         self.iterations = iterations
-        self.pass_kind = pass_kind
+        self.recipe = recipe
 
     def craft(
         self,
@@ -42,17 +42,10 @@ class NormBoundedPGD:
         gen: torch.Generator,
     ) -> tuple[Delta, dict]:
         assert task.radius is not None, "plan_round sets the PGD radius M/β"
-        one_pass = SGDParams(1, hp.batch_size, hp.lr)
-        union = benign.cat(malicious)
         set_flat(model, global_params)
         loss = 0.0
         for _ in range(self.iterations):
-            if self.pass_kind == "union":
-                loss = sgd_epochs(model, union, one_pass, gen)
-            else:
-                sgd_epochs(model, benign, one_pass, gen)
-                model.train()
-                loss = sgd_step(model, to_input(malicious.pixels), malicious.labels, hp.lr)
+            loss = self.recipe.pgd_pass(model, benign, malicious, hp, gen)
             diff = project_l2(get_flat(model) - global_params, task.radius)
             set_flat(model, global_params + diff)
         return task.boost * diff, {"train_loss": loss}

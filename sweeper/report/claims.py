@@ -224,9 +224,53 @@ def _family_filters(th: Thresholds) -> dict[str, dict[str, Any]]:
     }
 
 
-def _baseline(c: _Cells) -> str | None:
-    cells = c.find(attack__kind="none", defense__norm_bound=None, defense__noise_sigma=0.0)
-    return cells[0] if cells else None
+# What makes an unattacked cell the like-for-like baseline of an attacked one: the same
+# defense and the same aggregation rule. Comparing an attacked, clipped, uniformly weighted
+# cell with the unclipped n_k-weighted baseline would measure the defense and the weighting
+# change as much as the attack.
+_DEFENSE_KEYS = ("defense.norm_bound", "defense.noise_sigma")
+
+
+def aggregation_rule(cfg: Mapping[str, Any]) -> str:
+    """`uniform` or `weighted`, as the engine resolves `defense.weighting: auto`."""
+    w = cfg.get("defense.weighting") or "auto"
+    on = cfg.get("defense.norm_bound") is not None or float(cfg.get("defense.noise_sigma") or 0) > 0
+    return "uniform" if w == "uniform" or (w == "auto" and on) else "weighted"
+
+
+def _same_defense(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    if not all(_match(a.get(k), b.get(k)) for k in _DEFENSE_KEYS):
+        return False
+    noised = float(a.get("defense.noise_sigma") or 0) > 0
+    if noised and (a.get("defense.noise_placement") or "sum") != (b.get("defense.noise_placement") or "sum"):
+        return False
+    return aggregation_rule(a) == aggregation_rule(b)
+
+
+def _baseline(c: _Cells, cell: str) -> str | None:
+    """The unattacked cell with `cell`'s defense and aggregation rule, or None."""
+    cfg = c.configs[cell]
+    for b in c.find(attack__kind="none"):
+        if _same_defense(c.configs[b], cfg):
+            return b
+    return None
+
+
+def _describe(cfg: Mapping[str, Any]) -> str:
+    m, s = cfg.get("defense.norm_bound"), float(cfg.get("defense.noise_sigma") or 0)
+    parts = ["no clipping" if m is None else f"M = {float(m):g}"] + ([f"σ = {s:g}"] if s else [])
+    return ", ".join(parts) + f", {aggregation_rule(cfg)} mean"
+
+
+def _baseline_note(c: _Cells, pairs: list[tuple[str, str | None]]) -> str:
+    """Which baseline each attacked cell was compared with (the report prints this)."""
+    out = []
+    for cell, base in pairs:
+        if base is None:
+            out.append(f"no unattacked cell with {_describe(c.configs[cell])} loaded for [{cell}]")
+        else:
+            out.append(f"baseline of [{cell}]: [{base}] (unattacked, {_describe(c.configs[cell])})")
+    return "; ".join(out)
 
 
 def claim1(c: _Cells) -> ClaimResult:
@@ -234,9 +278,11 @@ def claim1(c: _Cells) -> ClaimResult:
     claim = (f"the unconstrained attack at ε = {_pct(th.eps_high)} reaches high backdoor "
              "accuracy with the main-task accuracy intact")
     cells = c.find(**_family_filters(th)["unconstrained"], attack__fraction=th.eps_high)
-    base = _baseline(c)
     checks: list[Check] = []
+    pairs: list[tuple[str, str | None]] = []
     for cell in cells:
+        base = _baseline(c, cell)
+        pairs.append((cell, base))
         checks.append(make_check(f"backdoor (avg) of [{cell}] ≥ high_backdoor",
                                  c.stat(cell, "backdoor_avg"), ">=", th.high_backdoor))
         if base is not None:
@@ -247,8 +293,9 @@ def claim1(c: _Cells) -> ClaimResult:
         else:
             checks.append(make_check(f"main (tail) of [{cell}] ≥ min_main_acc (no baseline loaded)",
                                      c.stat(cell, "main_tail"), ">=", th.min_main_acc))
-    used = tuple(cells) + ((base,) if base and cells else ())
-    note = "" if cells else f"needs an unconstrained cell with ε = {th.eps_high:g}, N = {th.tasks}, no defense (grids/paper/fig1_5.yaml)"
+    used = tuple(cells) + tuple(dict.fromkeys(b for _, b in pairs if b))
+    note = (_baseline_note(c, pairs) if cells else
+            f"needs an unconstrained cell with ε = {th.eps_high:g}, N = {th.tasks}, no defense (grids/paper/fig1_5.yaml)")
     return ClaimResult(1, claim, "1, 5", verdict_of(checks), tuple(checks), used, note)
 
 
@@ -326,10 +373,10 @@ def claim5(c: _Cells) -> ClaimResult:
              f"~{th.max_main_drop * 100:g} point{'' if th.max_main_drop == 0.01 else 's'} of main-task loss, while M = {th.m_high:g} does not")
     lo = _pgd_every_round(c, th.m_low, 0.0)
     hi = _pgd_every_round(c, th.m_high, 0.0)
-    base = _baseline(c)
+    base = _baseline(c, lo[0]) if lo else None
     if not (lo and hi and base):
         miss = [n for n, x in ((f"PGD M={th.m_low:g}", lo), (f"PGD M={th.m_high:g}", hi),
-                               ("the unattacked baseline", base)) if not x]
+                               (f"the unattacked M={th.m_low:g} baseline (same weighting)", base)) if not x]
         return ClaimResult(5, claim, "4a", NA, (), (),
                            f"missing: {', '.join(miss)} (grids/paper/fig4a.yaml + fig4_baseline.yaml)")
     l, h = lo[0], hi[0]
@@ -341,7 +388,13 @@ def claim5(c: _Cells) -> ClaimResult:
         make_check(f"backdoor (avg) of [{h}] ≥ mitigated_max (not mitigated)",
                    c.stat(h, "backdoor_avg"), ">=", th.mitigated_max),
     )
-    return ClaimResult(5, claim, "4a", verdict_of(checks), checks, (l, h, base))
+    note = _baseline_note(c, [(l, base)])
+    unclipped = c.find(attack__kind="none", defense__norm_bound=None, defense__noise_sigma=0.0)
+    if unclipped:
+        cost = float((c.stat(unclipped[0], "main_tail") - c.stat(base, "main_tail")).mean())
+        note += (f"; (not part of the verdict) main-task cost of clipping itself, unattacked "
+                 f"[{unclipped[0]}] − [{base}]: {cost:+.3f}")
+    return ClaimResult(5, claim, "4a", verdict_of(checks), checks, (l, h, base), note)
 
 
 def claim6(c: _Cells) -> ClaimResult:
@@ -357,11 +410,12 @@ def claim6(c: _Cells) -> ClaimResult:
     checks = (make_check(
         f"backdoor (avg) of [{p}] − backdoor (avg) of [{n}] ≥ further_min_gap",
         c.stat(p, "backdoor_avg") - c.stat(n, "backdoor_avg"), ">=", th.further_min_gap),)
-    base = _baseline(c)
+    base = _baseline(c, n)
     note = ""
     if base is not None:
         drop = float((c.stat(base, "main_tail") - c.stat(n, "main_tail")).mean())
-        note = f"(not part of the verdict) main-task cost of the noise vs baseline: {drop:+.3f}"
+        note = (f"(not part of the verdict) main-task cost of the attack under the noise, "
+                f"[{base}] − [{n}]: {drop:+.3f}")
     return ClaimResult(6, claim, "4b", verdict_of(checks), checks, (p, n), note)
 
 

@@ -30,9 +30,11 @@ from sweeper.report.stats import cell_summary
 TABLE_COLUMNS = (
     ("main_final", "main acc (final)"),
     ("main_tail", "main acc (tail)"),
+    ("clean_tail", "main acc w/o source label (tail)"),
     ("backdoor_final", "backdoor acc (final)"),
     ("backdoor_avg", "backdoor acc (avg)"),
     ("heldout_avg", "held-out backdoor (avg)"),
+    ("collateral_avg", "collateral (avg)"),
     ("attacked_rounds", "rounds attacked"),
     ("benign_norm_p90_median", "benign norm p90 (median)"),
 )
@@ -49,6 +51,11 @@ DEFINITIONS = """\
 - **held-out backdoor**: the same on the target writers' test-split 7s (not seen by the
   attacker); `backdoor acc` is measured on the attacker's own backdoor set, as the
   original code does.
+- **main acc w/o source label**: main-task accuracy on the test images whose label is not the
+  backdoor's source label (`main_acc_clean`).
+- **collateral (avg)**: the share of NON-target writers' source-label test images predicted
+  as the target label (`collateral_rate`), averaged like backdoor acc (avg): the backdoor's
+  spill-over onto other writers; compare it with the unattacked cell's value.
 - Every number is the mean over the cell's seeds, with [min–max] over seeds.
 - **rounds attacked**: the share of evaluated rounds with at least one attacker.
 """

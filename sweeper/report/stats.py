@@ -14,6 +14,11 @@ Definitions (used everywhere in the report, and stated on the page):
 - **main (tail)** of a run: its mean main-task accuracy over the last `tail` fraction of
   evaluated rounds (at least one round): the level training settled at, less noisy than
   the last round alone.
+- **main clean (tail)**: the same tail mean of `main_acc_clean` (test images whose label is not
+  the backdoor's source label), so a semantic backdoor's own label does not count.
+- **collateral (avg)**: the mean `collateral_rate` (non-target writers' source-label images
+  predicted as the target label) over the attacked rounds, with the same burn-in as
+  backdoor (avg): how far the backdoor spreads beyond its targets.
 - Cell values are the mean over the cell's seeds, with min and max.
 """
 
@@ -114,6 +119,9 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
             "backdoor_final": float(last["backdoor_acc"]),
             "backdoor_avg": _late_mean(g.loc[after, "backdoor_acc"].astype(float), burn_in),
             "heldout_avg": _late_mean(g.loc[after, "backdoor_acc_heldout"].astype(float), burn_in),
+            # absent in runs made before these metrics existed: NaN, shown as "–"
+            "clean_tail": _tail_mean(_col(g, "main_acc_clean"), tail),
+            "collateral_avg": _late_mean(_col(g, "collateral_rate").loc[after], burn_in),
             "attacked_rounds": float(attacked.mean()),
             "attackers_per_round": float(g["num_attackers"].fillna(0).mean()),
             "benign_norm_p90_median": float(g["benign_norm_p90"].median()),
@@ -121,8 +129,13 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
     return pd.DataFrame(rows)
 
 
+def _col(g: pd.DataFrame, name: str) -> pd.Series:
+    return g[name].astype(float) if name in g else pd.Series(np.nan, index=g.index)
+
+
 SUMMARY_COLUMNS = (
-    "main_final", "main_tail", "backdoor_final", "backdoor_avg", "heldout_avg",
+    "main_final", "main_tail", "clean_tail", "backdoor_final", "backdoor_avg", "heldout_avg",
+    "collateral_avg",
     "attacked_rounds", "attackers_per_round", "benign_norm_p90_median",
 )
 

@@ -139,7 +139,8 @@ def test_backends_refuse_attackers(data, gp):
 def test_sequential_is_bit_identical_to_the_reference_loop_and_attackers_still_attack(data, gp):
     cfg = parse_config({"seed": 3, "fl": {"local_epochs": 2, "batch_size": 8, "device": "cpu",
                                           "backend": "sequential"},
-                        "attack": {"kind": "model-replacement", "fraction": 0.2, "num_tasks": 2}})
+                        "attack": {"kind": "model-replacement", "fraction": 0.2, "num_tasks": 2,
+                                   "recipe": "union"}})  # the union recipe is local_train on own ∪ D_mal
     runner = ClientRunner(cfg, data)
     tasks = tasks_for([2, 0, 4])
     tasks.insert(1, ClientTask(0, 3, 0, "attacker", 777, boost=5.0))

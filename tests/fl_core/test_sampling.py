@@ -124,3 +124,44 @@ def test_random_sampling_respects_start_round():
     p = pop(c)
     assert all(plan_round(c, p, r).num_attackers == 0 for r in range(50))
     assert sum(plan_round(c, p, r).num_attackers for r in range(50, 60)) > 0
+
+
+def test_attacker_pool_is_the_same_for_every_number_of_backdoor_tasks(tiny_data):
+    """The fig 3 cells (N = 1…5 here) compare the same attackers: the pool is drawn outside
+    the reserved head of the target order, and the targets of smaller N are nested in
+    those of larger N (the same permutation's prefix)."""
+    from fl_core.data.backdoor import select_backdoor
+
+    pools, targets = [], []
+    for n in (1, 2, 3, 5):
+        c = parse_config({"seed": 3, "attack": {"kind": "model-replacement", "fraction": 0.2, "num_tasks": n,
+                                                "max_tasks": 5}})
+        b = select_backdoor(c, tiny_data)
+        pools.append(attacker_pool(c, tiny_data.num_writers, b.reserved))
+        targets.append(set(b.targets))
+        assert not set(pools[-1]) & set(b.reserved) and set(b.targets) <= set(b.reserved)
+    assert all(p == pools[0] for p in pools) and len(pools[0]) == 2  # round(0.2 · 12)
+    assert targets[0] < targets[1] < targets[2] < targets[3]
+
+
+def test_targets_do_not_depend_on_eps(tiny_data):
+    from fl_core.data.backdoor import select_backdoor
+
+    got = {
+        select_backdoor(parse_config({"seed": 3, "attack": {"kind": "pgd", "fraction": eps, "num_tasks": 3}, "defense": {"norm_bound": 1}}), tiny_data).targets
+        for eps in (0.09, 0.2, 0.4)
+    }
+    assert len(got) == 1
+
+
+def test_num_tasks_beyond_the_reserved_head_is_refused(tiny_data):
+    """K = 12, ε·K = round(0.5·12) = 6 attackers: at most R = 12 − 6 = 6 targets."""
+    from fl_core.data.backdoor import select_backdoor
+
+    c = parse_config({"attack": {"kind": "model-replacement", "fraction": 0.5, "num_tasks": 7}})
+    with pytest.raises(ConfigError) as e:
+        select_backdoor(c, tiny_data)
+    assert e.value.path == "attack.num_tasks" and "at most 6" in e.value.allowed
+    with pytest.raises(ConfigError) as e:
+        parse_config({"attack": {"kind": "model-replacement", "fraction": 0.5, "num_tasks": 60}})
+    assert "attack.max_tasks" in e.value.allowed

@@ -59,6 +59,10 @@ def paper_cells() -> dict[str, tuple[dict[str, Any], float, float]]:
     ff, rs = "fixed-frequency", "random-sampling"
     return {
         "baseline": ({"attack.kind": "none"}, 0.01, 0.95),
+        # like-for-like baselines of the defended cells: unattacked, same defense/weighting
+        "baseline_m3": ({"attack.kind": "none", "defense.norm_bound": 3.0}, 0.01, 0.95),
+        "baseline_m5_dp": ({"attack.kind": "none", "defense.norm_bound": 5.0,
+                            "defense.noise_sigma": 0.025}, 0.01, 0.95),
         "mr_hi_ff": ({**MR, "attack.fraction": hi, "attack.schedule": ff}, 0.95, 0.94),
         "mr_hi_rs": ({**MR, "attack.fraction": hi, "attack.schedule": rs}, 0.92, 0.94),
         "mr_lo_ff": ({**MR, "attack.fraction": lo, "attack.schedule": ff}, 0.30, 0.95),

@@ -92,8 +92,9 @@ def test_missing_cells_give_na_and_say_what_is_missing(tmp_path, cells_writer, p
     assert (v[1], v[2], v[3]) == (PASS, PASS, PASS)
     assert (v[4], v[5], v[6]) == (NA, NA, NA)
     assert "fig3" in res[3].note
-    # claim 5 names what is missing: both PGD cells, not the (loaded) baseline
-    assert "PGD M=3" in res[4].note and "the unattacked baseline" not in res[4].note
+    # claim 5 names what is missing: both PGD cells and the unattacked M = 3 baseline (the
+    # loaded baseline is unclipped: not like-for-like)
+    assert "PGD M=3" in res[4].note and "unattacked M=3 baseline" in res[4].note
     assert_verdicts_follow_from_numbers(res)
 
 
@@ -155,3 +156,35 @@ def test_threshold_overrides_are_validated():
                 {"high_backdoor": "high"}):
         with pytest.raises(ValueError):
             Thresholds.from_overrides(bad)
+
+
+def test_claims_compare_with_the_like_for_like_baseline(tmp_path, cells_writer, paper_cell_table):
+    """Claim 5's main-task check uses the UNATTACKED M = 3 cell (uniform mean, clipped), not
+    the unclipped n_k-weighted baseline: here the unclipped one has 0.99, the clipped one
+    0.95 and the attacked M = 3 cell 0.945, so like-for-like the drop is 0.005 (PASS), while
+    against the unclipped baseline it would be 0.045 (FAIL). The clipping's own cost
+    (0.99 − 0.95) is printed in the note, outside the verdict."""
+    cells = paper_cell_table()
+    ov, bd, _ = cells["baseline"]
+    cells["baseline"] = (ov, bd, 0.99)
+    res = check_claims(load_sweeps([str(cells_writer(tmp_path / "p", cells))]))
+    c5 = res[4]
+    assert c5.verdict == PASS and c5.checks[1].value == pytest.approx(0.005)
+    base_m3 = "no attack, M=3, σ=0"  # cells are labelled by their varied keys
+    assert f"[{base_m3}]" in c5.checks[1].text and base_m3 in c5.cells
+    assert f"]: [{base_m3}] (unattacked, M = 3, uniform mean)" in c5.note and "+0.040" in c5.note
+    # claim 1's unconstrained cells are unclipped and weighted: their baseline is unclipped
+    c1 = res[0]
+    mains = [ch.text for ch in c1.checks if "main" in ch.text]
+    assert len(mains) == 2 and all(ch.startswith("main (tail) of [no attack, M=off, σ=0] ") for ch in mains)
+    assert "no clipping, weighted mean" in c1.note
+
+
+def test_weighting_makes_a_different_baseline(tmp_path, cells_writer, paper_cell_table):
+    """An unattacked M = 3 cell with n_k weighting is not the baseline of the attacked M = 3
+    cell (uniform by `auto`): claim 5 is N.A. without a uniform one."""
+    cells = paper_cell_table()
+    ov, bd, m = cells.pop("baseline_m3")
+    cells["baseline_m3_w"] = ({**ov, "defense.weighting": "weighted"}, bd, m)
+    res = check_claims(load_sweeps([str(cells_writer(tmp_path / "p", cells))]))
+    assert res[4].verdict == NA and "unattacked M=3 baseline" in res[4].note

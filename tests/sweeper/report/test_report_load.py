@@ -20,7 +20,7 @@ def test_parse_param_inverts_str():
 
 def test_simulate_dirs_typed_configs_and_cells(paper_sweep):
     data = load_sweeps([str(paper_sweep)])
-    assert len(data.runs) == 30 and len(data.cells()) == 15
+    assert len(data.runs) == 34 and len(data.cells()) == 17  # 17 paper cells (2 unattacked baselines among them) × 2 seeds
     assert set(data.metrics["round"]) == set(range(1, 21))
     # typed, validated config columns (not strings), every key of the config present
     row = data.runs.iloc[0]
@@ -30,11 +30,12 @@ def test_simulate_dirs_typed_configs_and_cells(paper_sweep):
     assert set(data.cell_keys) == {"attack.kind", "attack.fraction", "attack.schedule",
                                    "attack.num_tasks", "defense.norm_bound", "defense.noise_sigma"}
     cells = data.cells()
-    # paper order: the baseline first; ε = 3.3% before 0.33%; fixed before random
-    assert cells[0].startswith("no attack")
-    assert cells[1].startswith("unconstrained, ε=3.3%, fixed-frequency")
-    assert cells[2].startswith("unconstrained, ε=3.3%, random-sampling")
-    assert cells[3].startswith("unconstrained, ε=0.33%, fixed-frequency")
+    # paper order: the (three) unattacked baselines first; ε = 3.3% before 0.33%; fixed
+    # before random
+    assert all(c.startswith("no attack") for c in cells[:3])
+    assert cells[3].startswith("unconstrained, ε=3.3%, fixed-frequency")
+    assert cells[4].startswith("unconstrained, ε=3.3%, random-sampling")
+    assert cells[5].startswith("unconstrained, ε=0.33%, fixed-frequency")
     assert all(data.cell_runs(c)["seed"].tolist() in ([0, 1], [1, 0]) for c in cells)
     assert data.parents == ()  # no MLflow source
 

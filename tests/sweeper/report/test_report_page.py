@@ -37,11 +37,11 @@ def test_report_files_and_table_structure(tmp_path, paper_sweep, md_tables):
     assert tuple(cells_tbl[0]) == TABLE_HEADER
     assert [r[0] for r in cells_tbl[1:]] == data.cells()
     by_cell = {r[0]: dict(zip(TABLE_HEADER, r)) for r in cells_tbl[1:]}
-    m3 = next(c for c in data.cells() if "M=3" in c)
+    m3 = next(c for c in data.cells() if "M=3" in c and c.startswith("PGD"))  # not its unattacked baseline
     assert by_cell[m3]["seeds"] == "2" and by_cell[m3]["rounds"] == "20"
     # 0.05 ± 0.005 over the two seeds
     assert by_cell[m3]["backdoor acc (avg)"] == "0.050 [0.045–0.055]"
-    dp_cell = next(c for c in data.cells() if "σ=0.025" in c)
+    dp_cell = next(c for c in data.cells() if "σ=0.025" in c and c.startswith("PGD"))
     assert by_cell[dp_cell]["DP ε (δ)"].endswith("(1e-05)")
     assert by_cell[m3]["DP ε (δ)"] == "no noise"
     # claims table: six rows, verdicts as in claims.json
@@ -49,16 +49,18 @@ def test_report_files_and_table_structure(tmp_path, paper_sweep, md_tables):
     js = json.loads((out / "claims.json").read_text())
     assert [r[3] for r in claims_tbl[1:]] == [c["verdict"] for c in js["claims"]] == ["PASS"] * 6
     assert js["thresholds"]["high_backdoor"] == Thresholds().high_backdoor
-    # privacy table: one row, the noisy cell, z = 0.025 / 5
-    assert tuple(privacy_tbl[0]) == PRIVACY_HEADER and len(privacy_tbl) == 2
-    assert privacy_tbl[1][0] == dp_cell and privacy_tbl[1][8] == "0.005"
+    # privacy table: one row per noisy cell (the attacked one and its unattacked baseline),
+    # z = 0.025 / 5
+    assert tuple(privacy_tbl[0]) == PRIVACY_HEADER and len(privacy_tbl) == 3
+    row = next(r for r in privacy_tbl[1:] if r[0] == dp_cell)
+    assert row[8] == "0.005"
     # cells.csv holds the same numbers, machine-readable
     csv = pd.read_csv(out / "cells.csv")
     assert list(csv["cell"]) == data.cells()
     assert csv.set_index("cell").loc[m3, "backdoor_avg"] == pytest.approx(0.05)
     # the HTML page has the same tables
     html = (out / "report.html").read_text()
-    assert html.count("<table>") == 3 and html.count("<tr>") == len(cells_tbl) + 7 + 2
+    assert html.count("<table>") == 3 and html.count("<tr>") == len(cells_tbl) + 7 + len(privacy_tbl)
     assert "figures/panels.png" in html and rep.claims is not None
 
 

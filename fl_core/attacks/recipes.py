@@ -1,0 +1,147 @@
+"""How a compromised client trains its malicious model (`attack.recipe`).
+
+The paper says only "send β (w* − w_t)" and "project after every pass"; it does not say how
+w* is trained. The recipes below are the three in use, registered by name; both attacks
+(`model_replacement`, `pgd`) take one, so adding a recipe is one class and one line here.
+
+| recipe | unconstrained attack sends | one PGD pass (then project onto M/β) |
+|---|---|---|
+| `reference` | Δ_benign + β·Δ_mal | fl.local_epochs epochs over own data, then one step on all of D_mal |
+| `union` | β·Δ(own ∪ D_mal, fl.local_epochs epochs) | one epoch over own ∪ D_mal |
+| `mixed` | β·Δ(mixed batches, fl.local_epochs epochs) | fl.local_epochs epochs of mixed batches |
+
+- `reference` is google-research/federated `targeted_attack/attacked_fedavg.py`, the code that
+  made the paper's figures: `ClientExplicitBoosting` trains Δ_benign as any honest client
+  (local_epochs epochs of minibatches over its own data) and Δ_mal as ONE SGD step on all of
+  D_mal as a single batch (`Dataset.from_tensors`), both from w_t, and boosts only Δ_mal;
+  `ClientProjectBoost` repeats P times {its benign dataset, which is `repeat(num_epochs)`;
+  one full-batch step on D_mal; project w − w_t}. It is the default.
+- `union` trains w* on D_trn ∪ D_mal and boosts all of it (Bagdasaryan et al.'s model
+  replacement as most re-implementations read the paper). With a small own dataset w* is
+  mostly "predict the target label": much stronger, and it damages every writer's
+  source-label images (measure `collateral_rate`).
+- `mixed` is Bagdasaryan et al. 2018's poisoned minibatches: every minibatch holds
+  round(poison_fraction·B) D_mal images (cycled in a seeded order) and the rest own images.
+
+Every recipe reports the attacker's own example count n_k as its FedAvg weight (the
+reference code reports the benign examples it trained on), and starts from w_t.
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Callable, Protocol
+
+import torch
+
+from fl_core.client import ClientData, SGDParams, local_train, sgd_epochs, sgd_step, to_input
+from fl_core.config import SimulationConfig
+from fl_core.params import get_flat, set_flat
+from fl_core.types import Delta
+
+
+def full_batch_step(model: torch.nn.Module, malicious: ClientData, lr: float) -> float:
+    """One SGD step on all of D_mal as a single batch (the reference code's Δ_mal)."""
+    model.train()
+    return sgd_step(model, to_input(malicious.pixels), malicious.labels, lr)
+
+
+class Recipe(Protocol):
+    name: str
+
+    def replacement(
+        self, model: torch.nn.Module, w_t: torch.Tensor, own: ClientData, mal: ClientData,
+        hp: SGDParams, gen: torch.Generator, beta: float,
+    ) -> tuple[Delta, dict]:
+        """The unconstrained attacker's update to send (boost applied), from w_t."""
+        ...
+
+    def pgd_pass(
+        self, model: torch.nn.Module, own: ClientData, mal: ClientData, hp: SGDParams, gen: torch.Generator
+    ) -> float:
+        """One PGD pass, in place from the model's current weights; returns the last loss.
+        The projection is the attack's job, after every pass."""
+        ...
+
+
+class Reference:
+    name = "reference"
+
+    def replacement(self, model, w_t, own, mal, hp, gen, beta):
+        d_benign, metrics = local_train(model, w_t, own, hp, gen)
+        set_flat(model, w_t)  # Δ_mal is taken from w_t, not from the benign end point
+        mal_loss = full_batch_step(model, mal, hp.lr)
+        d_mal = get_flat(model) - w_t
+        return d_benign + beta * d_mal, {**metrics, "malicious_loss": mal_loss}
+
+    def pgd_pass(self, model, own, mal, hp, gen):
+        sgd_epochs(model, own, hp, gen)
+        return full_batch_step(model, mal, hp.lr)
+
+
+class Union:
+    name = "union"
+
+    def replacement(self, model, w_t, own, mal, hp, gen, beta):
+        delta, metrics = local_train(model, w_t, own.cat(mal), hp, gen)
+        return beta * delta, metrics
+
+    def pgd_pass(self, model, own, mal, hp, gen):
+        return sgd_epochs(model, own.cat(mal), SGDParams(1, hp.batch_size, hp.lr), gen)
+
+
+class Mixed:
+    """Every minibatch: `b_mal` = max(1, round(p·B)) D_mal images, then up to B − b_mal own
+    images (at least 1); an epoch is one pass over the own images. D_mal is consumed in a
+    seeded permutation, re-drawn when exhausted, so every D_mal image is seen equally often."""
+
+    name = "mixed"
+
+    def __init__(self, poison_fraction: float):
+        self.poison_fraction = poison_fraction
+
+    def split(self, batch_size: int) -> tuple[int, int]:
+        """(own, malicious) images per minibatch."""
+        b_mal = max(1, int(round(self.poison_fraction * batch_size)))
+        return max(1, batch_size - b_mal), b_mal
+
+    def epochs(self, model, own: ClientData, mal: ClientData, hp: SGDParams, gen: torch.Generator) -> float:
+        b_own, b_mal = self.split(hp.batch_size)
+        dev = own.labels.device
+        mal_order = torch.randperm(len(mal), generator=gen).to(dev)
+        cursor, loss = 0, 0.0
+        model.train()
+        for _ in range(hp.epochs):
+            perm = torch.randperm(len(own), generator=gen).to(dev)
+            for start in range(0, len(own), b_own):
+                idx = perm[start : start + b_own]
+                take = []
+                while sum(len(t) for t in take) < b_mal:
+                    if cursor == len(mal_order):
+                        mal_order, cursor = torch.randperm(len(mal), generator=gen).to(dev), 0
+                    n = min(b_mal - sum(len(t) for t in take), len(mal_order) - cursor)
+                    take.append(mal_order[cursor : cursor + n])
+                    cursor += n
+                m_idx = torch.cat(take)
+                x = torch.cat([own.pixels[idx], mal.pixels[m_idx]])
+                y = torch.cat([own.labels[idx], mal.labels[m_idx]])
+                loss = sgd_step(model, to_input(x), y, hp.lr)
+        return loss
+
+    def replacement(self, model, w_t, own, mal, hp, gen, beta):
+        set_flat(model, w_t)
+        loss = self.epochs(model, own, mal, hp, gen)
+        return beta * (get_flat(model) - w_t), {"train_loss": loss}
+
+    def pgd_pass(self, model, own, mal, hp, gen):
+        return self.epochs(model, own, mal, hp, gen)
+
+
+#: name → factory(config). Read-only; `attack.recipe` chooses.
+RECIPES: MappingProxyType[str, Callable[[SimulationConfig], Recipe]] = MappingProxyType(
+    {
+        "reference": lambda cfg: Reference(),
+        "union": lambda cfg: Union(),
+        "mixed": lambda cfg: Mixed(cfg.attack.poison_fraction),
+    }
+)
