@@ -12,7 +12,8 @@
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-WHEELS=.whl
+WHEELS=${DEVICE_CHECK_WHEELS:-.whl}
+SITE=${DEVICE_CHECK_SITE:-/tmp/site}
 # pydantic and what it needs, at the versions of the environment that fetches them
 PKGS="pydantic pydantic-core typing-extensions annotated-types typing-inspection"
 PLATFORMS="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
@@ -46,13 +47,13 @@ ensure_pydantic() {
         echo "device_check: pydantic is missing and $WHEELS/ holds no wheels: run 'bash bench/device_check.sh --fetch-wheels' where pip works, and carry $WHEELS" >&2
         return 2
     fi
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl || return 2
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl || return 2
+    export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
     "$PY" -c "import pydantic; print('device_check: pydantic', pydantic.VERSION, 'from', pydantic.__file__)"
 }
 
 check() {
-    echo "# device_check.sh $(date -u +%FT%TZ) on $(hostname): $PY = $("$PY" -c 'import sys; print(sys.version.split()[0])')"
+    echo "# device_check.sh $(date -u +%FT%TZ) on ${HOSTNAME:-?}: $PY = $("$PY" -c 'import sys; print(sys.version.split()[0])')"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     ensure_pydantic || return 2
     "$PY" bench/device_check.py --out "$OUT_DIR" "$@"
