@@ -1,11 +1,14 @@
 # The two commands of the README:
 #   make demo   set up, then run the smoke sweep (grids/smoke.yaml) on the embedded real digits
 #   make test   set up, then run the test suite (what .ci/run calls)
+# and, on a lent GPU machine (no venv there; bench/README.md "GPU check"):
+#   make device-check                                   the GPU check, summary in $OUT
+#   make device-check PYTHON=.venv/bin/python ARGS=--dry-run   its dry run on a CPU
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench device-check clean
 
 setup: $(STAMP)
 
@@ -25,6 +28,9 @@ demo: setup
 
 bench: setup
 	$(PY) bench/round_speed.py
+
+device-check:
+	PYTHON="$(or $(PYTHON),python3)" bash bench/device_check.sh $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -563,6 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=None,
                     help="rounds/s with eval every --eval-every (default: on for cuda, off for cpu unless --smoke)")
     ap.add_argument("--throughput-rounds", type=int, default=20)
+    ap.add_argument("--throughput-backends", default=None,
+                    help="backends of the throughput rows (default: --backends); the device check "
+                    "times only vectorized there, to fit its time box")
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--eval-subsample", type=int, default=None, help="fl.eval_subsample of the throughput runs")
     ap.add_argument("--grid-trials", type=int, default=PAPER_GRID_TRIALS, help="trials of the projected grid (per seed)")
@@ -643,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.throughput:
         precisions = ["fp32", "tf32", "bf16"] if args.device == "cuda" else ["fp32"]
         tp = {}
-        for b in [x for x in args.backends.split(",") if x]:
+        for b in [x for x in (args.throughput_backends or args.backends).split(",") if x]:
             for p in precisions:
                 tp[f"{b}/{p}"] = stage(f"throughput {b} {p}", lambda b=b, p=p: bench_throughput(args, data, b, p))
         if args.device != "cuda":

@@ -1,0 +1,311 @@
+"""Seconds per round against clients per round (issue 11, item 3): does a client cost the
+same in a cohort of 1,000 as in a cohort of 30? Not a test: `python bench/scale.py --help`.
+
+Workload: `data.source: synthetic` with K writers (K = the largest cohort unless
+--population says more, so every cohort is drawn without replacement from the same
+population), --examples mean train images per writer, 1 local epoch (--epochs), batch 20,
+plain SGD, no attack, no evaluation inside the timed rounds. For each backend a child
+process builds the data once and runs the cohort sizes in ascending order, each with
+--warmup untimed and --rounds timed rounds of `Simulation.step()`; a child that passes
+its --timeout is stopped and the table says at which cohort size.
+
+Per cell: seconds per round (median), of which client training (the executor's `map`,
+deltas back on the host included) and the server side (the rest: planning, clipping,
+the float64 aggregate, the update); seconds per client and per 1,000 training images;
+the per-client cost relative to the cohort of 30 (the slope: 1.00 = linear scaling);
+peak host RSS of the child so far (sizes ascend, so that is this cell's peak or an
+earlier one's) and, on CUDA, the cell's peak GPU memory (torch's allocator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+for p in (str(REPO), str(BENCH)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from timebox import run_limited  # noqa: E402
+
+CELL_TAG = "SCALE_CELL "
+START_TAG = "SCALE_START "
+DEFAULT_SIZES = (10, 30, 100, 300, 1000)
+REF_CLIENTS = 30
+
+
+# -- the child: one backend, every cohort size --------------------------------------------
+class TimedExecutor:
+    """Wraps an executor and adds up the wall time of its `map` (the clients' training, the
+    deltas' copy to the host included) and the training images it saw."""
+
+    def __init__(self, inner, device: str):
+        self.inner, self.device = inner, device
+        self.seconds, self.images = 0.0, 0
+
+    def map(self, tasks, global_params):
+        t0 = time.perf_counter()
+        out = self.inner.map(tasks, global_params)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.images += sum(r.num_examples for r in out)
+        return out
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _rss_mb() -> tuple[float, float]:
+    """(peak RSS so far, current RSS) of this process in MB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
+    cur = float("nan")
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak, cur
+
+
+def cell_config(args, clients: int):
+    from fl_core.config import parse_config
+
+    return parse_config({
+        "seed": args.seed,
+        "data": {"source": "synthetic", "num_writers": args.population, "examples_per_writer": args.examples},
+        "fl": {
+            "rounds": 10**6,  # never the last round: no evaluation in the timed rounds
+            "eval_every": 10**6,
+            "clients_per_round": clients,
+            "local_epochs": args.epochs,
+            "batch_size": args.batch,
+            "client_lr": 0.1,
+            "sampling": "without-replacement",
+            "backend": args._child,
+            "precision": args.precision,
+            "device": args.device,
+            "threads": args.threads,
+        },
+        "attack": {"num_tasks": min(10, args.population)},
+    })
+
+
+def run_cell(args, data, clients: int) -> dict[str, Any]:
+    import torch
+
+    from fl_core.client import ClientRunner
+    from fl_core.executor import SerialExecutor
+    from fl_core.simulate import Simulation
+
+    cfg = cell_config(args, clients)
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    ex = TimedExecutor(SerialExecutor(ClientRunner(cfg, data, args.device)), args.device)
+    sim = Simulation(cfg, data, executor=ex)
+    startup = time.perf_counter() - t0
+    for _ in range(args.warmup):
+        sim.step()
+    rounds, train, images = [], [], []
+    for _ in range(args.rounds):
+        s0, i0 = ex.seconds, ex.images
+        _sync(args.device)
+        t0 = time.perf_counter()
+        sim.step()
+        _sync(args.device)
+        rounds.append(time.perf_counter() - t0)
+        train.append(ex.seconds - s0)
+        images.append(ex.images - i0)
+    peak, cur = _rss_mb()
+    r, t = statistics.median(rounds), statistics.median(train)
+    out = {
+        "backend": args._child, "clients": clients, "population": args.population,
+        "startup_s": startup, "round_s": rounds, "train_s": train, "images": images,
+        "s_per_round": r, "train_s_per_round": t, "server_s_per_round": r - t,
+        "s_per_client": r / clients, "s_per_1k_images": 1000 * r / statistics.mean(images),
+        "peak_rss_mb": peak, "rss_mb": cur,
+    }
+    if args.device == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def child(args) -> int:
+    import torch
+
+    from fl_core.config import DataConfig
+    from fl_core.data import load_data
+
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    data = load_data(DataConfig(source="synthetic", num_writers=args.population,
+                                examples_per_writer=args.examples), args.seed)
+    print(f"# {args._child}: torch {torch.__version__}, {data.num_writers} synthetic writers, {len(data.train_labels)} train images "
+          f"generated in {time.perf_counter() - t0:.1f} s", flush=True)
+    for c in args.sizes:
+        print(f"{START_TAG}{c}", flush=True)
+        try:
+            cell = run_cell(args, data, c)
+        except Exception as e:  # report where a large cohort breaks, then stop this backend
+            print(CELL_TAG + json.dumps({"backend": args._child, "clients": c, "error": f"{type(e).__name__}: {e}"}),
+                  flush=True)
+            return 1
+        print(CELL_TAG + json.dumps(cell), flush=True)
+    return 0
+
+
+# -- the parent: one child per backend, the table -----------------------------------------
+def collect(lines: list[str]) -> tuple[list[dict], int | None]:
+    """The cells a child reported, and the cohort size it was running when it stopped."""
+    cells, started = [], None
+    for line in lines:
+        if line.startswith(CELL_TAG):
+            cells.append(json.loads(line[len(CELL_TAG):]))
+            started = None
+        elif line.startswith(START_TAG):
+            started = int(line[len(START_TAG):])
+    return cells, started
+
+
+def add_slopes(cells: list[dict]) -> None:
+    """Per-client and per-image cost relative to the cohort of 30 (else the smallest)."""
+    good = [c for c in cells if "error" not in c]
+    if not good:
+        return
+    ref = next((c for c in good if c["clients"] == REF_CLIENTS), min(good, key=lambda c: c["clients"]))
+    for c in good:
+        c["ref_clients"] = ref["clients"]
+        c["per_client_vs_ref"] = c["s_per_client"] / ref["s_per_client"]
+        c["per_image_vs_ref"] = c["s_per_1k_images"] / ref["s_per_1k_images"]
+
+
+def table(result: dict) -> str:
+    rows = [
+        "| backend | clients/round | s/round | train s | server s | s/client | s/1k images "
+        "| per-client × ref | per-image × ref | peak RSS MB | peak GPU MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for b in result["backends"].values():
+        for c in b["cells"]:
+            if "error" in c:
+                rows.append(f"| {c['backend']} | {c['clients']} | failed: {c['error']} |  |  |  |  |  |  |  |  |")
+                continue
+            gpu = f"{c['peak_gpu_mb']:,.0f}" if "peak_gpu_mb" in c else "-"
+            rows.append(
+                f"| {c['backend']} | {c['clients']:,} | {c['s_per_round']:.3f} | {c['train_s_per_round']:.3f} "
+                f"| {c['server_s_per_round']:.3f} | {c['s_per_client'] * 1000:.2f} ms | {c['s_per_1k_images']:.3f} "
+                f"| {c.get('per_client_vs_ref', float('nan')):.3f} | {c.get('per_image_vs_ref', float('nan')):.3f} "
+                f"| {c['peak_rss_mb']:,.0f} | {gpu} |")
+        if b.get("stopped"):
+            rows.append(f"| {b['backend']} | {b['stopped']} |  |  |  |  |  |  |  |  |  |")
+    return "\n".join(rows)
+
+
+def summary_lines(result: dict) -> list[str]:
+    """One line per backend: the slope from the cohort of 30 to the largest one measured."""
+    out = []
+    for name, b in result["backends"].items():
+        good = [c for c in b["cells"] if "error" not in c and "per_client_vs_ref" in c]
+        if len(good) >= 2:
+            big = max(good, key=lambda c: c["clients"])
+            out.append(f"- {name}: per-client cost at {big['clients']:,} clients = {big['per_client_vs_ref']:.3f}× "
+                       f"that at {big['ref_clients']} (per image {big['per_image_vs_ref']:.3f}×); target ≤ 1.05×")
+        if b.get("stopped"):
+            out.append(f"- {name}: {b['stopped']}")
+    return out
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--backends", default="sequential,vectorized")
+    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)), help="clients per round, ascending")
+    ap.add_argument("--max-clients", type=int, default=None, help="drop the sizes above this")
+    ap.add_argument("--population", type=int, default=None, help="K synthetic writers (default: the largest size)")
+    ap.add_argument("--examples", type=int, default=100, help="mean train images per writer")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=2, help="timed rounds per cell")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds per cell first")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    ap.add_argument("--threads", type=int, default=1, help="fl.threads (CPU intra-op threads)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per backend (its child is stopped after)")
+    ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    sizes = sorted({int(s) for s in str(args.sizes).split(",") if s})
+    if args.max_clients is not None:
+        sizes = [s for s in sizes if s <= args.max_clients]
+    if not sizes or sizes[0] < 1:
+        ap.error(f"--sizes/--max-clients leave no cohort size ≥ 1 (sizes {args.sizes}, max {args.max_clients})")
+    args.sizes = sizes
+    args.population = args.population or max(sizes)
+    if args.population < max(sizes):
+        ap.error(f"--population {args.population} < the largest cohort {max(sizes)} (sampling without replacement)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args._child:
+        return child(args)
+    gpu = None
+    if args.device == "cuda":  # the children do the work; torch here only to check the device
+        import torch
+
+        if not torch.cuda.is_available():
+            print("--device cuda but no CUDA device here", file=sys.stderr)
+            return 2
+        gpu = torch.cuda.get_device_name(0)
+    print(f"# scale  {time.strftime('%Y-%m-%d %H:%M:%S')}  device {args.device}{' (' + gpu + ')' if gpu else ''}  "
+          f"load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    print(f"# sizes {args.sizes}, K = {args.population} synthetic writers × ~{args.examples} images, "
+          f"{args.epochs} epoch(s), batch {args.batch}, {args.warmup} warm-up + {args.rounds} timed rounds per cell",
+          flush=True)
+    result: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                              "gpu": gpu, "backends": {}}
+    base = [a for a in (argv if argv is not None else sys.argv[1:])]
+    for backend in [b for b in args.backends.split(",") if b]:
+        cmd = [sys.executable, str(Path(__file__).resolve()), *base, "--_child", backend,
+               "--sizes", ",".join(map(str, args.sizes)), "--population", str(args.population)]
+        run = run_limited(cmd, args.timeout)
+        cells, running = collect(run.lines)
+        add_slopes(cells)
+        entry: dict[str, Any] = {"backend": backend, "cells": cells, "seconds": run.seconds,
+                                 "returncode": run.returncode}
+        if run.timed_out:
+            entry["stopped"] = f"stopped at its {args.timeout:.0f} s limit while running {running} clients/round"
+        elif run.returncode != 0 and not any("error" in c for c in cells):
+            entry["stopped"] = f"child exited {run.returncode}" + (f" while running {running} clients/round" if running else "")
+        result["backends"][backend] = entry
+    result["load_avg_end"] = os.getloadavg()
+    print()
+    print(table(result))
+    for line in summary_lines(result):
+        print(line)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    failed = [b for b in result["backends"].values() if not b["cells"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
