@@ -96,7 +96,70 @@ def normalize_uri(uri: str) -> str:
     return uri
 
 
-def sqlite_path(uri: str) -> Path | None:
+# query parameters that carry a secret; MLflow reads a bearer token from this variable
+_SECRET_PARAMS = ("token", "access_token", "api_key", "apikey", "key", "password", "secret",
+                  "sig", "signature")
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """(the URI without credentials, the MLflow environment variables that carry them).
+
+    A URI is printed, written into sweep.json and into Ray Tune's experiment state; a
+    password in it would leak to every reader of the sweep directory and of the logs. For
+    http(s) servers `user:password@` and a `token=` query parameter become
+    MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN (which MLflow reads); other secret-looking
+    query parameters are dropped. Other schemes (databases) cannot take credentials from
+    MLflow's variables: a password there is refused (use the database's own mechanism,
+    e.g. PGPASSWORD or ~/.pgpass, or an MLflow server).
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    env: dict[str, str] = {}
+    if parts.scheme not in ("http", "https"):
+        if parts.password:
+            raise TrackingError(redact_uri(uri), "a password in the tracking URI would be stored "
+                                "in sweep.json and printed; give it through the database's own "
+                                "means (e.g. PGPASSWORD, ~/.pgpass) or use an MLflow server")
+        return uri, env
+    from urllib.parse import unquote
+
+    if parts.username:
+        env["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    if parts.password:
+        env["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    query = []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k.lower() in _SECRET_PARAMS:
+            if k.lower() in ("token", "access_token"):
+                env["MLFLOW_TRACKING_TOKEN"] = v
+            continue
+        query.append((k, v))
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment)), env
+
+
+def redact_uri(uri: str) -> str:
+    """The URI as it may be printed: credentials and secret query parameters removed."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        if parts.scheme in ("http", "https"):
+            return split_credentials(uri)[0]
+        if parts.password or parts.username:
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:  # unparsable (bad port...): print nothing of it that could be secret
+        return "<unparsable URI>"
+    return uri
+
+
+
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 
