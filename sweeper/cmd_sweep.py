@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sweeper import storage as st
 from sweeper.cli import app
@@ -110,8 +111,26 @@ def run(
 
     out = run_sweep(g, storage=storage, name=name, tracking_uri=tracking_uri,
                     ray_opts=RayOptions(address, num_cpus, num_gpus, object_store_mb))
+    print_outcome(out)
     if out.exit_code:
         raise typer.Exit(out.exit_code)
+
+
+def print_outcome(out) -> None:
+    """The end of a run/resume: how the trials ended and the commands to go on with."""
+    counts, name = out.counts, out.name
+    total = sum(counts.values())
+    typer.echo(f"sweep {name}: {total} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+               + f" ({out.seconds:.0f}s)")
+    storage_opt = "" if out.sweep_dir.parent == st.storage_root(None) else f" --storage {out.sweep_dir.parent}"
+    typer.echo(f"  status:    fl-sweep status {name}{storage_opt}")
+    typer.echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open http://127.0.0.1:5000)")
+    if counts.get("failed") or counts.get("interrupted"):
+        typer.echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
+                   "(failed and unfinished trials continue from their last checkpoint)")
+    else:
+        typer.echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
+                   "(after a crash, Ctrl-C or kill: unfinished trials continue from their last checkpoint)")
 
 
 @app.command()
@@ -129,6 +148,7 @@ def resume(
 
     out = resume_sweep(sweep, storage=storage,
                        ray_opts=RayOptions(address, num_cpus, num_gpus, object_store_mb))
+    print_outcome(out)
     if out.exit_code:
         raise typer.Exit(out.exit_code)
 
@@ -148,7 +168,7 @@ def status(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Table of a sweep's trials: state, round, last accuracies, MLflow run; totals; ETA."""
-    from sweeper.runner import sweep_status
+    from sweeper.status import sweep_status
 
     s = sweep_status(sweep, storage)
     con = _console()
@@ -162,6 +182,11 @@ def status(
                       t.run_id or "-")
     con.print(f"[bold]{escape(s.manifest['name'])}[/bold] ({escape(str(s.sweep_dir))}); "
               f"MLflow {escape(s.manifest['tracking_uri'])}")
+    if s.driver is not None:
+        stale = " — stale: that driver seems gone" if s.driver.stale() else ""
+        con.print(Text(f"driver: {s.driver.describe()}{stale}"))
+    else:
+        con.print("driver: none (no `fl-sweep run`/`resume` holds this sweep)")
     con.print(table)
     counts = s.counts()
     done = sum(t.round for t in s.trials)

@@ -159,7 +159,7 @@ def redact_uri(uri: str) -> str:
     return uri
 
 
-
+def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
 

@@ -33,17 +33,17 @@ MAX_DEPTH = 64               # configs nest 3 levels; grids 4
 MAX_NODES = 100_000          # expanded YAML nodes (mappings, lists, scalars)
 MAX_CHARS = 4 * MAX_BYTES    # expanded scalar characters
 
+SHORT_CHARS = 200
 _repr = reprlib.Repr()
-_repr.maxstring = 80
-_repr.maxother = 80
-_repr.maxlist = _repr.maxtuple = _repr.maxset = 8
-_repr.maxdict = 8
-_repr.maxlevel = 3
+_repr.maxstring = _repr.maxother = 60
+_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxdict = 6
+_repr.maxlevel = 2
 
 
 def short(value: Any) -> str:
     """A repr of `value` capped to about a line (for error messages)."""
-    return _repr.repr(value)
+    r = _repr.repr(value)
+    return r if len(r) <= SHORT_CHARS else r[: SHORT_CHARS - 3] + "..."
 
 
 class _Shown:
