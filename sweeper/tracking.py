@@ -177,6 +177,20 @@ def _metric_items(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
     return out
 
 
+def search_all(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:
+    """Every run matching `filter_string`, page by page (MLflow returns at most 1,000 per
+    call), each call retried like every store call here."""
+    out: list[Any] = []
+    token = None
+    while True:
+        page = _retry(client.search_runs, experiment_ids, filter_string=filter_string,
+                      max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
+
+
 class Tracker:
     """A thin, retrying wrapper around `MlflowClient` with the sweep's run layout."""
 
@@ -330,18 +344,7 @@ class Tracker:
 
     # -- reading (status, tests) -------------------------------------------------------
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
-        out: list[Any] = []
-        token = None
-        while True:
-            page = _retry(
-                self.client.search_runs, [experiment_id],
-                filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
-                max_results=1000, page_token=token,
-            )
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
+        return search_all(self.client, [experiment_id], f"tags.`{PARENT}` = '{parent_run_id}'")
 
     def get_run(self, run_id: str) -> Any:
         return _retry(self.client.get_run, run_id)
