@@ -8,6 +8,7 @@ it, and nothing else:
     trials.csv     the resolved trial table
     mlflow.db      the default MLflow store (sqlite), artifacts/ its artifact root
     tune/          Ray Tune's experiment directory (trial checkpoints, experiment state)
+    driver.lock    flock'ed by the running driver; driver.json says who (sweeper.lock)
 
 The storage root must be a path every node of the cluster sees (a shared mount) when
 trials run on several machines. All writes here are atomic (temp file + os.replace).
