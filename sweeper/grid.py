@@ -146,6 +146,9 @@ class Grid:
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], str]:
     raw, text = yamlio.read_yaml(path)
+    if raw is None:
+        raise GridError(str(path), "(top level)", "the file is empty; a grid needs at least "
+                        "`name:` and a `grid:` or `seeds:`")
     if not isinstance(raw, dict):
         raise GridError(
             str(path), "(top level)",

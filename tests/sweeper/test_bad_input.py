@@ -74,7 +74,7 @@ GRID_PROBES = [
     ("huge-string", "name: h\n" + OK_BASE + "grid: {attack.kind: ['" + "x" * 100_000 + "']}\n",
      "validate", ["grid.attack.kind"]),
     ("not-a-mapping", "- 1\n- 2\n", "validate", ["expected a mapping"]),
-    ("empty-file", "", "validate", ["expected a mapping"]),
+    ("empty-file", "", "validate", ["the file is empty"]),
     ("too-large-file", "name: big\n#" + "x" * (1 << 20) + "\n", "validate", ["larger than"]),
 ]
 
