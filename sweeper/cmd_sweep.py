@@ -169,6 +169,7 @@ def status(
 ) -> None:
     """Table of a sweep's trials: state, round, last accuracies, MLflow run; totals; ETA."""
     from sweeper.status import sweep_status
+    from sweeper.tracking import redact_uri
 
     s = sweep_status(sweep, storage)
     con = _console()
@@ -181,7 +182,7 @@ def status(
                       t.state, f"{t.round}/{t.rounds}", _v(t.main_acc), _v(t.backdoor_acc),
                       t.run_id or "-")
     con.print(f"[bold]{escape(s.manifest['name'])}[/bold] ({escape(str(s.sweep_dir))}); "
-              f"MLflow {escape(s.manifest['tracking_uri'])}")
+              f"MLflow {escape(redact_uri(s.manifest['tracking_uri']))}")
     if s.driver is not None:
         stale = " — stale: that driver seems gone" if s.driver.stale() else ""
         con.print(Text(f"driver: {s.driver.describe()}{stale}"))

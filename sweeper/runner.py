@@ -236,9 +236,13 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
     root = st.storage_root(storage)
     sweep_dir = root / name
     if sweep_dir.exists():
+        from sweeper.lock import read_holder
+
+        holder = read_holder(sweep_dir)
+        live = f" and is being driven by {holder.describe()}" if holder and not holder.stale() else ""
         raise SweeperError(
-            f"sweep {name!r} already exists at {sweep_dir}; `fl-sweep resume {name}` continues "
-            "it, `--name NEW` starts another"
+            f"sweep {name!r} already exists at {sweep_dir}{live}; `fl-sweep resume {name}` "
+            "continues it, `--name NEW` starts another"
         )
     uri = default_uri(sweep_dir)
     if tracking_uri:
