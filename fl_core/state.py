@@ -57,9 +57,27 @@ class SimulationState:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it: `os.umask` can only be read by setting
+    it, and setting it to 0 even briefly makes files other threads create meanwhile
+    world-writable. Linux reports it in /proc/self/status; elsewhere the value read once
+    at import (single-threaded) is used."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _read_umask_once() -> int:
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _read_umask_once()
 
 
 def atomic_write_bytes(path: Path, write) -> None:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import typer
 
-from fl_core.data.download import VARIANTS, download_archive, find_h5_pair
+from fl_core.data.download import VARIANTS, archive_dir_name, download_archive, find_h5_pair
 from fl_core.errors import ConfigError, UnknownComponentError
 from sweeper.cli import app
 
@@ -40,6 +40,7 @@ def _source(variant: str, url: str | None, sha256: str | None) -> tuple[str, str
         return v.url, v.sha256
     if url is None or sha256 is None or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
         raise ConfigError("--sha256", sha256, "the archive's 64-hex-digit sha256, given together with --url")
+    archive_dir_name(url)  # a URL without an archive file name is refused before any download
     return url, sha256
 
 

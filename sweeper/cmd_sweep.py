@@ -15,13 +15,16 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sweeper import storage as st
 from sweeper.cli import app
 from sweeper.errors import SweeperError
 from sweeper.grid import Grid, bundles, load_grid
 
+ALLOW_LARGE_HELP = "accept a grid of more than 10,000 trials"
 STORAGE_HELP = f"storage root of the sweeps (default ${st.STORAGE_ENV} or ./{st.DEFAULT_ROOT})"
 
 
@@ -32,11 +35,12 @@ def _console() -> Console:
 
 
 def _v(x) -> str:
+    """A table cell: rich parses cells as markup, so user values are escaped."""
     if x is None:
         return "-"
     if isinstance(x, float):
         return f"{x:.4g}"
-    return str(x)
+    return escape(str(x))
 
 
 def print_trial_table(grid: Grid) -> None:
@@ -46,9 +50,10 @@ def print_trial_table(grid: Grid) -> None:
     b = bundles(t0.config, res)
     cpus = sum(x.get("CPU", 0) for x in b)
     gpus = sum(x.get("GPU", 0) for x in b)
-    con.print(f"[bold]{grid.name}[/bold] ({grid.path}): {len(grid.trials)} trials"
-              + (f" — {grid.spec.description}" if grid.spec.description else ""))
-    con.print(f"varied keys: {', '.join(grid.varied_keys) or '(none)'}")
+    # user strings (name, path, description) are escaped: `[/bold]` in a description is text
+    con.print(f"[bold]{escape(grid.name)}[/bold] ({escape(grid.path)}): {len(grid.trials)} trials"
+              + (f" — {escape(grid.spec.description)}" if grid.spec.description else ""))
+    con.print(f"varied keys: {escape(', '.join(grid.varied_keys) or '(none)')}")
     if res.executor == "in-process":
         con.print(f"per trial: {res.cpus_per_trial:g} CPU, clients trained in the trial process"
                   + (f", {gpus:g} GPU" if gpus else ""))
@@ -57,7 +62,7 @@ def print_trial_table(grid: Grid) -> None:
                   f"worker(s) × {res.cpus_per_worker:g} CPU = {cpus:g} CPU"
                   + (f", {gpus:g} GPU" if gpus else "") + " (first trial)")
     con.print(f"max concurrent trials: {grid.spec.max_concurrent_trials or 'as many as fit'}; "
-              f"MLflow experiment: {grid.experiment}")
+              f"MLflow experiment: {escape(grid.experiment)}")
     table = Table(show_edge=False, pad_edge=False)
     table.add_column("#", justify="right")
     table.add_column("trial key")
@@ -71,9 +76,12 @@ def print_trial_table(grid: Grid) -> None:
 
 
 @app.command()
-def validate(grid: Path = typer.Argument(..., help="grid YAML file")) -> None:
+def validate(
+    grid: Path = typer.Argument(..., help="grid YAML file"),
+    allow_large: bool = typer.Option(False, "--allow-large", help=ALLOW_LARGE_HELP),
+) -> None:
     """Check a grid file and print its trials; launches and writes nothing."""
-    g = load_grid(grid)
+    g = load_grid(grid, allow_large=allow_large)
     print_trial_table(g)
     typer.echo(f"ok: {len(g.trials)} trials")
 
@@ -82,6 +90,7 @@ def validate(grid: Path = typer.Argument(..., help="grid YAML file")) -> None:
 def run(
     grid: Path = typer.Argument(..., help="grid YAML file"),
     dry_run: bool = typer.Option(False, "--dry-run", help="print the trials; launch and write nothing"),
+    allow_large: bool = typer.Option(False, "--allow-large", help=ALLOW_LARGE_HELP),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to use (e.g. 10.0.0.5:6379 or auto)"),
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
     tracking_uri: Optional[str] = typer.Option(
@@ -93,7 +102,7 @@ def run(
         None, "--object-store-mb", min=80, help="local cluster only: object store size"),
 ) -> None:
     """Run a sweep on Ray Tune, tracked in MLflow."""
-    g = load_grid(grid)
+    g = load_grid(grid, allow_large=allow_large)
     if dry_run:
         print_trial_table(g)
         typer.echo(f"dry run: {len(g.trials)} trials, nothing launched")
@@ -102,8 +111,26 @@ def run(
 
     out = run_sweep(g, storage=storage, name=name, tracking_uri=tracking_uri,
                     ray_opts=RayOptions(address, num_cpus, num_gpus, object_store_mb))
+    print_outcome(out)
     if out.exit_code:
         raise typer.Exit(out.exit_code)
+
+
+def print_outcome(out) -> None:
+    """The end of a run/resume: how the trials ended and the commands to go on with."""
+    counts, name = out.counts, out.name
+    total = sum(counts.values())
+    typer.echo(f"sweep {name}: {total} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+               + f" ({out.seconds:.0f}s)")
+    storage_opt = "" if out.sweep_dir.parent == st.storage_root(None) else f" --storage {out.sweep_dir.parent}"
+    typer.echo(f"  status:    fl-sweep status {name}{storage_opt}")
+    typer.echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open http://127.0.0.1:5000)")
+    if counts.get("failed") or counts.get("interrupted"):
+        typer.echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
+                   "(failed and unfinished trials continue from their last checkpoint)")
+    else:
+        typer.echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
+                   "(after a crash, Ctrl-C or kill: unfinished trials continue from their last checkpoint)")
 
 
 @app.command()
@@ -121,6 +148,7 @@ def resume(
 
     out = resume_sweep(sweep, storage=storage,
                        ray_opts=RayOptions(address, num_cpus, num_gpus, object_store_mb))
+    print_outcome(out)
     if out.exit_code:
         raise typer.Exit(out.exit_code)
 
@@ -140,7 +168,8 @@ def status(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Table of a sweep's trials: state, round, last accuracies, MLflow run; totals; ETA."""
-    from sweeper.runner import sweep_status
+    from sweeper.status import sweep_status
+    from sweeper.tracking import redact_uri
 
     s = sweep_status(sweep, storage)
     con = _console()
@@ -152,7 +181,13 @@ def status(
         table.add_row(str(t.index), t.trial_key[:8], *[_v(t.overrides.get(k)) for k in keys],
                       t.state, f"{t.round}/{t.rounds}", _v(t.main_acc), _v(t.backdoor_acc),
                       t.run_id or "-")
-    con.print(f"[bold]{s.manifest['name']}[/bold] ({s.sweep_dir}); MLflow {s.manifest['tracking_uri']}")
+    con.print(f"[bold]{escape(s.manifest['name'])}[/bold] ({escape(str(s.sweep_dir))}); "
+              f"MLflow {escape(redact_uri(s.manifest['tracking_uri']))}")
+    if s.driver is not None:
+        stale = " — stale: that driver seems gone" if s.driver.stale() else ""
+        con.print(Text(f"driver: {s.driver.describe()}{stale}"))
+    else:
+        con.print("driver: none (no `fl-sweep run`/`resume` holds this sweep)")
     con.print(table)
     counts = s.counts()
     done = sum(t.round for t in s.trials)
@@ -213,8 +248,8 @@ def list_(storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_
     for col in ("name", "trials", "created", "experiment", "grid file"):
         table.add_column(col)
     for d, m in sweeps:
-        table.add_row(d.name, str(m.get("num_trials", "?")), m.get("created", "?"),
-                      m.get("experiment", "?"), m.get("grid_file", "?"))
+        table.add_row(_v(d.name), _v(m.get("num_trials", "?")), _v(m.get("created", "?")),
+                      _v(m.get("experiment", "?")), _v(m.get("grid_file", "?")))
     con = _console()
-    con.print(f"sweeps under {root}:")
+    con.print(f"sweeps under {escape(str(root))}:")
     con.print(table)

@@ -1,6 +1,7 @@
 """Reading configs from YAML and `--set key=value` overrides (YAML stays out of fl_core).
 
-Only `yaml.safe_load` is used: unsafe tags (`!!python/...`) are refused with a clear error.
+Files are read by `sweeper.yamlio` (the same bounded reader as grid files); unsafe tags
+(`!!python/...`) and duplicate keys are refused with a clear error.
 """
 
 from __future__ import annotations
@@ -13,26 +14,15 @@ import yaml
 
 from fl_core.config import SimulationConfig, parse_config, set_dotted
 from fl_core.errors import ConfigError
+from sweeper import yamlio
 from sweeper.errors import GridError
 
 
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file safely; any problem becomes a GridError naming the file."""
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as e:
-        raise GridError(str(p), "<file>", f"cannot read: {e.strerror or e}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as e:
-        raise GridError(
-            str(p), "<yaml>", f"unsafe or unknown YAML tag ({e.problem}); only plain YAML is allowed"
-        ) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise GridError(str(p), "<yaml>", f"unreadable YAML{where}: {getattr(e, 'problem', e)}") from None
+    """Parse a YAML file with the sweeper's one bounded reader (sweeper.yamlio: duplicate
+    keys, unsafe tags, deep nesting, alias bombs and non-UTF-8 files refused); any problem
+    becomes a GridError naming the file."""
+    return yamlio.read_yaml(path)[0]
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -41,8 +31,8 @@ def parse_override(item: str) -> tuple[str, Any]:
         raise ConfigError(item, item, "KEY=VALUE with a dotted key, e.g. attack.fraction=0.033", "--set")
     key, _, value = item.partition("=")
     try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
+        return key.strip(), yaml.load(value, Loader=yamlio.BoundedLoader)  # noqa: S506 (safe)
+    except (yaml.YAMLError, RecursionError):
         return key.strip(), value
 
 
@@ -57,7 +47,10 @@ def load_config(path: str | Path | None, overrides: Iterable[str] = ()) -> Simul
     for item in overrides:
         key, value = parse_override(item)
         set_dotted(raw, key, value)
-    return parse_config(raw, source=source)
+    try:
+        return parse_config(raw, source=source)
+    except ConfigError as e:  # the offending value may be huge: show a capped repr
+        raise ConfigError(e.path, yamlio.capped(e.value), e.allowed, e.source) from None
 
 
 def dump_config(config: SimulationConfig) -> str:

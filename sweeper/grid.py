@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fl_core.config import (
@@ -41,14 +40,16 @@ from fl_core.config import (
     set_dotted,
 )
 from fl_core.errors import ConfigError, FLCoreError
+from sweeper import yamlio
 from sweeper.errors import GridError
 from sweeper.warmup import WarmupSpec, init_ref, warmup_key, warmup_raw
+from sweeper.yamlio import short
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Resources(_Strict):
@@ -150,62 +151,18 @@ class Grid:
 # -- YAML ------------------------------------------------------------------------------
 
 
-class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """SafeLoader (no Python tags) that also rejects duplicate keys: in a grid file a
-    repeated key silently dropping an axis is a classic, expensive mistake."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = True
-    return loader.construct_mapping(node, deep=deep)
-
-
-_UniqueKeySafeLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping
-)
-
-
 def _read_yaml(path: Path) -> tuple[dict[str, Any], str]:
-    file = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise GridError(file, "(file)", "no such file; give the path of a grid YAML file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise GridError(file, "(file)", f"cannot read it: {e}") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 (safe subclass)
-    except yaml.constructor.ConstructorError as e:
-        where = _mark(e.problem_mark)
-        if e.problem and "duplicate key" in e.problem:
-            raise GridError(file, "(yaml)", f"{e.problem}{where}; each key may appear once") from None
-        raise GridError(
-            file, "(yaml)",
-            f"unsupported YAML tag{where} ({e.problem}); grid files are plain YAML: "
-            "mappings, lists, strings, numbers, booleans, null",
-        ) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise GridError(file, "(yaml)", f"not valid YAML{_mark(mark)}: {problem}") from None
+    raw, text = yamlio.read_yaml(path)
+    if raw is None:
+        raise GridError(str(path), "(top level)", "the file is empty; a grid needs at least "
+                        "`name:` and a `grid:` or `seeds:`")
     if not isinstance(raw, dict):
         raise GridError(
-            file, "(top level)",
+            str(path), "(top level)",
             f"expected a mapping with keys {', '.join(GridFile.model_fields)}; "
             f"got {type(raw).__name__}",
         )
     return raw, text
-
-
-def _mark(mark: Any) -> str:
-    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
 
 # -- validation ------------------------------------------------------------------------
@@ -238,17 +195,17 @@ def _grid_file_error(file: str, e: ValidationError) -> GridError:
     if err["type"] == "missing":
         return GridError(file, key, "required key is missing")
     if loc and loc[0] == "seeds":  # a union: pydantic's loc names its members, not the key
-        return GridError(file, "seeds", f"invalid value {raw_value(e, 'seeds')!r}: expected a "
+        return GridError(file, "seeds", f"invalid value {short(raw_value(e, 'seeds'))}: expected a "
                          "list of integer seeds (e.g. [0, 1, 2]) or a count (e.g. 3)")
     model = _model_for(loc[:-1])
     field = model.model_fields.get(str(loc[-1])) if model and loc else None
     if loc and loc[0] == "grid" and len(loc) >= 2:
         key = f"grid.{loc[1]}"
         if len(loc) == 2:
-            return GridError(file, key, f"invalid value {err.get('input')!r}: {err['msg']}; "
+            return GridError(file, key, f"invalid value {short(err.get('input'))}: {err['msg']}; "
                              "each grid key takes a list of values, e.g. [1, 2]")
     desc = f" ({field.description})" if field is not None and field.description else ""
-    return GridError(file, key, f"invalid value {err.get('input')!r}: {err['msg']}{desc}")
+    return GridError(file, key, f"invalid value {short(err.get('input'))}: {err['msg']}{desc}")
 
 
 def raw_value(e: ValidationError, key: str) -> Any:
@@ -274,7 +231,7 @@ def _validate_grid_keys(file: str, grid: dict[str, list[Any]]) -> None:
             if isinstance(v, (dict, list)):
                 raise GridError(
                     file, f"grid.{key}",
-                    f"value {v!r} is a {type(v).__name__}; grid values are scalars "
+                    f"value {short(v)} is a {type(v).__name__}; grid values are scalars "
                     "(use one dotted key per leaf, e.g. defense.norm_bound)",
                 )
             _check_value(file, key, v)
@@ -296,12 +253,15 @@ def _check_value(file: str, key: str, value: Any) -> None:
         desc = model.model_fields[parts[-1]].description
         raise GridError(
             file, f"grid.{key}",
-            f"invalid value {value!r}: {err['msg']}" + (f" ({desc})" if desc else ""),
+            f"invalid value {short(value)}: {err['msg']}" + (f" ({desc})" if desc else ""),
         ) from None
 
 
-def load_grid(path: str | Path) -> Grid:
+def load_grid(path: str | Path, allow_large: bool = False) -> Grid:
     """Read, validate and expand a grid file. Touches nothing but the file itself.
+
+    The number of trials (product of the axis lengths × seeds) is computed before the
+    expansion and refused above MAX_TRIALS unless `allow_large` (`--allow-large`).
 
     Raises:
         GridError: anything wrong with the file, naming the file, the key and what is
@@ -316,7 +276,7 @@ def load_grid(path: str | Path) -> Grid:
         raise _grid_file_error(file, e) from None
 
     grid = dict(spec.grid or {})
-    seeds = _seeds(file, spec)
+    seeds = _seeds(file, spec, allow_large)
     if not grid and seeds is None:
         raise GridError(
             file, "grid",
@@ -352,6 +312,7 @@ def load_grid(path: str | Path) -> Grid:
     axes = list(grid.items())
     if seeds is not None:
         axes.append(("seed", seeds))
+    _check_size(file, axes, allow_large)
     varied = tuple(k for k, _ in axes)
     trials: list[TrialSpec] = []
     by_key: dict[str, int] = {}
@@ -378,7 +339,7 @@ def load_grid(path: str | Path) -> Grid:
         if key in by_key:
             raise GridError(
                 file, "grid",
-                f"trials {by_key[key]} and {index} have the same config ({overrides}); "
+                f"trials {by_key[key]} and {index} have the same config ({short(overrides)}); "
                 "remove the duplicate value",
             )
         by_key[key] = index
@@ -422,18 +383,37 @@ def _warmup_for(file: str, w: WarmupSpec, base: dict[str, Any], trial_raw: dict[
     return warmup_key(cfg), cfg
 
 
-def _seeds(file: str, spec: GridFile) -> list[int] | None:
+MAX_TRIALS = 10_000
+
+
+def _check_size(file: str, axes: list[tuple[str, list[Any]]], allow_large: bool) -> None:
+    """Refuse a grid of more than MAX_TRIALS trials before expanding it (a typo such as
+    `seeds: 1000000` would otherwise validate for hours)."""
+    n = math.prod(len(v) for _, v in axes)
+    if n > MAX_TRIALS and not allow_large:
+        sizes = " × ".join(f"{len(v)} ({k})" for k, v in axes)
+        raise GridError(
+            file, "grid" if len(axes) > 1 or axes[0][0] != "seed" else "seeds",
+            f"{sizes} = {n:,} trials, more than {MAX_TRIALS:,}; shrink the grid, or pass "
+            "--allow-large if you mean it",
+        )
+
+
+def _seeds(file: str, spec: GridFile, allow_large: bool = False) -> list[int] | None:
     s = spec.seeds
     if s is None:
         return None
     if isinstance(s, int):
         if s < 1:
             raise GridError(file, "seeds", f"invalid count {s}; give a count ≥ 1 or a list of seeds")
+        if s > MAX_TRIALS and not allow_large:
+            raise GridError(file, "seeds", f"{s:,} seeds = {s:,} trials at least, more than "
+                            f"{MAX_TRIALS:,}; give fewer, or pass --allow-large if you mean it")
         return list(range(s))
     if not s:
         raise GridError(file, "seeds", "empty list; give seeds such as [0, 1, 2] or a count")
     if len(set(s)) != len(s):
-        raise GridError(file, "seeds", f"duplicate seeds in {s}")
+        raise GridError(file, "seeds", f"duplicate seeds in {short(s)}")
     for v in s:
         if v < 0:
             raise GridError(file, "seeds", f"invalid seed {v}; seeds are integers ≥ 0")
@@ -450,7 +430,7 @@ def _check_base_keys(file: str, base: dict[str, Any]) -> None:
         # that a grid axis could satisfy (e.g. `attack.fraction` swept for an attack kind).
         if not _is_cross_field(e):
             raise GridError(
-                file, f"base.{e.path}", f"invalid value {e.value!r}; allowed: {e.allowed}"
+                file, f"base.{e.path}", f"invalid value {short(e.value)}; allowed: {e.allowed}"
             ) from None
 
 
@@ -469,7 +449,7 @@ def _parse_trial(
         )
         raise GridError(
             file, where,
-            f"invalid value {e.value!r} in the trial {overrides}; allowed: {e.allowed}",
+            f"invalid value {short(e.value)} in the trial {short(overrides)}; allowed: {e.allowed}",
         ) from None
 
 
@@ -552,7 +532,7 @@ def _check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any])
         attacker_pool(cfg, k, reserved)
     except ConfigError as e:
         raise GridError(
-            file, where(e.path), f"invalid value {e.value!r} in the trial {overrides}; "
+            file, where(e.path), f"invalid value {short(e.value)} in the trial {short(overrides)}; "
             f"allowed: {e.allowed}",
         ) from None
 

@@ -1,4 +1,5 @@
-"""Launch, resume and summarise sweeps: grid → Ray Tune `Tuner` → MLflow.
+"""Launch and resume sweeps: grid → Ray Tune `Tuner` → MLflow (what is printed about
+them is `sweeper.cmd_sweep`'s; a sweep's state for `status` is `sweeper.status`).
 
 `run_sweep` connects to Ray (a local cluster, `--address`, or the cluster of a `ray job
 submit`), checks that every trial's placement group fits the cluster (Ray would
@@ -7,7 +8,9 @@ experiment and parent run, and runs a `Tuner` over one `tune.grid_search` of the
 trials. `resume_sweep` re-opens the same parent run and calls `Tuner.restore(...,
 resume_errored=True)`: unfinished and errored trials continue from their last checkpoint.
 
-Nothing is written before the grid and the cluster check pass.
+Both hold the sweep's lock (`sweeper.lock`) while they drive it: a second driver of
+the same sweep is refused, naming the first. Nothing is written before the grid and the
+cluster check pass.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from fl_core.config import parse_config
 from sweeper import storage as st
 from sweeper.errors import SweeperError
 from sweeper.grid import NAME_PATTERN, Grid, bundles, trial_rows
+from sweeper.yamlio import short
 
 Echo = Callable[[str], None]
 
@@ -47,6 +51,7 @@ class SweepOutcome:
     sweep_dir: Path
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    name: str = ""
 
     @property
     def exit_code(self) -> int:
@@ -58,7 +63,13 @@ class SweepOutcome:
 
 def connect(opts: RayOptions) -> bool:
     """ray.init unless already initialised (tests share one cluster). Returns whether this
-    call started it, i.e. whether the caller must shut it down."""
+    call started it, i.e. whether the caller must shut it down.
+
+    A local cluster is token-protected (see `_protect_local_cluster`): its GCS, raylet
+    and workers listen on all interfaces (Ray 2.60 offers no bind address for them:
+    `_node_ip_address="127.0.0.1"` is rewritten to the host's address), so the token is
+    what keeps other hosts out.
+    """
     import ray
 
     if ray.is_initialized():
@@ -70,6 +81,7 @@ def connect(opts: RayOptions) -> bool:
                                "cluster, not with --address or inside `ray job submit`")
         ray.init(address=existing, logging_level="WARNING")
     else:
+        _protect_local_cluster()
         # address="local": always a new cluster; plain ray.init() would silently attach to
         # any `ray start` cluster on this machine (/tmp/ray/ray_current_cluster)
         kw: dict[str, Any] = {"address": "local", "include_dashboard": False,
@@ -82,6 +94,36 @@ def connect(opts: RayOptions) -> bool:
             kw["object_store_memory"] = opts.object_store_mb * 2**20
         ray.init(**kw)
     return True
+
+
+AUTH_MODE_ENV, AUTH_TOKEN_ENV = "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"
+
+
+def _protect_local_cluster() -> None:
+    """Token authentication for the local cluster this driver starts.
+
+    Ray 2.60 enables token auth for a new local cluster when RAY_AUTH_MODE is unset, with
+    a token kept in ~/.ray/auth_token (written with the umask's permissions, so often
+    readable by other users of the machine). Here the token is fresh per driver and lives
+    only in this process's environment, which the cluster's processes inherit: nothing on
+    disk, nothing another user can read. An explicit RAY_AUTH_MODE (e.g. `disabled` on a
+    trusted, isolated machine) or RAY_AUTH_TOKEN/RAY_AUTH_TOKEN_PATH is respected.
+    """
+    if os.environ.get(AUTH_MODE_ENV, "token").lower() != "token":
+        print(f"warning: {AUTH_MODE_ENV}={os.environ[AUTH_MODE_ENV]}: the local Ray cluster "
+              "accepts connections from any host that reaches this machine", flush=True)
+        return
+    os.environ[AUTH_MODE_ENV] = "token"
+    if not (os.environ.get(AUTH_TOKEN_ENV) or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        import secrets
+
+        os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)
+    # Ray caches its config (the auth mode) when first imported: re-read the environment,
+    # as ray's own `enable_token_auth_by_default` does
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
 
 
 def cluster_gpus() -> float:
@@ -120,7 +162,7 @@ def check_fits(per_trial: list[tuple[str, list[dict[str, float]]]]) -> None:
 
 
 def _quiet_tune() -> None:
-    """Our Progress callback prints the sweep; Tune's banner/tables and its warning about
+    """Our Progress callback (sweeper.progress) shows the sweep; Tune's banner/tables and its warning about
     frequent experiment snapshots (forced by num_to_keep, cheap here) would drown it."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -129,7 +171,8 @@ def _quiet_tune() -> None:
 def _tune_configs(sweep_dir: Path, max_concurrent: int | None, total: int):
     from ray import tune
 
-    from sweeper.trainable import Progress, trial_name
+    from sweeper.progress import Progress
+    from sweeper.trainable import trial_name
 
     tune_config = tune.TuneConfig(
         max_concurrent_trials=max_concurrent,
@@ -185,18 +228,36 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
     """Start a new sweep of `grid`. See the module docstring."""
     import re
 
+    from sweeper.lock import SweepLock
+    from sweeper.tracking import default_uri, normalize_uri, split_credentials
+
     name = name or grid.name
     if not re.match(NAME_PATTERN, name):
-        raise SweeperError(f"--name {name!r}: use letters, digits, _ . - (at most 80)")
+        raise SweeperError(f"--name {short(name)}: use letters, digits, _ . - (at most 80)")
     root = st.storage_root(storage)
     sweep_dir = root / name
     if sweep_dir.exists():
+        from sweeper.lock import read_holder
+
+        holder = read_holder(sweep_dir)
+        live = f" and is being driven by {holder.describe()}" if holder and not holder.stale() else ""
         raise SweeperError(
-            f"sweep {name!r} already exists at {sweep_dir}; `fl-sweep resume {name}` continues "
-            "it, `--name NEW` starts another"
+            f"sweep {name!r} already exists at {sweep_dir}{live}; `fl-sweep resume {name}` "
+            "continues it, `--name NEW` starts another"
         )
+    uri = default_uri(sweep_dir)
+    if tracking_uri:
+        # credentials never reach sweep.json, Tune's state or the log: they travel in
+        # MLflow's variables (inherited by a local cluster's processes)
+        uri, secrets = split_credentials(normalize_uri(tracking_uri))
+        for k, v in secrets.items():
+            os.environ.setdefault(k, v)
+        if secrets:
+            echo(f"note: credentials taken out of the tracking URI into {', '.join(sorted(secrets))} "
+                 "(set these on every node of a remote cluster, and for resume/status/ui)")
     _quiet_tune()
     started = connect(ray_opts or RayOptions())
+    lock = None
     try:
         gpus = cluster_gpus() > 0
         if grid.spec.resources.gpus_per_trial and not gpus:
@@ -206,11 +267,11 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
 
         from ray import tune
 
-        from sweeper.tracking import Tracker, default_uri, normalize_uri, sqlite_path
+        from sweeper.tracking import Tracker, sqlite_path
 
-        uri = normalize_uri(tracking_uri) if tracking_uri else default_uri(sweep_dir)
         # -- from here on the sweep exists on disk (removed again if setting up fails) ---
-        sweep_dir.mkdir(parents=True)
+        st.create_sweep_dir(sweep_dir)
+        lock = SweepLock(sweep_dir, "run").acquire()
         try:
             tracker = Tracker(uri)
             tracker.init_store(template_dir=root)
@@ -251,6 +312,7 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
             }
             st.write_json(sweep_dir / st.MANIFEST, manifest)
         except BaseException:
+            lock.release()  # first: its heartbeat would re-create the directory
             shutil.rmtree(sweep_dir, ignore_errors=True)
             raise
         echo(f"sweep {name}: {len(grid.trials)} trials → {sweep_dir}")
@@ -261,9 +323,15 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
                                                 len(grid.trials))
         tuner = tune.Tuner(_trainable(), param_space=param_space(grid, sweep, gpus),
                            tune_config=tune_config, run_config=run_config)
-        results = tuner.fit()
-        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
+        try:
+            results = tuner.fit()
+        finally:
+            for cb in run_config.callbacks or ():
+                getattr(cb, "stop", lambda: None)()
+        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0)
     finally:
+        if lock is not None:
+            lock.release()
         if started:
             import ray
 
@@ -273,40 +341,46 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
 def resume_sweep(ref: str, *, storage: str | None = None, ray_opts: RayOptions | None = None,
                  echo: Echo = _echo) -> SweepOutcome:
     """Continue a sweep: same parent run; unfinished and errored trials go on from their
-    last checkpoint; finished ones are not re-run."""
+    last checkpoint; finished ones are not re-run. Holds the sweep's lock throughout: a
+    second driver is refused before it starts Ray."""
+    from sweeper.lock import SweepLock
+
     sweep_dir = st.resolve_sweep(ref, storage)
     manifest = st.read_manifest(sweep_dir)
-    from ray import tune
+    with SweepLock(sweep_dir, "resume") as lock:
+        if lock.taken_over is not None:
+            echo(f"note: the previous driver ({lock.taken_over.describe()}) is gone; taking over")
+        from ray import tune
 
-    tune_dir = sweep_dir / st.TUNE_NAME
-    if not tune.Tuner.can_restore(str(tune_dir)):
-        raise SweeperError(
-            f"{sweep_dir}: Ray Tune saved no experiment state (the driver stopped before its "
-            f"first snapshot); start it again with `fl-sweep run {manifest.get('grid_file')} "
-            "--name NEW`"
-        )
-    _quiet_tune()
-    started = connect(ray_opts or RayOptions())
-    try:
-        check_fits([(f"trial {t['index']} [{t['trial_key'][:8]}]", t["bundles"])
-                    for t in manifest["trials"]])
-        from sweeper.tracking import Tracker
+        tune_dir = sweep_dir / st.TUNE_NAME
+        if not tune.Tuner.can_restore(str(tune_dir)):
+            raise SweeperError(
+                f"{sweep_dir}: Ray Tune saved no experiment state (the driver stopped before its "
+                f"first snapshot); start it again with `fl-sweep run {manifest.get('grid_file')} "
+                "--name NEW`"
+            )
+        _quiet_tune()
+        started = connect(ray_opts or RayOptions())
+        try:
+            check_fits([(f"trial {t['index']} [{t['trial_key'][:8]}]", t["bundles"])
+                        for t in manifest["trials"]])
+            from sweeper.tracking import Tracker
 
-        tracker = Tracker(manifest["tracking_uri"])
-        tracker.reopen(manifest["parent_run_id"])
-        echo(f"resuming sweep {manifest['name']} ({manifest['num_trials']} trials) from {sweep_dir}")
-        t0 = time.monotonic()
-        warm = {k: parse_config(c) for k, c in (manifest.get("warmups") or {}).items()}
-        _warmups(warm, Path(manifest.get("storage_root") or sweep_dir.parent), manifest, tracker,
-                 float((manifest.get("resources") or {}).get("cpus_per_trial", 1.0)), echo)
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(), resume_errored=True)
-        results = tuner.fit()
-        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
-    finally:
-        if started:
-            import ray
+            tracker = Tracker(manifest["tracking_uri"])
+            tracker.reopen(manifest["parent_run_id"])
+            echo(f"resuming sweep {manifest['name']} ({manifest['num_trials']} trials) from {sweep_dir}")
+            t0 = time.monotonic()
+            warm = {k: parse_config(c) for k, c in (manifest.get("warmups") or {}).items()}
+            _warmups(warm, Path(manifest.get("storage_root") or sweep_dir.parent), manifest, tracker,
+                     float((manifest.get("resources") or {}).get("cpus_per_trial", 1.0)), echo)
+            tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(), resume_errored=True)
+            results = tuner.fit()
+            return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0)
+        finally:
+            if started:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 def _warmups(warmups: dict, root: Path, manifest: dict[str, Any], tracker, cpus: float, echo: Echo) -> None:
@@ -323,8 +397,9 @@ def _warmups(warmups: dict, root: Path, manifest: dict[str, Any], tracker, cpus:
         echo(f"warm-up {key} (seed {cfg.seed}, {cfg.fl.rounds} rounds): {got[key]}")
 
 
-def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results, seconds: float,
-              echo: Echo) -> SweepOutcome:
+def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results,
+              seconds: float) -> SweepOutcome:
+    """Count the trials' ends and close the parent run (what to print is the CLI's job)."""
     counts = {"finished": 0, "diverged": 0, "failed": 0, "interrupted": 0}
     for r in results:
         if r.error is not None:
@@ -337,87 +412,4 @@ def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results, secon
         tracker.finish(parent, "failed")
     elif not counts["interrupted"]:
         tracker.finish(parent, "finished")
-    name = manifest["name"]
-    total = sum(counts.values())
-    echo(f"sweep {name}: {total} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-         + f" ({seconds:.0f}s)")
-    storage_opt = "" if sweep_dir.parent == st.storage_root(None) else f" --storage {sweep_dir.parent}"
-    echo(f"  status:    fl-sweep status {name}{storage_opt}")
-    echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open http://127.0.0.1:5000)")
-    if counts["failed"] or counts["interrupted"]:
-        echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
-             "(failed and unfinished trials continue from their last checkpoint)")
-    else:
-        echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
-             "(after a crash, Ctrl-C or kill: unfinished trials continue from their last checkpoint)")
-    return SweepOutcome(sweep_dir, counts, seconds)
-
-
-# -- status ---------------------------------------------------------------------------------
-
-
-@dataclass
-class TrialStatus:
-    index: int
-    trial_key: str
-    overrides: dict[str, Any]
-    state: str                      # pending | running | finished | diverged | failed
-    round: int
-    rounds: int
-    main_acc: float | None = None
-    backdoor_acc: float | None = None
-    run_id: str | None = None
-    round_seconds: float | None = None
-
-
-@dataclass
-class SweepStatus:
-    sweep_dir: Path
-    manifest: dict[str, Any]
-    trials: list[TrialStatus]
-    parent_status: str | None = None
-
-    def counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for t in self.trials:
-            out[t.state] = out.get(t.state, 0) + 1
-        return out
-
-    def eta_seconds(self) -> float | None:
-        """Remaining rounds × mean seconds per round ÷ trials that can run at once; None
-        when nothing has been timed yet or nothing remains."""
-        live = [t for t in self.trials if t.state in ("pending", "running")]
-        timed = [t.round_seconds for t in self.trials if t.round_seconds]
-        if not live or not timed:
-            return None
-        remaining = sum(t.rounds - t.round for t in live)
-        per_round = sum(timed) / len(timed)
-        running = sum(t.state == "running" for t in self.trials)
-        parallel = max(1, running, min(len(live), self.manifest.get("max_concurrent_trials") or 1))
-        return remaining * per_round / parallel
-
-
-def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
-    """Read a sweep's state from its manifest and MLflow store (no Ray needed)."""
-    from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker
-
-    sweep_dir = st.resolve_sweep(ref, storage)
-    man = st.read_manifest(sweep_dir)
-    tracker = Tracker(man["tracking_uri"])
-    runs = {r.data.tags.get(TRIAL_KEY): r for r in
-            tracker.child_runs(man["experiment_id"], man["parent_run_id"])
-            if r.data.tags.get(ROLE) == "trial"}
-    parent = tracker.get_run(man["parent_run_id"])
-    out = []
-    for t in man["trials"]:
-        r = runs.get(t["trial_key"])
-        if r is None:
-            out.append(TrialStatus(t["index"], t["trial_key"], t["overrides"], "pending", 0, t["rounds"]))
-            continue
-        m = r.data.metrics
-        out.append(TrialStatus(
-            t["index"], t["trial_key"], t["overrides"], r.data.tags.get(STATUS, "running"),
-            int(m.get("round", 0)), t["rounds"], m.get("main_acc"), m.get("backdoor_acc"),
-            r.info.run_id, m.get("round_seconds"),
-        ))
-    return SweepStatus(sweep_dir, man, out, parent.data.tags.get(STATUS))
+    return SweepOutcome(sweep_dir, counts, seconds, manifest["name"])

@@ -8,6 +8,7 @@ it, and nothing else:
     trials.csv     the resolved trial table
     mlflow.db      the default MLflow store (sqlite), artifacts/ its artifact root
     tune/          Ray Tune's experiment directory (trial checkpoints, experiment state)
+    driver.lock    flock'ed by the running driver; driver.json says who (sweeper.lock)
 
 The storage root must be a path every node of the cluster sees (a shared mount) when
 trials run on several machines. All writes here are atomic (temp file + os.replace).
@@ -59,6 +60,20 @@ def csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
         w.writeheader()
         w.writerows(rows)
     return buf.getvalue()
+
+
+def create_sweep_dir(sweep_dir: Path) -> None:
+    """Create a new sweep's directory, failing if it exists: of two `fl-sweep run` of one
+    name, exactly one gets it (mkdir is atomic); the other gets a SweeperError."""
+    sweep_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        sweep_dir.mkdir()
+    except FileExistsError:
+        raise SweeperError(
+            f"sweep {sweep_dir.name!r} already exists at {sweep_dir} (another `fl-sweep run` "
+            f"just created it?); `fl-sweep resume {sweep_dir.name}` continues it, `--name NEW` "
+            "starts another"
+        ) from None
 
 
 def read_manifest(sweep_dir: Path) -> dict[str, Any]:

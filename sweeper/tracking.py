@@ -96,6 +96,69 @@ def normalize_uri(uri: str) -> str:
     return uri
 
 
+# query parameters that carry a secret; MLflow reads a bearer token from this variable
+_SECRET_PARAMS = ("token", "access_token", "api_key", "apikey", "key", "password", "secret",
+                  "sig", "signature")
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
+    """(the URI without credentials, the MLflow environment variables that carry them).
+
+    A URI is printed, written into sweep.json and into Ray Tune's experiment state; a
+    password in it would leak to every reader of the sweep directory and of the logs. For
+    http(s) servers `user:password@` and a `token=` query parameter become
+    MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN (which MLflow reads); other secret-looking
+    query parameters are dropped. Other schemes (databases) cannot take credentials from
+    MLflow's variables: a password there is refused (use the database's own mechanism,
+    e.g. PGPASSWORD or ~/.pgpass, or an MLflow server).
+    """
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    env: dict[str, str] = {}
+    if parts.scheme not in ("http", "https"):
+        if parts.password:
+            raise TrackingError(redact_uri(uri), "a password in the tracking URI would be stored "
+                                "in sweep.json and printed; give it through the database's own "
+                                "means (e.g. PGPASSWORD, ~/.pgpass) or use an MLflow server")
+        return uri, env
+    from urllib.parse import unquote
+
+    if parts.username:
+        env["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username)
+    if parts.password:
+        env["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    query = []
+    for k, v in parse_qsl(parts.query, keep_blank_values=True):
+        if k.lower() in _SECRET_PARAMS:
+            if k.lower() in ("token", "access_token"):
+                env["MLFLOW_TRACKING_TOKEN"] = v
+            continue
+        query.append((k, v))
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment)), env
+
+
+def redact_uri(uri: str) -> str:
+    """The URI as it may be printed: credentials and secret query parameters removed."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(uri)
+        if parts.scheme in ("http", "https"):
+            return split_credentials(uri)[0]
+        if parts.password or parts.username:
+            netloc = parts.netloc.rsplit("@", 1)[1]
+            return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:  # unparsable (bad port...): print nothing of it that could be secret
+        return "<unparsable URI>"
+    return uri
+
+
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
 
@@ -112,6 +175,20 @@ def _metric_items(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:
         except (TypeError, ValueError):
             continue
     return out
+
+
+def search_all(client: Any, experiment_ids: list[str], filter_string: str) -> list[Any]:
+    """Every run matching `filter_string`, page by page (MLflow returns at most 1,000 per
+    call), each call retried like every store call here."""
+    out: list[Any] = []
+    token = None
+    while True:
+        page = _retry(client.search_runs, experiment_ids, filter_string=filter_string,
+                      max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 class Tracker:
@@ -267,18 +344,7 @@ class Tracker:
 
     # -- reading (status, tests) -------------------------------------------------------
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
-        out: list[Any] = []
-        token = None
-        while True:
-            page = _retry(
-                self.client.search_runs, [experiment_id],
-                filter_string=f"tags.`{PARENT}` = '{parent_run_id}'",
-                max_results=1000, page_token=token,
-            )
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
+        return search_all(self.client, [experiment_id], f"tags.`{PARENT}` = '{parent_run_id}'")
 
     def get_run(self, run_id: str) -> Any:
         return _retry(self.client.get_run, run_id)

@@ -53,46 +53,6 @@ def trial_name(trial: Any) -> str:
     return f"trial_{t['index']:04d}_{t['trial_key'][:8]}"
 
 
-def _fmt(v: Any) -> str:
-    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-class Progress(tune.Callback):
-    """Driver side: one line per reported round and per ended trial (Tune's own table
-    is off: with whole configs in the param space it is unreadable)."""
-
-    def __init__(self, total: int):
-        self.total = total
-        self.done = 0
-
-    @staticmethod
-    def _name(trial: Any) -> str:
-        t = trial.config["trial"]
-        return f"trial {t['index']:>3} [{t['trial_key'][:8]}]"
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        r, total = result.get("round") or 0, result.get("rounds_total") or 0
-        # about 20 lines per trial, whatever its length
-        if result.get("fl_status") == "diverged" or (r % max(1, total // 20) and r != total):
-            return
-        print(f"{self._name(trial)} round {result.get('round')}/{result.get('rounds_total')}"
-              f"  main_acc {_fmt(result.get('main_acc'))}"
-              f"  backdoor_acc {_fmt(result.get('backdoor_acc'))}", flush=True)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self.done += 1
-        res = trial.last_result or {}
-        status = res.get("fl_status", "finished")
-        extra = f" ({res.get('error')})" if status == "diverged" else ""
-        print(f"{self._name(trial)} {status}{extra}  [{self.done}/{self.total} trials ended]",
-              flush=True)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self.done += 1
-        print(f"{self._name(trial)} FAILED: see {trial.path}/error.txt  "
-              f"[{self.done}/{self.total} trials ended]", flush=True)
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

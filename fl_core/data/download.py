@@ -56,12 +56,31 @@ VARIANTS: Mapping[str, Variant] = MappingProxyType({
 
 
 def archive_dir_name(url: str) -> str:
-    """`.../fed_emnist_digitsonly.tar.bz2` → `fed_emnist_digitsonly`."""
-    name = url.rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0]
+    """`.../fed_emnist_digitsonly.tar.bz2` → `fed_emnist_digitsonly`.
+
+    The name becomes a directory under `--dest` that a stale copy of is replaced, so it
+    must be a plain file name: a URL ending in `/`, `/.` or `/..`, or whose last part
+    is only an archive suffix, is refused (`..` once moved the whole `--dest` aside).
+    """
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        path = urlsplit(url).path
+    except ValueError:
+        path = ""
+    raw = path.rsplit("/", 1)[-1]
+    name = unquote(raw)
     for suffix in (".tar.bz2", ".tar.gz", ".tgz", ".tar.xz", ".tar"):
         if name.endswith(suffix):
-            return name[: -len(suffix)] or "archive"
-    return name or "archive"
+            name = name[: -len(suffix)]
+            break
+    if (not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
+            or "\0" in name):
+        raise DatasetError(
+            url, f"the URL names no archive file (its last path part is {raw!r})",
+            "give the URL of the archive file itself, e.g. https://host/path/fed_emnist.tar.bz2",
+        )
+    return name
 
 
 def _fetch(url: str, out: Path, progress: Progress | None) -> str:
@@ -114,7 +133,7 @@ def download_archive(url: str, sha256: str, dest_dir: Path | str, *, progress: P
     """
     sha256 = sha256.strip().lower()
     dest_dir = Path(dest_dir).expanduser()
-    final = dest_dir / archive_dir_name(url)
+    final = dest_dir / archive_dir_name(url)  # validated before anything is touched
     marker = final / _MARKER
     if marker.is_file() and marker.read_text().strip() == sha256:
         return final

@@ -268,32 +268,30 @@ def find_store(path: Path) -> str | None:
 
 
 def _client(uri: str):
-    from mlflow.tracking import MlflowClient
+    """The store's client, made the way the sweeper makes it (sweeper.tracking)."""
+    from sweeper.tracking import Tracker
 
-    return MlflowClient(tracking_uri=uri)
+    return Tracker(uri).client
 
 
 def _search_all(client, exp_ids: list[str], filter_string: str) -> list:
-    out, token = [], None
-    while True:
-        page = client.search_runs(exp_ids, filter_string=filter_string, max_results=1000,
-                                  page_token=token)
-        out.extend(page)
-        token = page.token
-        if not token:
-            return out
+    from sweeper.tracking import search_all
+
+    return search_all(client, exp_ids, filter_string)
 
 
 def find_parent_runs(uri: str, sweep: str | None = None) -> list:
     """Parent runs (tag fl_sweep.role=parent) in the store, optionally of one sweep name,
     newest first."""
+    from sweeper.tracking import ROLE, SWEEP, _retry
+
     client = _client(uri)
-    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    exp_ids = [e.experiment_id for e in _retry(client.search_experiments)]
     if not exp_ids:
         return []
-    filt = "tags.`fl_sweep.role` = 'parent'"
+    filt = f"tags.`{ROLE}` = 'parent'"
     if sweep is not None:
-        filt += f" and tags.`fl_sweep.sweep` = '{sweep}'"
+        filt += f" and tags.`{SWEEP}` = '{sweep}'"
     runs = _search_all(client, exp_ids, filt)
     return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
 
@@ -303,18 +301,21 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
     """Child runs of one sweep's parent run in store `uri`: the given `parent_run_id`
     (from the sweep manifest), else the newest parent run tagged with `sweep` (any
     sweep if None, as long as the store holds only one)."""
+    from sweeper.tracking import PARENT, ROLE, STATUS, SWEEP, TRIAL_KEY, _retry, sqlite_path
+
     notes: list[str] = []
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
         # MLflow would silently create an empty store there
         raise ReportError(f"MLflow store {uri}: no such file")
     if parent_run_id is not None:
-        parent = _client(uri).get_run(parent_run_id)
+        parent = _retry(_client(uri).get_run, parent_run_id)
     else:
         parents = find_parent_runs(uri, sweep)
         if not parents:
             what = f"sweep `{sweep}`" if sweep else "any sweep"
-            raise ReportError(f"MLflow store {uri}: no parent run of {what} (tag fl_sweep.role=parent)")
-        names = {p.data.tags.get("fl_sweep.sweep") for p in parents}
+            raise ReportError(f"MLflow store {uri}: no parent run of {what} (tag {ROLE}=parent)")
+        names = {p.data.tags.get(SWEEP) for p in parents}
         if sweep is None and len(names) > 1:
             raise ReportError(
                 f"MLflow store {uri} holds several sweeps ({', '.join(sorted(map(str, names)))}); "
@@ -324,10 +325,10 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
         if len(parents) > 1:
             notes.append(f"{sweep or parent.info.run_name}: {len(parents)} parent runs in the "
                          f"store; reporting the newest ({parent.info.run_id})")
-    name = parent.data.tags.get("fl_sweep.sweep", sweep or parent.info.run_name)
+    name = parent.data.tags.get(SWEEP, sweep or parent.info.run_name)
     client = _client(uri)
     children = _search_all(client, [parent.info.experiment_id],
-                           f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+                           f"tags.`{PARENT}` = '{parent.info.run_id}'")
     runs, metrics = [], []
     for child in children:
         params = {k: parse_param(v) for k, v in child.data.params.items()}
@@ -337,14 +338,14 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
             "run_id": child.info.run_id,
             "sweep": name,
             "source": f"{uri}#{child.info.run_id}",
-            "status": tags.get("fl_sweep.status", child.info.status.lower()),
-            "trial_key": tags.get("fl_sweep.trial_key", child.info.run_id),
+            "status": tags.get(STATUS, child.info.status.lower()),
+            "trial_key": tags.get(TRIAL_KEY, child.info.run_id),
             **flat,
         }
         runs.append(run)
         by_step: dict[int, dict[str, Any]] = {}
         for key in child.data.metrics:
-            for m in client.get_metric_history(child.info.run_id, key):
+            for m in _retry(client.get_metric_history, child.info.run_id, key):
                 by_step.setdefault(int(m.step), {})[key] = m.value
         for step in sorted(by_step):
             metrics.append({"run_id": run["run_id"], "round": step, **by_step[step]})

@@ -26,7 +26,8 @@ from sweeper.actors import RayActorExecutor, pack, split, unpack  # noqa: E402
 from fl_core.types import ClientResult  # noqa: E402
 from sweeper.errors import SweeperError  # noqa: E402
 from sweeper.grid import load_grid  # noqa: E402
-from sweeper.runner import run_sweep, sweep_status  # noqa: E402
+from sweeper.runner import run_sweep  # noqa: E402
+from sweeper.status import sweep_status  # noqa: E402
 from sweeper.tracking import STATUS, TRIAL_KEY, Tracker  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

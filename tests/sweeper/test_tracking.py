@@ -15,7 +15,7 @@ import pytest
 
 from sweeper import tracking
 from sweeper.errors import TrackingError
-from sweeper.runner import SweepStatus, TrialStatus
+from sweeper.status import SweepStatus, TrialStatus
 from sweeper.tracking import PARENT, ROLE, STATUS, TRIAL_KEY, Tracker, _retry, default_uri, normalize_uri
 
 REPO = Path(__file__).resolve().parents[2]

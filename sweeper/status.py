@@ -1,0 +1,95 @@
+"""A sweep's state for `fl-sweep status`: its manifest, its MLflow store and its lock.
+
+Reads only (no Ray): the trial table comes from the manifest, each trial's state,
+round and accuracies from its MLflow child run, the driver from `driver.json`. A sweep
+whose sqlite store is missing is reported as such; opening it would create an empty one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sweeper import storage as st
+from sweeper.errors import SweeperError
+from sweeper.lock import Holder, read_holder
+
+
+@dataclass
+class TrialStatus:
+    index: int
+    trial_key: str
+    overrides: dict[str, Any]
+    state: str                      # pending | running | finished | diverged | failed
+    round: int
+    rounds: int
+    main_acc: float | None = None
+    backdoor_acc: float | None = None
+    run_id: str | None = None
+    round_seconds: float | None = None
+
+
+@dataclass
+class SweepStatus:
+    sweep_dir: Path
+    manifest: dict[str, Any]
+    trials: list[TrialStatus]
+    parent_status: str | None = None
+    driver: Holder | None = None    # the driver holding (or last holding) the sweep's lock
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.trials:
+            out[t.state] = out.get(t.state, 0) + 1
+        return out
+
+    def eta_seconds(self) -> float | None:
+        """Remaining rounds × mean seconds per round ÷ trials that can run at once; None
+        when nothing has been timed yet or nothing remains."""
+        live = [t for t in self.trials if t.state in ("pending", "running")]
+        timed = [t.round_seconds for t in self.trials if t.round_seconds]
+        if not live or not timed:
+            return None
+        remaining = sum(t.rounds - t.round for t in live)
+        per_round = sum(timed) / len(timed)
+        running = sum(t.state == "running" for t in self.trials)
+        parallel = max(1, running, min(len(live), self.manifest.get("max_concurrent_trials") or 1))
+        return remaining * per_round / parallel
+
+
+def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
+    """Read a sweep's state from its manifest and MLflow store (no Ray needed).
+
+    Raises:
+        SweeperError: no such sweep, or its sqlite store is missing (never re-created here).
+    """
+    from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker, sqlite_path
+
+    sweep_dir = st.resolve_sweep(ref, storage)
+    man = st.read_manifest(sweep_dir)
+    db = sqlite_path(man["tracking_uri"])
+    if db is not None and not db.is_file():
+        raise SweeperError(
+            f"sweep {man.get('name')}: its MLflow store {db} is missing (deleted or moved?); "
+            "status reads it and will not create an empty one. Restore the file, or start "
+            "the sweep again with `fl-sweep run GRID --name NEW`"
+        )
+    tracker = Tracker(man["tracking_uri"])
+    runs = {r.data.tags.get(TRIAL_KEY): r for r in
+            tracker.child_runs(man["experiment_id"], man["parent_run_id"])
+            if r.data.tags.get(ROLE) == "trial"}
+    parent = tracker.get_run(man["parent_run_id"])
+    out = []
+    for t in man["trials"]:
+        r = runs.get(t["trial_key"])
+        if r is None:
+            out.append(TrialStatus(t["index"], t["trial_key"], t["overrides"], "pending", 0, t["rounds"]))
+            continue
+        m = r.data.metrics
+        out.append(TrialStatus(
+            t["index"], t["trial_key"], t["overrides"], r.data.tags.get(STATUS, "running"),
+            int(m.get("round", 0)), t["rounds"], m.get("main_acc"), m.get("backdoor_acc"),
+            r.info.run_id, m.get("round_seconds"),
+        ))
+    return SweepStatus(sweep_dir, man, out, parent.data.tags.get(STATUS), read_holder(sweep_dir))
