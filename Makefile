@@ -1,11 +1,13 @@
 # The two commands of the README:
 #   make demo   set up, then run the smoke sweep (grids/smoke.yaml) on the embedded real digits
-#   make test   set up, then run the test suite (what .ci/run calls)
+#   make test   set up, then run the full test suite: Ray, multi-node, slow (what .ci/run calls)
+# and, for developers, the quick tier without Ray and slow tests:
+#   make test-quick
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test test-quick demo bench clean
 
 setup: $(STAMP)
 
@@ -20,11 +22,15 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest
 
+test-quick: setup
+	$(PY) -m pytest -m "not ray and not slow"
+
 demo: setup
 	$(VENV)/bin/fl-sweep run grids/smoke.yaml
 
 bench: setup
 	$(PY) bench/round_speed.py
+	$(PY) bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

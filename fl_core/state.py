@@ -22,11 +22,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fl_core.config import SimulationConfig, result_hash
 from fl_core.errors import CheckpointError, CheckpointMismatchError, DatasetError
 
 if TYPE_CHECKING:
     import torch
+
+    from fl_core.config import SimulationConfig
 
 SCHEMA_VERSION = 1
 
@@ -151,6 +152,8 @@ def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor"]:
 
 def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) -> SimulationState:
     """Load a checkpoint; with `config`, refuse one written under a different config."""
+    from fl_core.config import result_hash
+
     path = Path(path)
     if not path.exists():
         raise DatasetError(str(path), "no checkpoint file", "start a fresh run without --resume")
