@@ -293,6 +293,7 @@ def test_vectorized_client_result_does_not_depend_on_its_cohort(data, gp, monkey
     assert rel_err(plain.delta, alone.delta) > 1e-2 > 10 * bound[2]  # dropout: far beyond rounding
 
 
+@pytest.mark.slow  # two 3-round simulations
 def test_dropout_on_accuracy_trajectories_agree(data):
     """Dropout on, whole simulation: the two backends' main-task accuracy per round agree
     (different dropout masks, same training): both climb from near chance to ≥ 0.9 on 60

@@ -59,6 +59,7 @@ class ShuffledExecutor:
         return [done[i] for i in range(len(tasks))]
 
 
+@pytest.mark.slow  # whole simulations, twice
 def test_execution_order_does_not_change_results(config, tiny_data):
     a = Simulation(config, data=tiny_data)
     a.run()
