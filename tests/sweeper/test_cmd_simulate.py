@@ -135,3 +135,15 @@ def test_fresh_run_refuses_a_non_empty_out_unless_forced(one_round, tmp_path, ca
     assert main(["simulate", *TINY, "--set", "seed=1", "--rounds", "2", "--force", "--out", str(out)]) == 0
     assert [m["round"] for m in lines(out / "metrics.jsonl")] == [1, 2]
     assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
+
+
+def test_unreadable_h5_data_exits_2_naming_the_file(tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    for split in ("train", "test"):
+        (d / f"fed_emnist_digitsonly_{split}.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    rc = main(["simulate", "--set", "data.source=tff-h5", "--set", f"data.path={d}", "--rounds", "1",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(d / "fed_emnist_digitsonly_train.h5") in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
