@@ -1,6 +1,8 @@
 # The two commands of the README:
 #   make demo   set up, then run the smoke sweep (grids/smoke.yaml) on the embedded real digits
-#   make test   set up, then run the test suite (what .ci/run calls)
+#   make test   set up, then run the full test suite: Ray, multi-node, slow (what .ci/run calls)
+# and, for developers, the quick tier without Ray and slow tests:
+#   make test-quick
 # and, on a lent GPU machine (no venv there; bench/README.md "GPU check"):
 #   make device-check                                   the GPU check, summary in $OUT
 #   make device-check PYTHON=.venv/bin/python ARGS=--dry-run   its dry run on a CPU
@@ -8,7 +10,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo bench device-check clean
+.PHONY: setup test test-quick demo bench device-check clean
 
 setup: $(STAMP)
 
@@ -23,11 +25,15 @@ $(STAMP): pyproject.toml
 test: setup
 	$(PY) -m pytest
 
+test-quick: setup
+	$(PY) -m pytest -m "not ray and not slow"
+
 demo: setup
 	$(VENV)/bin/fl-sweep run grids/smoke.yaml
 
 bench: setup
 	$(PY) bench/round_speed.py
+	$(PY) bench/cli_startup.py
 
 device-check:
 	PYTHON="$(or $(PYTHON),python3)" bash bench/device_check.sh $(ARGS)

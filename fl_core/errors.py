@@ -37,6 +37,17 @@ class CheckpointMismatchError(FLCoreError):
         super().__init__(f"checkpoint {found} does not match {expected}; {remedy}")
 
 
+class CheckpointError(FLCoreError):
+    """A checkpoint file is empty, truncated or not a checkpoint at all."""
+
+    def __init__(self, path: str, problem: str):
+        self.path, self.problem = path, problem
+        super().__init__(
+            f"checkpoint {path}: {problem}; restore it from a copy, or start the run again "
+            "without --resume (into a new or --force'd output directory)"
+        )
+
+
 class DatasetError(FLCoreError):
     """A data source is missing or malformed."""
 

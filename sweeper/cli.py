@@ -13,6 +13,7 @@ from sweeper.errors import SweeperError
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Backdoor attacks and defenses in federated learning: simulate, sweep, report.",
 )
 

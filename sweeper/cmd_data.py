@@ -16,11 +16,14 @@ from typing import Optional
 
 import typer
 
-from fl_core.data.download import VARIANTS, archive_dir_name, download_archive, find_h5_pair
 from fl_core.errors import ConfigError, UnknownComponentError
 from sweeper.cli import app
 
 ENV_DIR = "FL_BACKDOOR_DATA"
+#: The keys of `fl_core.data.download.VARIANTS`, for the help text: importing that module
+#: imports fl_core.data (numpy, h5py, torch), which `fl-sweep --help` should not pay for.
+#: A test checks that the two agree.
+VARIANT_NAMES = ("digits", "all")
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: download the full TFF Federated EMNIST files.")
 app.add_typer(data_app, name="data")
@@ -33,6 +36,8 @@ def default_dest() -> Path:
 
 def _source(variant: str, url: str | None, sha256: str | None) -> tuple[str, str]:
     """(url, sha256) from --variant, or from --url/--sha256 given together."""
+    from fl_core.data.download import VARIANTS, archive_dir_name
+
     if url is None and sha256 is None:
         v = VARIANTS.get(variant)
         if v is None:
@@ -49,11 +54,13 @@ def download(
     dest: Optional[Path] = typer.Option(
         None, "--dest", help=f"directory to download into (default: ${ENV_DIR}, else ~/.cache/fl_backdoor)"
     ),
-    variant: str = typer.Option("digits", "--variant", help=f"which TFF archive: {' | '.join(VARIANTS)}"),
+    variant: str = typer.Option("digits", "--variant", help=f"which TFF archive: {' | '.join(VARIANT_NAMES)}"),
     url: Optional[str] = typer.Option(None, "--url", help="another archive URL (needs --sha256)"),
     sha256: Optional[str] = typer.Option(None, "--sha256", help="expected sha256 of --url"),
 ) -> None:
     """Download, verify (sha256) and unpack a Federated EMNIST h5 pair."""
+    from fl_core.data.download import download_archive, find_h5_pair
+
     src_url, src_sha = _source(variant, url, sha256)
     target = dest if dest is not None else default_dest()
     typer.echo(f"downloading {src_url}\n  into {target}", err=True)

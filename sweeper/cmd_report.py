@@ -8,19 +8,19 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sweeper.cli import app
-from sweeper.report.claims import Thresholds, format_check
-from sweeper.report.load import ReportError, load_sweeps
-from sweeper.report.page import build_report, log_to_mlflow
-from sweeper.report.privacy import DEFAULT_DELTA
+
+# The report's modules (pandas, matplotlib, MLflow) are imported by the command itself:
+# `fl-sweep --help` and the other commands do not pay for them.
 
 VERDICT_STYLE = {"PASS": "green", "FAIL": "red", "N.A.": "yellow"}
 
 
-def _thresholds(items: list[str]) -> Thresholds:
+def _thresholds(items: list[str]):
+    from sweeper.report.claims import Thresholds
+    from sweeper.report.load import ReportError
+
     pairs = {}
     for item in items:
         if "=" not in item:
@@ -43,12 +43,22 @@ def report(
     tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store to read sweep names from"),
     storage: Optional[str] = typer.Option(None, "--storage", help="storage root of the sweeps (default $FL_SWEEP_STORAGE or ./sweeps)"),
     threshold: List[str] = typer.Option([], "--threshold", help="override a claim threshold, name=value (see docs/REPRODUCTION.md)"),
-    delta: float = typer.Option(DEFAULT_DELTA, "--delta", help="δ of the DP accounting"),
+    delta: Optional[float] = typer.Option(
+        None, "--delta", help="δ of the DP accounting (default: sweeper.report.privacy.DEFAULT_DELTA, 1e-5)"),
     population: Optional[int] = typer.Option(None, "--population", min=1, help="K for the DP accounting (default: counted from the data)"),
     heldout: bool = typer.Option(False, "--heldout", help="plot the held-out backdoor accuracy instead of the attacker's own set"),
     no_log: bool = typer.Option(False, "--no-log", help="do not log the report to the sweeps' MLflow parent runs"),
 ) -> None:
     """Paper-style figures, a summary page and (with --claims) the paper's claims."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sweeper.report.claims import format_check
+    from sweeper.report.load import load_sweeps
+    from sweeper.report.page import build_report, log_to_mlflow
+    from sweeper.report.privacy import DEFAULT_DELTA
+
+    delta = DEFAULT_DELTA if delta is None else delta
     th = _thresholds(threshold)
     t0 = time.monotonic()
     data = load_sweeps(sweeps, tracking_uri=tracking_uri, storage_root=storage)

@@ -1,4 +1,6 @@
-"""`fl-sweep simulate`: one simulation, no Ray, no MLflow (see sweeper/local.py)."""
+"""`fl-sweep simulate`: one simulation, no Ray, no MLflow (see sweeper/local.py).
+
+fl_core (torch) is imported by the command itself, so `fl-sweep --help` does not pay for it."""
 
 from __future__ import annotations
 
@@ -8,10 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from fl_core.config import parse_config, set_dotted
 from sweeper.cli import app
-from sweeper.configio import load_config, parse_override, read_yaml
-from sweeper.local import CONFIG, run_local
 
 EXIT_DIVERGED = 3
 
@@ -23,8 +22,16 @@ def simulate(
     rounds: Optional[int] = typer.Option(None, "--rounds", min=1, help="override fl.rounds"),
     out: Path = typer.Option(Path("runs/simulate"), "--out", help="output directory"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its checkpoint"),
+    force: bool = typer.Option(False, "--force", help="start afresh even if --out holds a previous run (overwrites it)"),
 ) -> None:
     """Run one federated simulation; writes config.yaml, metrics.jsonl, state.pt in --out."""
+    from fl_core.config import parse_config, set_dotted
+    from sweeper.configio import load_config, parse_override, read_yaml
+    from sweeper.errors import SweeperError
+    from sweeper.local import CONFIG, check_fresh_out, run_local
+
+    if resume and force:
+        raise SweeperError("--resume and --force contradict each other: --force starts afresh")
     overrides = list(set_) + ([f"fl.rounds={rounds}"] if rounds is not None else [])
     if resume:
         raw = read_yaml(out / CONFIG) or {}
@@ -33,6 +40,7 @@ def simulate(
         cfg = parse_config(raw, source=str(out / CONFIG))
     else:
         cfg = load_config(config, overrides)
+        check_fresh_out(out, force)
     progress = None
     if sys.stderr.isatty():
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -48,7 +56,7 @@ def simulate(
             progress.update(bar, completed=r, **({"description": desc} if desc else {}))
 
     try:
-        status = run_local(cfg, out, resume=resume, on_round=on_round)
+        status = run_local(cfg, out, resume=resume, on_round=on_round, force=force)
     finally:
         if progress is not None:
             progress.stop()

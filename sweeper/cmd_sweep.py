@@ -11,24 +11,35 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from sweeper import storage as st
 from sweeper.cli import app
 from sweeper.errors import SweeperError
-from sweeper.grid import Grid, bundles, load_grid
+
+# sweeper.grid (pydantic, fl_core), sweeper.runner (Ray, MLflow) and rich's tables are
+# imported by the commands that use them: `fl-sweep --help` pays for none of them.
+
+if TYPE_CHECKING:
+    from sweeper.grid import Grid
 
 ALLOW_LARGE_HELP = "accept a grid of more than 10,000 trials"
 STORAGE_HELP = f"storage root of the sweeps (default ${st.STORAGE_ENV} or ./{st.DEFAULT_ROOT})"
 
 
-def _console() -> Console:
+def escape(text: str) -> str:
+    """User strings (names, descriptions, paths) are never rich markup: `[/bold]` in a
+    description must print, not crash. rich is imported only when something prints."""
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
+
+def _console():
+    from rich.console import Console
+
     c = Console()
     # piped or captured output: do not squeeze the tables into 80 columns
     return c if c.is_terminal else Console(width=220)
@@ -44,6 +55,10 @@ def _v(x) -> str:
 
 
 def print_trial_table(grid: Grid) -> None:
+    from rich.table import Table
+
+    from sweeper.grid import bundles
+
     con = _console()
     res = grid.spec.resources
     t0 = grid.trials[0]
@@ -81,6 +96,8 @@ def validate(
     allow_large: bool = typer.Option(False, "--allow-large", help=ALLOW_LARGE_HELP),
 ) -> None:
     """Check a grid file and print its trials; launches and writes nothing."""
+    from sweeper.grid import load_grid
+
     g = load_grid(grid, allow_large=allow_large)
     print_trial_table(g)
     typer.echo(f"ok: {len(g.trials)} trials")
@@ -102,6 +119,8 @@ def run(
         None, "--object-store-mb", min=80, help="local cluster only: object store size"),
 ) -> None:
     """Run a sweep on Ray Tune, tracked in MLflow."""
+    from sweeper.grid import load_grid
+
     g = load_grid(grid, allow_large=allow_large)
     if dry_run:
         print_trial_table(g)
@@ -168,6 +187,9 @@ def status(
     storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP),
 ) -> None:
     """Table of a sweep's trials: state, round, last accuracies, MLflow run; totals; ETA."""
+    from rich.table import Table
+    from rich.text import Text
+
     from sweeper.status import sweep_status
     from sweeper.tracking import redact_uri
 
@@ -239,6 +261,8 @@ def ui(
 @app.command("list")
 def list_(storage: Optional[str] = typer.Option(None, "--storage", help=STORAGE_HELP)) -> None:
     """Sweeps under the storage root."""
+    from rich.table import Table
+
     root = st.storage_root(storage)
     sweeps = st.list_sweeps(root)
     if not sweeps:

@@ -1,7 +1,8 @@
 """The Ray Tune function trainable: one trial = one fl_core `Simulation`.
 
 Shape of `custom_func_checkpointing.py` in Ray's examples: read the last checkpoint with
-`tune.get_checkpoint()`, loop, and `tune.report(metrics, checkpoint=...)`. A report is
+`tune.get_checkpoint()`, loop, and `tune.report(metrics, checkpoint=...)`. The loop is
+`fl_core.loop.run_loop`; `TrialSink` turns its events into MLflow and Tune calls. A report is
 made on every evaluated round; the `SimulationState` is checkpointed every
 `fl.checkpoint_every` rounds and after the last one. A checkpoint directory holds
 
@@ -34,7 +35,9 @@ from ray import tune
 
 from fl_core.config import SimulationConfig, flatten, parse_config
 from fl_core.errors import DivergedError
+from fl_core.loop import DIVERGED, FINISHED, run_loop
 from sweeper.actors import RayActorExecutor, set_determinism
+from sweeper.jsonl import jsonl_text, read_jsonl
 from sweeper.storage import atomic_write_text
 from sweeper.tracking import Tracker
 
@@ -53,14 +56,6 @@ def trial_name(trial: Any) -> str:
     return f"trial_{t['index']:04d}_{t['trial_key'][:8]}"
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def jsonl_text(rows: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
 def _resolve_data(cfg: SimulationConfig, launch_cwd: str | None):
@@ -126,6 +121,51 @@ def _save_checkpoint(d: Path, state, run_id: str, trial_key: str, history) -> No
     atomic_write_text(d / METRICS, jsonl_text(history))
 
 
+class TrialSink:
+    """`fl_core.loop.RunSink` of one trial: every evaluated round goes to MLflow (unless a
+    previous attempt logged it already) and to Tune; on checkpoint rounds the one Tune
+    report carries the checkpoint; the end closes the MLflow run with its status."""
+
+    def __init__(self, tracker: Tracker, run_id: str, cfg: SimulationConfig, trial_key: str,
+                 logged: int, title: str):
+        self.tracker, self.run_id, self.cfg, self.trial_key = tracker, run_id, cfg, trial_key
+        self.logged, self.title = logged, title
+        self.pending: dict[str, Any] | None = None  # this round's report, sent with its checkpoint
+        self.reported = False
+
+    def _report(self, metrics: dict[str, Any], status: str) -> dict[str, Any]:
+        return {**metrics, "rounds_total": self.cfg.fl.rounds, "fl_status": status, "run_id": self.run_id}
+
+    def on_round(self, round_num: int, metrics: dict | None, checkpoint_due: bool) -> None:
+        if metrics is not None and round_num > self.logged:
+            self.tracker.log_metrics(self.run_id, metrics, step=round_num)
+        done = round_num >= self.cfg.fl.rounds
+        report = self._report(metrics or {"round": round_num}, FINISHED if done else "running")
+        if checkpoint_due:
+            self.pending = report
+        elif metrics is not None:
+            tune.report(report)
+            self.reported = True
+
+    def on_checkpoint(self, state, history: list[dict]) -> None:
+        with tempfile.TemporaryDirectory(prefix="fl-sweep-ckpt-") as d:
+            _save_checkpoint(Path(d), state, self.run_id, self.trial_key, history)
+            tune.report(self.pending, checkpoint=tune.Checkpoint.from_directory(d))
+        self.pending, self.reported = None, True
+
+    def on_end(self, status: str, state, history: list[dict], error: DivergedError | None) -> None:
+        if status == DIVERGED:
+            r = state.round_idx + 1
+            self.tracker.set_tags(self.run_id, {"fl_sweep.diverged_round": str(r)})
+            _finalize(self.tracker, self.run_id, self.cfg, history, state, DIVERGED, self.title)
+            tune.report({"round": r, "rounds_total": self.cfg.fl.rounds, "fl_status": DIVERGED,
+                         "error": str(error), "run_id": self.run_id})
+            return
+        _finalize(self.tracker, self.run_id, self.cfg, history, state, FINISHED, self.title)
+        if not self.reported:  # restored from the final checkpoint: nothing left to run
+            tune.report(self._report(history[-1] if history else {"round": state.round_idx}, FINISHED))
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Run (or continue) one trial. See the module docstring."""
     from fl_core.data import load_data
@@ -184,39 +224,7 @@ def train_trial(config: dict[str, Any]) -> None:
 
             state = initial_state(cfg, device or "cpu", init_root=sweep.get("storage_root"))
         sim = Simulation(cfg, data=data, executor=executor, state=state)
-        total = cfg.fl.rounds
-        reported = False
-        while not sim.done:
-            try:
-                m = sim.step()
-            except DivergedError as e:
-                r = sim.state.round_idx + 1
-                tracker.set_tags(run_id, {"fl_sweep.diverged_round": str(r)})
-                _finalize(tracker, run_id, cfg, history, sim.state, "diverged", title)
-                tune.report({"round": r, "rounds_total": total, "fl_status": "diverged",
-                             "error": str(e), "run_id": run_id})
-                return
-            r = sim.state.round_idx
-            if m is not None:
-                history.append(dict(m))
-                if r > logged:
-                    tracker.log_metrics(run_id, m, step=r)
-            report = {**(m or {"round": r}), "rounds_total": total, "fl_status": "running",
-                      "run_id": run_id}
-            if r % cfg.fl.checkpoint_every == 0 or sim.done:
-                if sim.done:
-                    report["fl_status"] = "finished"
-                with tempfile.TemporaryDirectory(prefix="fl-sweep-ckpt-") as d:
-                    _save_checkpoint(Path(d), sim.state, run_id, trial_key, history)
-                    tune.report(report, checkpoint=tune.Checkpoint.from_directory(d))
-                reported = True
-            elif m is not None:
-                tune.report(report)
-                reported = True
-        _finalize(tracker, run_id, cfg, history, sim.state, "finished", title)
-        if not reported:  # restored from the final checkpoint: nothing left to run
-            last = history[-1] if history else {"round": sim.state.round_idx}
-            tune.report({**last, "rounds_total": total, "fl_status": "finished", "run_id": run_id})
+        run_loop(sim, TrialSink(tracker, run_id, cfg, trial_key, logged, title), history)
     except BaseException as e:
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
             try:

@@ -117,7 +117,8 @@ def compute(cfg_json: dict[str, Any], out_dir: str, launch_cwd: str | None = Non
     with _locked(d):
         if is_finished(d, cfg.fl.rounds):
             return "reused"
-        return run_local(cfg, d, resume=(d / STATE).is_file())
+        # the directory holds our lock file: a fresh start overwrites it knowingly
+        return run_local(cfg, d, resume=(d / STATE).is_file(), force=True)
 
 
 def ensure(
@@ -164,11 +165,12 @@ def log_to_mlflow(tracker, experiment_id: str, parent_run: str, sweep: str, key:
     """Log a warm-up as its own child run of the sweep (idempotent: the run is found by its
     key, metrics are re-logged at the same steps)."""
     from fl_core.config import flatten
-    from sweeper.local import METRICS, read_metrics
+    from sweeper.jsonl import read_jsonl
+    from sweeper.local import METRICS
 
     run = tracker.get_or_create_child(experiment_id, parent_run, sweep, f"warmup-{key}",
                                       f"warm-up seed={cfg.seed} ({cfg.fl.rounds} rounds)", flatten(cfg))
-    for m in read_metrics(warmup_dir(storage_root, key) / METRICS):
+    for m in read_jsonl(warmup_dir(storage_root, key) / METRICS):
         tracker.log_metrics(run, {k: v for k, v in m.items() if k != "round"}, step=int(m["round"]))
     tracker.finish(run, "finished")
     return run

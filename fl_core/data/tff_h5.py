@@ -6,7 +6,9 @@ TFF publishes Federated EMNIST (Caldas et al. 2018, LEAF; used by Sun et al. 201
 with background 1.0. We read each dataset exactly once into one preallocated uint8 block
 per split (no per-pixel Python), so the full 3,383-writer files load in seconds. The
 digits+letters pair (`fed_emnist_{train,test}.h5`) is read too, keeping labels 0..9 only.
-uint8 pixel datasets (the embedded copy) are taken as they are.
+uint8 pixel datasets (the embedded copy) are taken as they are. A damaged file (cut short,
+a corrupt region: HDF5 then fails when the region is read, not when the file is opened)
+is a DatasetError naming the file and the writer being read.
 """
 
 from __future__ import annotations
@@ -105,28 +107,41 @@ def read_split(path: Path, filter_letters: bool = False) -> Split:
     except OSError as e:
         raise DatasetError(str(path), f"not a readable HDF5 file ({e})", HOW_TO_PREPARE) from None
     with f:
-        entries = _writer_datasets(f, path)
-        total = sum(lab.shape[0] for _, lab, _ in entries)
-        pixels = np.empty((total, 28, 28), np.uint8)
-        labels = np.empty((total,), np.int64)
-        ids: list[str] = []
-        counts: list[int] = []
-        at = 0
-        for w, lab_ds, px_ds in entries:
-            lab = lab_ds[()].astype(np.int64)
-            keep = (lab >= 0) & (lab < 10)
-            if not filter_letters and not keep.all():
-                bad = sorted(set(lab[~keep].tolist()))[:5]
-                raise DatasetError(str(path), f"writer {w!r}: labels outside 0..9 ({bad})", HOW_TO_PREPARE)
-            px = _to_uint8(px_ds[()], w, path)
-            if filter_letters:
-                lab, px = lab[keep], px[keep]
-            n = len(lab)
-            pixels[at : at + n] = px
-            labels[at : at + n] = lab
-            at += n
-            ids.append(w)
-            counts.append(n)
+        try:
+            return _read_entries(f, path, filter_letters)
+        except DatasetError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            # h5py raises OSError/RuntimeError/KeyError for unreadable chunks, heaps, B-trees
+            reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            raise DatasetError(str(path), f"damaged HDF5 file, a region cannot be read ({reason})",
+                               HOW_TO_PREPARE) from None
+
+
+def _read_entries(f: h5py.File, path: Path, filter_letters: bool) -> Split:
+    """`read_split` without the translation of h5py's errors."""
+    entries = _writer_datasets(f, path)
+    total = sum(lab.shape[0] for _, lab, _ in entries)
+    pixels = np.empty((total, 28, 28), np.uint8)
+    labels = np.empty((total,), np.int64)
+    ids: list[str] = []
+    counts: list[int] = []
+    at = 0
+    for w, lab_ds, px_ds in entries:
+        lab = lab_ds[()].astype(np.int64)
+        keep = (lab >= 0) & (lab < 10)
+        if not filter_letters and not keep.all():
+            bad = sorted(set(lab[~keep].tolist()))[:5]
+            raise DatasetError(str(path), f"writer {w!r}: labels outside 0..9 ({bad})", HOW_TO_PREPARE)
+        px = _to_uint8(px_ds[()], w, path)
+        if filter_letters:
+            lab, px = lab[keep], px[keep]
+        n = len(lab)
+        pixels[at : at + n] = px
+        labels[at : at + n] = lab
+        at += n
+        ids.append(w)
+        counts.append(n)
     offsets = np.zeros(len(ids) + 1, np.int64)
     offsets[1:] = np.cumsum(counts)
     # A digits+letters file shrinks when filtered: drop the unused tail.

@@ -174,19 +174,14 @@ def find_simulate_dirs(root: Path, max_depth: int = 4) -> list[Path]:
 
 
 def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a metrics.jsonl; a truncated last line (run killed mid-write) is skipped."""
-    rows = []
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                continue
-            raise ReportError(f"{path}: line {i + 1} is not JSON; the file is corrupt") from None
-    return rows
+    """Rows of a metrics.jsonl (`sweeper.jsonl.read_jsonl`): a truncated last line (run
+    killed mid-write) is dropped with a warning; a bad line before it is a ReportError."""
+    from sweeper.jsonl import JsonlError, read_jsonl
+
+    try:
+        return read_jsonl(path)
+    except JsonlError as e:
+        raise ReportError(str(e)) from None
 
 
 def _load_simulate_dir(d: Path, sweep: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:

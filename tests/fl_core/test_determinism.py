@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import random
 
@@ -58,6 +59,7 @@ class ShuffledExecutor:
         return [done[i] for i in range(len(tasks))]
 
 
+@pytest.mark.slow  # whole simulations, twice
 def test_execution_order_does_not_change_results(config, tiny_data):
     a = Simulation(config, data=tiny_data)
     a.run()
@@ -117,4 +119,7 @@ def test_pgd_projects_after_every_pass(tiny_data, monkeypatch):
     m = sim.step()
     beta = 4 / 1  # uniform weighting (clipping on): β = |S|/(η m) = 4
     assert [r for _, r in calls] == [pytest.approx(0.5 / beta)] * 3
-    assert m["attacker_norm_pre"] <= 0.5 * (1 + 1e-5)
+    # the projection and the reported norm each sum ~1.2M float32 squares: a typical
+    # (random-walk) rounding of √n·u each; a missing projection would be off by far more
+    n = sim.state.global_params.numel()
+    assert m["attacker_norm_pre"] <= 0.5 * (1 + 2 * math.sqrt(n) * 2.0**-24)

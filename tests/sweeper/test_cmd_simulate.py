@@ -85,3 +85,65 @@ def test_diverged_run_exits_3_with_status(tmp_path, capsys):
     status = json.loads((out / "status.json").read_text())
     assert status["status"] == "diverged" and status["round"] == 1
     assert "diverged" in capsys.readouterr().err
+
+
+def test_resume_drops_a_cut_short_last_line_with_a_warning(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["simulate", *TINY, "--rounds", "2", "--out", str(out)]) == 0
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"round": 3, "main_acc": 0.4')  # a crash mid-write
+    with pytest.warns(UserWarning, match="metrics.jsonl"):
+        assert main(["simulate", "--resume", "--rounds", "3", "--out", str(out)]) == 0
+    assert [m["round"] for m in lines(out / "metrics.jsonl")] == [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def one_round(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert main(["simulate", *TINY, "--rounds", "1", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage"])
+def test_resume_from_a_damaged_checkpoint_exits_2_naming_it(one_round, tmp_path, capsys, damage):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(one_round, out)
+    data = (out / "state.pt").read_bytes()
+    (out / "state.pt").write_bytes({"empty": b"", "truncated": data[: len(data) // 3],
+                                    "garbage": b"\x00junk" * 100}[damage])
+    assert main(["simulate", "--resume", "--rounds", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out / "state.pt") in err and "Traceback" not in err
+    assert [m["round"] for m in lines(out / "metrics.jsonl")] == [1]  # nothing written
+
+
+def test_fresh_run_refuses_a_non_empty_out_unless_forced(one_round, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(one_round, out)
+    before = (out / "metrics.jsonl").read_bytes()
+    assert main(["simulate", *TINY, "--rounds", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "--resume" in err and "--force" in err
+    assert (out / "metrics.jsonl").read_bytes() == before  # untouched
+    assert main(["simulate", "--resume", "--force", "--out", str(out)]) == 2
+    (tmp_path / "file").write_text("x")
+    assert main(["simulate", *TINY, "--rounds", "1", "--out", str(tmp_path / "file")]) == 2
+    assert main(["simulate", *TINY, "--set", "seed=1", "--rounds", "2", "--force", "--out", str(out)]) == 0
+    assert [m["round"] for m in lines(out / "metrics.jsonl")] == [1, 2]
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
+
+
+def test_unreadable_h5_data_exits_2_naming_the_file(tmp_path, capsys):
+    d = tmp_path / "data"
+    d.mkdir()
+    for split in ("train", "test"):
+        (d / f"fed_emnist_digitsonly_{split}.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+    rc = main(["simulate", "--set", "data.source=tff-h5", "--set", f"data.path={d}", "--rounds", "1",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(d / "fed_emnist_digitsonly_train.h5") in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()

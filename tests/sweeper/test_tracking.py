@@ -117,6 +117,7 @@ q.put((i, run, tracking.RETRIES))
 """
 
 
+@pytest.mark.slow  # eight processes importing MLflow
 def test_eight_concurrent_writers_lose_no_metric(store):
     """8 processes (as 8 trials) log 30 rounds × 13 metrics each into one sqlite store at
     full speed; every (key, step) must be there exactly once."""

@@ -132,3 +132,37 @@ def test_shared_real_digits_counts(shared_h5, shared_digits):
     assert [int(r["n_test"]) for r in rows] == np.diff(data.test_offsets).tolist()
     # TFF convention kept: mostly white paper (README: 88.09% of pixels exactly 1.0)
     assert 0.87 < float((data.train_pixels == 255).mean()) < 0.89
+
+
+def _damage_chunk(path: Path, writer: str) -> None:
+    """Overwrite the compressed bytes of one writer's pixel chunk: the file still opens,
+    the damage shows only when that region is read."""
+    with h5py.File(path, "r") as f:
+        info = f[f"examples/{writer}/pixels"].id.get_chunk_info(0)
+    with open(path, "r+b") as fh:
+        fh.seek(info.byte_offset)
+        fh.write(b"\xff" * info.size)
+
+
+def test_corrupt_region_and_truncated_file_name_the_file(tmp_path, tiny_writers, write_tff_h5):
+    writers = tiny_writers(0, 3)
+    with h5py.File(tmp_path / TRAIN, "w") as f:
+        for w, (px, lab) in writers.items():
+            f.create_dataset(f"examples/{w}/label", data=lab)
+            f.create_dataset(f"examples/{w}/pixels", data=px, chunks=px.shape, compression="gzip")
+    with h5py.File(tmp_path / TEST, "w") as f:
+        for w, (px, lab) in writers.items():
+            f.create_dataset(f"examples/{w}/label", data=lab)
+            f.create_dataset(f"examples/{w}/pixels", data=px)
+    read_tff_dir(tmp_path)  # intact: reads
+    _damage_chunk(tmp_path / TRAIN, sorted(writers)[1])
+    with pytest.raises(DatasetError, match="damaged HDF5 file") as e:
+        read_tff_dir(tmp_path)
+    assert str(tmp_path / TRAIN) in str(e.value)
+    data = (tmp_path / TEST).read_bytes()
+    (tmp_path / TEST).write_bytes(data[: len(data) // 2])
+    (tmp_path / TRAIN).unlink()
+    write_tff_h5(tmp_path / TRAIN, writers)
+    with pytest.raises(DatasetError, match="HDF5") as e:
+        read_tff_dir(tmp_path)
+    assert str(tmp_path / TEST) in str(e.value)

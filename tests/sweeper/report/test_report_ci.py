@@ -39,6 +39,7 @@ def check_claims_json(path: Path) -> list[dict]:
     return claims
 
 
+@pytest.mark.slow  # runs fl-sweep simulate, then the whole report
 def test_report_on_real_simulate_outputs(tmp_path, md_tables):
     """Two real `fl-sweep simulate` runs (PGD vs M = 5 with σ = 0 and 0.025, 2 rounds on
     30 embedded writers) read back as a two-cell sweep."""

@@ -90,6 +90,7 @@ def test_nothing_to_report_is_a_clear_error(tmp_path, monkeypatch):
 
 
 # -- MLflow (fixture `mlflow_sweep` in conftest.py) -----------------------------------
+@pytest.mark.slow  # builds an MLflow sweep store
 def test_mlflow_sweep_by_directory_by_name_and_by_store(mlflow_sweep):
     root, sweep_dir, uri, parent = mlflow_sweep
     for data in (load_sweeps([str(sweep_dir)]),

@@ -22,6 +22,10 @@ from sweeper.report.page import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
+# every test here renders the whole report (matplotlib figures, MLflow logging): 10-30 s each
+pytestmark = pytest.mark.slow
+
+
 def test_report_files_and_table_structure(tmp_path, paper_sweep, md_tables):
     data = load_sweeps([str(paper_sweep)])
     rep = build_report(data, tmp_path / "out", claims=True)
