@@ -220,6 +220,10 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
                 tags={"fl_sweep.grid_file": grid.path, "fl_sweep.trials": str(len(grid.trials)),
                       "fl_sweep.dir": str(sweep_dir)},
             )
+            from sweeper import landing
+
+            landing.describe_experiment(tracker, exp_id, name, grid.spec.description)
+            landing.create_children(tracker, exp_id, parent, name, grid.trials, grid.varied_keys)
             st.atomic_write_text(sweep_dir / "grid.yaml", grid.text)
             st.atomic_write_text(sweep_dir / "trials.csv", st.csv_text(trial_rows(grid)))
             tracker.log_artifact(parent, sweep_dir / "grid.yaml")
@@ -312,6 +316,12 @@ def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results, secon
             s = (r.metrics or {}).get("fl_status")
             counts[s if s in ("finished", "diverged") else "interrupted"] += 1
     parent = manifest["parent_run_id"]
+    from sweeper import landing
+
+    try:
+        landing.summarise(tracker, manifest, sweep_dir, echo)
+    except Exception as e:  # noqa: BLE001 - the trials' results are stored already
+        echo(f"note: the parent run's summary was not logged ({type(e).__name__}: {e})")
     if counts["failed"]:
         tracker.finish(parent, "failed")
     elif not counts["interrupted"]:
