@@ -7,9 +7,6 @@ table; they import neither Ray nor MLflow, start nothing and write nothing. Erro
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -164,16 +161,6 @@ def status(
                   f"continue with `fl-sweep resume {s.manifest['name']}`)")
 
 
-def ui_command(sweep_dir: Path, manifest: dict, host: str, port: int, workers: int = 1) -> list[str]:
-    """`mlflow ui` on the sweep's store. New experiments created from the UI get their
-    artifacts under the sweep directory too (not ./mlartifacts wherever this runs)."""
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", manifest["tracking_uri"],
-           "--host", host, "--port", str(port), "--workers", str(workers)]
-    if manifest["tracking_uri"].startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (sweep_dir / "artifacts").as_uri()]
-    return cmd
-
-
 @app.command()
 def ui(
     sweep: Optional[str] = typer.Argument(None, help="sweep name or directory (default: the only/latest sweep)"),
@@ -182,7 +169,10 @@ def ui(
     port: int = typer.Option(5000, "--port", min=1, max=65535),
     workers: int = typer.Option(1, "--workers", min=1, help="server worker processes"),
 ) -> None:
-    """Open the MLflow dashboard on a sweep's store (blocks until Ctrl-C)."""
+    """Open the MLflow dashboard on a sweep's store (blocks until Ctrl-C; stops the server
+    and all its processes on Ctrl-C or SIGTERM)."""
+    from sweeper import ui as dash
+
     if sweep is None:
         sweeps = st.list_sweeps(st.storage_root(storage))
         if not sweeps:
@@ -191,12 +181,9 @@ def ui(
     else:
         sweep_dir = st.resolve_sweep(sweep, storage)
         manifest = st.read_manifest(sweep_dir)
-    cmd = ui_command(sweep_dir, manifest, host, port, workers)
-    typer.echo(f"MLflow dashboard for {manifest['name']}: http://{host}:{port}  (Ctrl-C stops it)")
-    try:
-        rc = subprocess.call(cmd, env={**os.environ})
-    except KeyboardInterrupt:
-        rc = 0
+    typer.echo(f"MLflow dashboard for {manifest['name']}: {dash.landing_url(host, port, manifest)}"
+               "  (Ctrl-C stops it)")
+    rc = dash.serve(dash.server_command(sweep_dir, manifest, host, port, workers), typer.echo)
     if rc:
         raise typer.Exit(rc)
 

@@ -24,8 +24,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker
+from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker, _retry
 
+KIND = "mlflow.experimentKind"  # which of its two UIs MLflow shows for the experiment
 NOTE = "mlflow.note.content"  # the description MLflow shows (Markdown) for runs and experiments
 # metrics summarised on the parent, in this order; those a sweep did not log are left out
 HEADLINE = ("main_acc", "backdoor_acc", "main_acc_clean", "backdoor_acc_heldout",
@@ -58,6 +59,8 @@ def describe_experiment(tracker: Tracker, experiment_id: str, sweep: str, descri
     """The grid's description and a short guide as the experiment's description."""
     text = (description.strip() + "\n\n" if description else "") + GUIDE.format(sweep=sweep)
     tracker.set_experiment_note(experiment_id, text)
+    # without it, MLflow 3 opens a new experiment on its GenAI "Overview" (traces) page
+    _retry(tracker.client.set_experiment_tag, experiment_id, KIND, "custom_model_development")
 
 
 def create_children(tracker: Tracker, experiment_id: str, parent_run_id: str, sweep: str,

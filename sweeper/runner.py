@@ -332,7 +332,7 @@ def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results, secon
          + f" ({seconds:.0f}s)")
     storage_opt = "" if sweep_dir.parent == st.storage_root(None) else f" --storage {sweep_dir.parent}"
     echo(f"  status:    fl-sweep status {name}{storage_opt}")
-    echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open http://127.0.0.1:5000)")
+    echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open the address it prints)")
     if counts["failed"] or counts["interrupted"]:
         echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
              "(failed and unfinished trials continue from their last checkpoint)")
