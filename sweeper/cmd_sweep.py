@@ -181,8 +181,9 @@ def ui(
     else:
         sweep_dir = st.resolve_sweep(sweep, storage)
         manifest = st.read_manifest(sweep_dir)
-    typer.echo(f"MLflow dashboard for {manifest['name']}: {dash.landing_url(host, port, manifest)}"
-               "  (Ctrl-C stops it)")
+    typer.echo(f"MLflow dashboard for {manifest['name']} (Ctrl-C stops it):\n"
+               f"  trials:  {dash.landing_url(host, port, manifest)}\n"
+               f"  summary: {dash.parent_url(host, port, manifest)}")
     rc = dash.serve(dash.server_command(sweep_dir, manifest, host, port, workers), typer.echo)
     if rc:
         raise typer.Exit(rc)

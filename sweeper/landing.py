@@ -1,21 +1,20 @@
 """The sweep's MLflow landing page: what a researcher sees on opening the experiment.
 
 The MLflow experiment view shows the parent run collapsed, its children hidden until the
-row is expanded; its charts show the metrics of the visible runs. So the parent carries
-the summary of the whole sweep:
+row is expanded, and charts only for visible runs. So:
 
-- the grid's `description` as the experiment's and the parent's description (MLflow
-  renders the `mlflow.note.content` tag as Markdown), completed at the end of the sweep
-  with a table of every trial's final metrics;
-- one metric per (headline metric, trial), `final.main_acc/no attack M=0.3`: MLflow
-  charts each key of the parent directly, grouped by the prefix before `/`;
-- the trial table as an MLflow table artifact (`trials_final.json`, rendered by the
-  artifact view) and the report (figures, report.html) under `report/`.
-
-Child runs are created by the driver before Tune starts, named by their varied keys in
-the report's notation (`unconstrained, M=0.3, seed=1`), tagged `pending`; a trial finds
-its run by tag and re-opens it (`Tracker.get_or_create_child`), so the run list shows
-every trial from the start, with a readable name.
+- `fl-sweep ui` opens the experiment filtered to this sweep's trial runs (sweeper/ui.py),
+  which MLflow then lists flat: every trial's curves are on the charts at once;
+- the trials are named by their varied keys in the report's notation
+  (`unconstrained, M=0.3`): the driver creates every child run, `pending`, with the
+  parent; a trial finds its run by tag and re-opens it (`Tracker.get_or_create_child`);
+- the grid's `description` is the experiment's and the parent's description (MLflow
+  renders the `mlflow.note.content` tag as Markdown); at the end of the sweep the
+  parent's gets a table of every trial's final metrics;
+- the parent carries one metric per (headline metric, trial),
+  `final.main_acc/no attack M:0.3`, charted directly, grouped by the prefix before `/`;
+  the trial table as an MLflow table artifact (`trials_final.json`); and the report
+  (figures, report.html) under `report/`.
 """
 
 from __future__ import annotations
@@ -31,9 +30,10 @@ NOTE = "mlflow.note.content"  # the description MLflow shows (Markdown) for runs
 # metrics summarised on the parent, in this order; those a sweep did not log are left out
 HEADLINE = ("main_acc", "backdoor_acc", "main_acc_clean", "backdoor_acc_heldout",
             "collateral_rate")
-GUIDE = ("Each trial is a child run of the sweep's parent run `{sweep}`: expand it (the ▸ "
-         "in the run list) to see the trials' curves. The parent's charts show every "
-         "trial's final metrics; its artifacts hold the trial table and the report.")
+GUIDE = ("The trials of sweep `{sweep}` are the child runs of its parent run `{sweep}`. "
+         "`fl-sweep ui {sweep}` opens this page filtered to them, on their charts; "
+         "unfiltered, expand the parent's row (⊞) to see them. The parent run holds every "
+         "trial's final metrics, their table and the report.")
 
 
 def trial_name(overrides: Mapping[str, Any], varied_keys: Iterable[str]) -> str:

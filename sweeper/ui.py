@@ -41,11 +41,35 @@ def server_command(sweep_dir: Path, manifest: Mapping[str, Any], host: str, port
 
 
 def landing_url(host: str, port: int, manifest: Mapping[str, Any]) -> str:
-    """The sweep's experiment page, on its charts. Without `workflowType` MLflow 3 opens
-    its GenAI pages (traces) for a browser that has not chosen "Model training" yet."""
+    """The sweep's experiment page as a researcher wants it first: every trial of this
+    sweep listed by name, with its per-round curves on the charts.
+
+    - `workflowType`: without it MLflow 3 opens its GenAI pages (traces) for a browser
+      that has not chosen "Model training" yet;
+    - `searchFilter` on this sweep's trial runs (with an explicit `orderByKey`, else the
+      UI drops the filter): without it the list shows the parent run collapsed and the
+      charts are empty until its row is expanded;
+    - `compareRunsMode=CHART`: the charts, not the table.
+    """
+    from urllib.parse import quote, urlencode
+
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return (f"http://{shown}:{port}/#/experiments/{manifest['experiment_id']}/runs"
-            "?workflowType=machine_learning&compareRunsMode=CHART")
+    query = urlencode({
+        "workflowType": "machine_learning",
+        "compareRunsMode": "CHART",
+        "searchFilter": f"tags.`fl_sweep.sweep` = '{manifest['name']}' and "
+                        "tags.`fl_sweep.role` = 'trial'",
+        "orderByKey": "metrics.`backdoor_acc`",
+        "orderByAsc": "false",
+    }, quote_via=quote)
+    return f"http://{shown}:{port}/#/experiments/{manifest['experiment_id']}/runs?{query}"
+
+
+def parent_url(host: str, port: int, manifest: Mapping[str, Any]) -> str:
+    """The sweep's parent run: its summary table, final metrics and report."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return (f"http://{shown}:{port}/#/experiments/{manifest['experiment_id']}/runs/"
+            f"{manifest['parent_run_id']}?workflowType=machine_learning")
 
 
 class _Stop(Exception):

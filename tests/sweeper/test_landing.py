@@ -91,7 +91,7 @@ def test_experiment_and_parent_describe_the_sweep(swept):
     client = swept["tr"].client
     exp = client.get_experiment(swept["exp"])
     assert exp.tags[landing.NOTE].startswith("Landing page test — two defenses, two seeds.")
-    assert "expand it" in exp.tags[landing.NOTE]
+    assert "child runs of its parent run `land`" in exp.tags[landing.NOTE]
     note = client.get_run(swept["parent"]).data.tags[landing.NOTE]
     assert note.startswith("Landing page test")
     # the trial table in the description: one row per trial, with its final main_acc
