@@ -154,10 +154,15 @@ def test_experiment_page_shows_the_trials_and_their_curves(served):
     for name in NAMES:
         assert name in text
     assert re.search(r"Model metrics \((\d+)\)", text).group(1) != "0"
-    # a rendered chart: its legend names each trial's curve (charts below the fold are
-    # rendered lazily, so only the first ones, alphabetical, are in the DOM)
-    for name in NAMES:
-        assert f"{name} (backdoor_acc)" in text, text[:3000]
+    # a rendered chart: its legend names each trial's curve. MLflow draws chart tiles
+    # lazily, when they scroll into view; on a loaded machine a headless dump sometimes
+    # comes before the first ones are drawn, so up to three fresh loads are allowed.
+    legends = [f"{name} (backdoor_acc)" for name in NAMES]
+    for attempt in range(3):
+        if all(legend in text for legend in legends):
+            break
+        text = text_of(chromium(url, served["tmp"] / f"prof-exp{attempt}", budget_s=45))
+    assert all(legend in text for legend in legends), text[:3000]
     assert (served["tmp"] / "dashboard.png").stat().st_size > 10_000
 
 
