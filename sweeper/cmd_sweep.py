@@ -7,9 +7,6 @@ table; they import neither Ray nor MLflow, start nothing and write nothing. Erro
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -143,7 +140,7 @@ def print_outcome(out) -> None:
                + f" ({out.seconds:.0f}s)")
     storage_opt = "" if out.sweep_dir.parent == st.storage_root(None) else f" --storage {out.sweep_dir.parent}"
     typer.echo(f"  status:    fl-sweep status {name}{storage_opt}")
-    typer.echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open http://127.0.0.1:5000)")
+    typer.echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open the address it prints)")
     if counts.get("failed") or counts.get("interrupted"):
         typer.echo(f"  resume:    fl-sweep resume {name}{storage_opt}   "
                    "(failed and unfinished trials continue from their last checkpoint)")
@@ -221,16 +218,6 @@ def status(
                   f"continue with `fl-sweep resume {s.manifest['name']}`)")
 
 
-def ui_command(sweep_dir: Path, manifest: dict, host: str, port: int, workers: int = 1) -> list[str]:
-    """`mlflow ui` on the sweep's store. New experiments created from the UI get their
-    artifacts under the sweep directory too (not ./mlartifacts wherever this runs)."""
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", manifest["tracking_uri"],
-           "--host", host, "--port", str(port), "--workers", str(workers)]
-    if manifest["tracking_uri"].startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (sweep_dir / "artifacts").as_uri()]
-    return cmd
-
-
 @app.command()
 def ui(
     sweep: Optional[str] = typer.Argument(None, help="sweep name or directory (default: the only/latest sweep)"),
@@ -239,7 +226,10 @@ def ui(
     port: int = typer.Option(5000, "--port", min=1, max=65535),
     workers: int = typer.Option(1, "--workers", min=1, help="server worker processes"),
 ) -> None:
-    """Open the MLflow dashboard on a sweep's store (blocks until Ctrl-C)."""
+    """Open the MLflow dashboard on a sweep's store (blocks until Ctrl-C; stops the server
+    and all its processes on Ctrl-C or SIGTERM)."""
+    from sweeper import ui as dash
+
     if sweep is None:
         sweeps = st.list_sweeps(st.storage_root(storage))
         if not sweeps:
@@ -248,12 +238,10 @@ def ui(
     else:
         sweep_dir = st.resolve_sweep(sweep, storage)
         manifest = st.read_manifest(sweep_dir)
-    cmd = ui_command(sweep_dir, manifest, host, port, workers)
-    typer.echo(f"MLflow dashboard for {manifest['name']}: http://{host}:{port}  (Ctrl-C stops it)")
-    try:
-        rc = subprocess.call(cmd, env={**os.environ})
-    except KeyboardInterrupt:
-        rc = 0
+    typer.echo(f"MLflow dashboard for {manifest['name']} (Ctrl-C stops it):\n"
+               f"  trials:  {dash.landing_url(host, port, manifest)}\n"
+               f"  summary: {dash.parent_url(host, port, manifest)}")
+    rc = dash.serve(dash.server_command(sweep_dir, manifest, host, port, workers), typer.echo)
     if rc:
         raise typer.Exit(rc)
 

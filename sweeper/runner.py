@@ -282,6 +282,10 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
                 tags={"fl_sweep.grid_file": grid.path, "fl_sweep.trials": str(len(grid.trials)),
                       "fl_sweep.dir": str(sweep_dir)},
             )
+            from sweeper import landing
+
+            landing.describe_experiment(tracker, exp_id, name, grid.spec.description)
+            landing.create_children(tracker, exp_id, parent, name, grid.trials, grid.varied_keys)
             st.atomic_write_text(sweep_dir / "grid.yaml", grid.text)
             st.atomic_write_text(sweep_dir / "trials.csv", st.csv_text(trial_rows(grid)))
             tracker.log_artifact(parent, sweep_dir / "grid.yaml")
@@ -328,7 +332,7 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
         finally:
             for cb in run_config.callbacks or ():
                 getattr(cb, "stop", lambda: None)()
-        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0)
+        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
     finally:
         if lock is not None:
             lock.release()
@@ -375,7 +379,7 @@ def resume_sweep(ref: str, *, storage: str | None = None, ray_opts: RayOptions |
                      float((manifest.get("resources") or {}).get("cpus_per_trial", 1.0)), echo)
             tuner = tune.Tuner.restore(str(tune_dir), trainable=_trainable(), resume_errored=True)
             results = tuner.fit()
-            return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0)
+            return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
         finally:
             if started:
                 import ray
@@ -398,8 +402,9 @@ def _warmups(warmups: dict, root: Path, manifest: dict[str, Any], tracker, cpus:
 
 
 def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results,
-              seconds: float) -> SweepOutcome:
-    """Count the trials' ends and close the parent run (what to print is the CLI's job)."""
+              seconds: float, echo: Echo = _echo) -> SweepOutcome:
+    """Count the trials' ends, summarise the sweep on its parent run (the dashboard's landing
+    page and the report) and close it; the end-of-run text is the CLI's job."""
     counts = {"finished": 0, "diverged": 0, "failed": 0, "interrupted": 0}
     for r in results:
         if r.error is not None:
@@ -408,6 +413,12 @@ def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results,
             s = (r.metrics or {}).get("fl_status")
             counts[s if s in ("finished", "diverged") else "interrupted"] += 1
     parent = manifest["parent_run_id"]
+    from sweeper import landing
+
+    try:
+        landing.summarise(tracker, manifest, sweep_dir, echo)
+    except Exception as e:  # noqa: BLE001 - the trials' results are stored already
+        echo(f"note: the parent run's summary was not logged ({type(e).__name__}: {e})")
     if counts["failed"]:
         tracker.finish(parent, "failed")
     elif not counts["interrupted"]:

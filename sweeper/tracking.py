@@ -277,17 +277,21 @@ class Tracker:
 
     def start_child(self, experiment_id: str, parent_run_id: str, sweep: str, trial_key: str,
                     run_name: str, params: Mapping[str, Any],
-                    tags: Mapping[str, str] | None = None) -> str:
+                    tags: Mapping[str, str] | None = None, pending: bool = False) -> str:
+        """A new child run; `pending`: created ahead of its trial (by the driver), shown
+        as SCHEDULED until the trial re-opens it."""
         from mlflow.entities import Param
 
         t = {PARENT: parent_run_id, ROLE: "trial", SWEEP: sweep, TRIAL_KEY: trial_key,
-             STATUS: "running"}
+             STATUS: "pending" if pending else "running"}
         t.update(tags or {})
         run = _retry(self.client.create_run, experiment_id, tags=t, run_name=run_name)
         run_id = run.info.run_id
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             _retry(self.client.log_batch, run_id, params=items[i:i + 100])
+        if pending:
+            _retry(self.client.update_run, run_id, status="SCHEDULED")
         return run_id
 
     def get_or_create_child(self, experiment_id: str, parent_run_id: str, sweep: str,
@@ -334,6 +338,14 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, run_id, str(path), artifact_path)
+
+    def log_table(self, run_id: str, df: Any, artifact_file: str) -> None:
+        """A pandas DataFrame as an MLflow table artifact (the artifact view renders it)."""
+        _retry(self.client.log_table, run_id, df, artifact_file)
+
+    def set_experiment_note(self, experiment_id: str, text: str) -> None:
+        """The experiment's description (Markdown) in the MLflow UI."""
+        _retry(self.client.set_experiment_tag, experiment_id, "mlflow.note.content", text)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag

@@ -11,6 +11,7 @@ Files written to the output directory:
 
 from __future__ import annotations
 
+import base64
 import html
 import json
 import math
@@ -128,13 +129,6 @@ def _md_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def _html_table(header, rows) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>"
-                   for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 PRIVACY_INTRO = (
     "Weak DP read as user-level DP-FedAvg: per round a Gaussian mechanism on the clipped "
     "updates of a sampled cohort, accounted with `dp-accounting` (RDP and PLD, Poisson "
@@ -170,46 +164,54 @@ def _sections(data: SweepData, rep: Report, tail: float, burn_in: float) -> list
     return secs
 
 
-def write_pages(data: SweepData, rep: Report, figures: list[Path], tail: float,
-                burn_in: float = 0.0) -> list[Path]:
-    secs = _sections(data, rep, tail, burn_in)
-    rel = [f.relative_to(rep.out_dir).as_posix() for f in figures]
+STYLE = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em}"
+         "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
+         "padding:3px 6px;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}"
+         "code{background:#f3f3f3;padding:0 2px}")
+
+
+def _markdown(data: SweepData, rep: Report, secs, images: list[tuple[str, str]]) -> str:
+    """The page as Markdown; `images` are (alt, src) pairs, so that the HTML page can
+    carry the same text with its figures inline."""
     md = [f"# Report: {data.name}", ""]
-    htm = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(data.name)}"
-           "</title><style>body{font-family:sans-serif;max-width:1400px;margin:auto}"
-           "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;"
-           "padding:3px 6px;vertical-align:top}img{max-width:100%}</style></head><body>",
-           f"<h1>Report: {html.escape(data.name)}</h1>"]
     first, *rest = secs
-    md += [first[1], "", "## Figures", ""] + [f"![{Path(r).stem}]({r})" for r in rel] + [""]
-    htm += [f"<p>{html.escape(first[1])}</p><h2>Figures</h2>"]
-    htm += [f"<p><img src='{html.escape(r)}' alt='{html.escape(Path(r).stem)}'></p>" for r in rel]
+    md += [first[1], "", "## Figures", ""] + [f"![{alt}]({src})" for alt, src in images] + [""]
     for title, text, rows, header in rest:
         md += [f"## {title}", "", text, ""]
-        htm += [f"<h2>{html.escape(title)}</h2>",
-                "<p>" + "<br>".join(html.escape(x) for x in text.splitlines()) + "</p>"]
         if rows is not None:
             md += [_md_table(header, rows), ""]
-            htm.append(_html_table(header, rows))
     if rep.claims:
         md += ["### Claim checks in detail", ""]
-        htm.append("<h3>Claim checks in detail</h3><ul>")
         for c in rep.claims:
             md.append(f"- **Claim {c.number} — {c.verdict}**: {c.claim}.")
-            htm.append(f"<li><b>Claim {c.number} — {c.verdict}</b>: {html.escape(c.claim)}<ul>")
-            for ch in c.checks:
-                md.append(f"  - {format_check(ch)}")
-                htm.append(f"<li>{html.escape(format_check(ch))}</li>")
+            # four spaces: Python-Markdown nests a list only at that indent
+            md += [f"    - {format_check(ch)}" for ch in c.checks]
             if c.note:
-                md.append(f"  - {c.note}")
-                htm.append(f"<li>{html.escape(c.note)}</li>")
-            htm.append("</ul></li>")
-        htm.append("</ul>")
+                md.append(f"    - {c.note}")
         md.append("")
-    htm.append("</body></html>")
+    return "\n".join(md) + "\n"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def write_pages(data: SweepData, rep: Report, figures: list[Path], tail: float,
+                burn_in: float = 0.0) -> list[Path]:
+    """report.md (figures linked) and report.html: the same Markdown rendered by
+    Python-Markdown (`tables` extension), figures inline, so the page is one file."""
+    import markdown
+
+    secs = _sections(data, rep, tail, burn_in)
+    md_text = _markdown(data, rep, secs, [(f.stem, f.relative_to(rep.out_dir).as_posix())
+                                          for f in figures])
+    body = markdown.markdown(_markdown(data, rep, secs, [(f.stem, _data_uri(f)) for f in figures]),
+                             extensions=["tables"], output_format="html")
+    page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(data.name)}"
+            f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
     md_path, html_path = rep.out_dir / "report.md", rep.out_dir / "report.html"
-    md_path.write_text("\n".join(md) + "\n")
-    html_path.write_text("\n".join(htm) + "\n")
+    md_path.write_text(md_text)
+    html_path.write_text(page)
     return [md_path, html_path]
 
 

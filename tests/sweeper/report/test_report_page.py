@@ -3,7 +3,10 @@ the CLI, and logging to the sweep's MLflow parent run."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
+from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
@@ -24,6 +27,27 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 # every test here renders the whole report (matplotlib figures, MLflow logging): 10-30 s each
 pytestmark = pytest.mark.slow
+
+
+def _text(page: str) -> str:
+    """The text a browser shows of an HTML page (tags dropped, style skipped)."""
+    parts: list[str] = []
+
+    class P(HTMLParser):
+        skip = False
+
+        def handle_starttag(self, tag, attrs):
+            self.skip = tag in ("style", "script")
+
+        def handle_endtag(self, tag):
+            self.skip = False
+
+        def handle_data(self, d):
+            if not self.skip:
+                parts.append(d)
+
+    P().feed(page)
+    return "".join(parts)
 
 
 def test_report_files_and_table_structure(tmp_path, paper_sweep, md_tables):
@@ -65,7 +89,16 @@ def test_report_files_and_table_structure(tmp_path, paper_sweep, md_tables):
     # the HTML page has the same tables
     html = (out / "report.html").read_text()
     assert html.count("<table>") == 3 and html.count("<tr>") == len(cells_tbl) + 7 + len(privacy_tbl)
-    assert "figures/panels.png" in html and rep.claims is not None
+    assert rep.claims is not None
+    # rendered by Python-Markdown: the figures inline (the same bytes as the PNG files),
+    # and no Markdown syntax left in the page's text
+    srcs = re.findall(r'<img alt="(\w+)" src="data:image/png;base64,([^"]+)"', html)
+    assert {alt: base64.b64decode(b) for alt, b in srcs} == {
+        f: (out / "figures" / f"{f}.png").read_bytes() for f in ("panels", "overlay")}
+    text = _text(html)
+    assert "**" not in text and "`" not in text and "| ---" not in text
+    assert "backdoor acc (avg): the run's mean backdoor accuracy" in text
+    assert "<strong>Claim 1 — PASS</strong>" in html and "<code>attack.start_round</code>" in html
 
 
 def test_report_without_claims_removes_a_stale_claims_file(tmp_path, paper_sweep, md_tables):
