@@ -66,6 +66,10 @@ def print_trial_table(grid: Grid) -> None:
     con.print(f"[bold]{escape(grid.name)}[/bold] ({escape(grid.path)}): {len(grid.trials)} trials"
               + (f" — {escape(grid.spec.description)}" if grid.spec.description else ""))
     con.print(f"varied keys: {escape(', '.join(grid.varied_keys) or '(none)')}")
+    if grid.warmups:
+        w = grid.spec.warmup
+        con.print(f"warm-up: {len(grid.warmups)} shared clean warm-up(s) of {w.rounds} rounds (one per "
+                  "seed), computed once and cached under <storage>/warmups/; trials continue from them")
     if res.executor == "in-process":
         con.print(f"per trial: {res.cpus_per_trial:g} CPU, clients trained in the trial process"
                   + (f", {gpus:g} GPU" if gpus else ""))
@@ -132,12 +136,51 @@ def run(
         raise typer.Exit(out.exit_code)
 
 
+#: (cells.csv column, header) of the end-of-run table: the paper's story side by side
+END_COLUMNS = (
+    ("main_tail", "main acc (tail)"),
+    ("clean_tail", "w/o source label"),
+    ("backdoor_avg", "backdoor acc (avg)"),
+    ("heldout_avg", "held-out backdoor"),
+    ("collateral_avg", "collateral (avg)"),
+)
+
+
+def print_cells(cells_csv: Path) -> None:
+    """The report's per-cell numbers (mean over seeds; averages over the attacked rounds,
+    docs/REPRODUCTION.md §3), printed at the end of a run so the effect is on screen."""
+    import csv
+
+    if not cells_csv.is_file():
+        return
+    from rich.table import Table
+
+    with open(cells_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    table = Table(show_edge=False, pad_edge=False, title="per cell (mean over seeds)")
+    table.add_column("cell")
+    for _, h in END_COLUMNS:
+        table.add_column(h, justify="right")
+
+    def num(v: str | None) -> str:
+        try:
+            x = float(v or "nan")
+        except ValueError:
+            return "-"
+        return "-" if x != x else f"{x:.3f}"
+
+    for r in rows:
+        table.add_row(escape(r.get("cell", "")), *(num(r.get(c)) for c, _ in END_COLUMNS))
+    _console().print(table)
+
+
 def print_outcome(out) -> None:
     """The end of a run/resume: how the trials ended and the commands to go on with."""
     counts, name = out.counts, out.name
     total = sum(counts.values())
     typer.echo(f"sweep {name}: {total} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
                + f" ({out.seconds:.0f}s)")
+    print_cells(out.sweep_dir / "report" / "cells.csv")
     storage_opt = "" if out.sweep_dir.parent == st.storage_root(None) else f" --storage {out.sweep_dir.parent}"
     typer.echo(f"  status:    fl-sweep status {name}{storage_opt}")
     typer.echo(f"  dashboard: fl-sweep ui {name}{storage_opt}   (then open the address it prints)")

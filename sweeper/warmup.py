@@ -166,10 +166,12 @@ def log_to_mlflow(tracker, experiment_id: str, parent_run: str, sweep: str, key:
     key, metrics are re-logged at the same steps)."""
     from fl_core.config import flatten
     from sweeper.jsonl import read_jsonl
+    from sweeper.tracking import ROLE
     from sweeper.local import METRICS
 
     run = tracker.get_or_create_child(experiment_id, parent_run, sweep, f"warmup-{key}",
-                                      f"warm-up seed={cfg.seed} ({cfg.fl.rounds} rounds)", flatten(cfg))
+                                      f"warm-up seed={cfg.seed} ({cfg.fl.rounds} rounds)", flatten(cfg),
+                                      tags={ROLE: "warmup"})
     for m in read_jsonl(warmup_dir(storage_root, key) / METRICS):
         tracker.log_metrics(run, {k: v for k, v in m.items() if k != "round"}, step=int(m["round"]))
     tracker.finish(run, "finished")

@@ -324,6 +324,9 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
     client = _client(uri)
     children = _search_all(client, [parent.info.experiment_id],
                            f"tags.`{PARENT}` = '{parent.info.run_id}'")
+    # a shared warm-up is logged as a child too (role `warmup`): it is where the trials
+    # start, not a cell of the sweep
+    children = [c for c in children if c.data.tags.get(ROLE) != "warmup"]
     runs, metrics = [], []
     for child in children:
         params = {k: parse_param(v) for k, v in child.data.params.items()}
