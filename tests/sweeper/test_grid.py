@@ -285,7 +285,11 @@ def test_shipped_grids_are_valid(path):
 def test_smoke_grid_is_small():
     g = load_grid(REPO / "grids" / "smoke.yaml")
     assert len(g.trials) == 4
-    assert all(t.config.fl.rounds <= 20 and t.config.data.source == "embedded" for t in g.trials)
+    # a few minutes on 2 cores: ≤ 30 rounds of ≤ 10 clients × ≤ 2 epochs, the first 20 of
+    # them one shared warm-up
+    assert all(t.config.fl.rounds <= 30 and t.config.fl.clients_per_round <= 10
+               and t.config.fl.local_epochs <= 2 and t.config.data.source == "embedded" for t in g.trials)
+    assert len(g.warmups) == 1 and g.spec.warmup.rounds == 20
 
 
 def test_readme_grid_example_is_valid(tmp_path):

@@ -192,7 +192,9 @@ def test_sweep_spreads_over_nodes_workers_change_nothing_divergence_is_contained
     arts = {a.path for a in tracker.client.list_artifacts(ok1.run_id)}
     assert arts == {"config.yaml", "metrics.jsonl", "final_weights.pt", "curves.png"}
     parent_arts = {a.path for a in tracker.client.list_artifacts(s.manifest["parent_run_id"])}
-    assert parent_arts == {"grid.yaml", "trials.csv"}
+    # the grid as run, the trial table, every trial's final metrics and the report (the
+    # dashboard's landing page, sweeper/landing.py)
+    assert parent_arts == {"grid.yaml", "trials.csv", "trials_final.json", "report"}
     assert tracker.get_run(s.manifest["parent_run_id"]).info.status == "FINISHED"
 
 
