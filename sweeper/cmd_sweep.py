@@ -212,15 +212,6 @@ def resume(
         raise typer.Exit(out.exit_code)
 
 
-def _dur(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
-
-
 @app.command()
 def status(
     sweep: str = typer.Argument(..., help="sweep name (under --storage) or directory"),
@@ -230,7 +221,7 @@ def status(
     from rich.table import Table
     from rich.text import Text
 
-    from sweeper.status import sweep_status
+    from sweeper.status import duration_text, sweep_status
     from sweeper.tracking import redact_uri
 
     s = sweep_status(sweep, storage)
@@ -255,7 +246,7 @@ def status(
     done = sum(t.round for t in s.trials)
     total = sum(t.rounds for t in s.trials)
     con.print(f"{len(s.trials)} trials: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-              + f"; rounds {done}/{total}; ETA {_dur(s.eta_seconds())}")
+              + f"; rounds {done}/{total}; ETA {duration_text(s.eta_seconds())}")
     if counts.get("running"):
         con.print("(states as last logged: if the sweep's driver has stopped, its running trials "
                   f"continue with `fl-sweep resume {s.manifest['name']}`)")

@@ -20,21 +20,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from sweeper.status import duration_text as _dur
+
 OPTIONAL = ("main_acc_clean", "collateral_rate")  # shown when some trial reports them
 ENDED = ("finished", "diverged", "FAILED")
 
 
 def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
-def _dur(s: float | None) -> str:
-    if s is None:
-        return "-"
-    s = int(round(s))
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
 
 
 @dataclass

@@ -16,6 +16,16 @@ from sweeper.errors import SweeperError
 from sweeper.lock import Holder, read_holder
 
 
+def duration_text(s: float | None) -> str:
+    """Seconds as `1h05m` or `4m09s` (an ETA); `-` when unknown."""
+    if s is None:
+        return "-"
+    s = int(round(s))
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s"
+
+
 @dataclass
 class TrialStatus:
     index: int
