@@ -520,8 +520,21 @@ def _ordered_keys(keys: Iterable[str]) -> list[str]:
     return first + sorted(k for k in keys if k not in KEY_ORDER)
 
 
+def _seedless_warmups(runs: pd.DataFrame) -> pd.DataFrame:
+    """A grid's shared warm-up is one per seed (`fl.init: warmups/<key of seed s>`): for
+    telling cells apart it is the same start, like the seed itself is the same cell."""
+    if "fl.init" not in runs.columns:
+        return runs
+    runs = runs.copy()
+    runs["fl.init"] = runs["fl.init"].map(
+        lambda v: "shared warm-up" if isinstance(v, str) and v.startswith("warmups/") else v)
+    return runs
+
+
 def assign_cells(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Add `cell` and `cell_index`; return the frame and the keys that define cells."""
+    out = runs
+    runs = _seedless_warmups(runs)
     config_cols = [c for c in runs.columns if "." in c]
     varied = [
         c for c in config_cols
@@ -531,13 +544,15 @@ def assign_cells(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     label_keys = keys or [k for k in ("attack.kind", "attack.fraction", "attack.schedule",
                                       "defense.norm_bound", "defense.noise_sigma")
                           if k in runs.columns]
-    runs = runs.copy()
-    runs["cell"] = [label_for(row, label_keys) for row in runs.to_dict("records")]
+    rows = runs.to_dict("records")
+    labels = [label_for(row, label_keys) for row in rows]
+    runs = out.copy()
+    runs["cell"] = labels
     if "seed" not in runs.columns:
         runs["seed"] = 0
     sort_rows = sorted(
-        {row["cell"]: tuple(_sort_value(k, row.get(k)) for k in keys)
-         for row in runs.to_dict("records")}.items(),
+        {cell: tuple(_sort_value(k, row.get(k)) for k in keys)
+         for cell, row in zip(labels, rows)}.items(),
         key=lambda kv: kv[1],
     )
     index = {cell: i for i, (cell, _) in enumerate(sort_rows)}

@@ -118,3 +118,16 @@ def test_sparse_grids_flow_instead(tmp_path, paper_sweep):
     assert [(r, c) for r, c, _ in layout] == [(0, 0), (0, 1), (0, 2), (0, 3)]
     assert [cell for *_, cell in layout] == data.cells()
     assert data.cells()[0].startswith("no attack") and data.cells()[1].endswith("M=3")
+
+
+def test_a_shared_warmup_per_seed_is_one_cell(tmp_path, run_writer):
+    """A grid's warm-up is one per seed (`fl.init: warmups/<key of seed s>`): the seeds of
+    one cell must not become cells of their own; a real other start (`random`) still does."""
+    curves = {"main_acc": [0.9] * 3, "backdoor_acc": [0.1] * 3}
+    for seed, key in ((0, "aaaa"), (1, "bbbb")):
+        run_writer(tmp_path / "s" / f"w{seed}", {"fl.init": f"warmups/{key}"}, seed, curves)
+    run_writer(tmp_path / "s" / "cold", {}, 0, curves)
+    data = load_sweeps([str(tmp_path / "s")])
+    assert len(data.cells()) == 2 and "fl.init" in data.cell_keys
+    warm = [c for c in data.cells() if "warm" in c]
+    assert len(warm) == 1 and sorted(data.cell_runs(warm[0])["seed"]) == [0, 1]
