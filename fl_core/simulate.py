@@ -70,7 +70,9 @@ def load_warm_start(init: str) -> SimulationState:
             "directory (with state.pt) or a state.pt file",
         )
     state = load_state(path)
-    if state.global_params.shape != get_flat(CNN()).shape:
+    with torch.device("meta"):  # the parameter count without drawing an init (no RNG used)
+        size = sum(p.numel() for p in CNN().parameters())
+    if state.global_params.shape != (size,):
         raise ConfigError("fl.init", init, "a checkpoint of the paper's CNN (its weights have another size)")
     return state
 

@@ -107,6 +107,8 @@ class Mixed:
 
     def epochs(self, model, own: ClientData, mal: ClientData, hp: SGDParams, gen: torch.Generator) -> float:
         b_own, b_mal = self.split(hp.batch_size)
+        # D_mal is never empty: every target writer owns a source-label image (select_backdoor)
+        assert len(mal) > 0, "mixed batches need a non-empty D_mal"
         dev = own.labels.device
         mal_order = torch.randperm(len(mal), generator=gen).to(dev)
         cursor, loss = 0, 0.0
