@@ -210,13 +210,24 @@ class SimulationConfig(_Frozen):
     # -- derived quantities the engine uses ---------------------------------------------
     @property
     def defense_on(self) -> bool:
-        return self.defense.norm_bound is not None or self.defense.noise_sigma > 0
+        return defense_on(self.defense.norm_bound, self.defense.noise_sigma)
 
     @property
     def uniform_weighting(self) -> bool:
         """Reference code: unweighted mean when clipping/DP is on, n_k-weighted otherwise."""
-        w = self.defense.weighting
-        return w == "uniform" or (w == "auto" and self.defense_on)
+        return uniform_weighting(self.defense.weighting, self.defense.norm_bound, self.defense.noise_sigma)
+
+
+def defense_on(norm_bound: float | None, noise_sigma: float) -> bool:
+    """Clipping or noise is in force."""
+    return norm_bound is not None or noise_sigma > 0
+
+
+def uniform_weighting(weighting: str, norm_bound: float | None, noise_sigma: float) -> bool:
+    """How `defense.weighting` resolves: `auto` is the unweighted mean when a defense is on
+    (the reference code), n_k-weighted otherwise. Also used on flat configs read back by the
+    report, which may come from other engine versions."""
+    return weighting == "uniform" or (weighting == "auto" and defense_on(norm_bound, noise_sigma))
 
 
 # Keys that do not change any result: they may differ between a checkpoint and a resume.

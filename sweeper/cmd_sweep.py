@@ -136,14 +136,9 @@ def run(
         raise typer.Exit(out.exit_code)
 
 
-#: (cells.csv column, header) of the end-of-run table: the paper's story side by side
-END_COLUMNS = (
-    ("main_tail", "main acc (tail)"),
-    ("clean_tail", "w/o source label"),
-    ("backdoor_avg", "backdoor acc (avg)"),
-    ("heldout_avg", "held-out backdoor"),
-    ("collateral_avg", "collateral (avg)"),
-)
+#: cells.csv columns of the end-of-run table (the paper's story side by side); the headers
+#: are the report's own (`sweeper.report.page.TABLE_COLUMNS`)
+END_COLUMNS = ("main_tail", "clean_tail", "backdoor_avg", "heldout_avg", "collateral_avg")
 
 
 def print_cells(cells_csv: Path) -> None:
@@ -155,12 +150,15 @@ def print_cells(cells_csv: Path) -> None:
         return
     from rich.table import Table
 
+    from sweeper.report.page import TABLE_COLUMNS  # loaded already: the run just wrote the report
+
+    header = dict(TABLE_COLUMNS)
     with open(cells_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     table = Table(show_edge=False, pad_edge=False, title="per cell (mean over seeds)")
     table.add_column("cell")
-    for _, h in END_COLUMNS:
-        table.add_column(h, justify="right")
+    for c in END_COLUMNS:
+        table.add_column(header[c], justify="right")
 
     def num(v: str | None) -> str:
         try:
@@ -170,7 +168,7 @@ def print_cells(cells_csv: Path) -> None:
         return "-" if x != x else f"{x:.3f}"
 
     for r in rows:
-        table.add_row(escape(r.get("cell", "")), *(num(r.get(c)) for c, _ in END_COLUMNS))
+        table.add_row(escape(r.get("cell", "")), *(num(r.get(c)) for c in END_COLUMNS))
     _console().print(table)
 
 

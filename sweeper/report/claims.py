@@ -30,6 +30,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from fl_core.config import uniform_weighting
 from sweeper.report.load import SweepData
 from sweeper.report.stats import DEFAULT_TAIL, run_summary
 
@@ -233,9 +234,9 @@ _DEFENSE_KEYS = ("defense.norm_bound", "defense.noise_sigma")
 
 def aggregation_rule(cfg: Mapping[str, Any]) -> str:
     """`uniform` or `weighted`, as the engine resolves `defense.weighting: auto`."""
-    w = cfg.get("defense.weighting") or "auto"
-    on = cfg.get("defense.norm_bound") is not None or float(cfg.get("defense.noise_sigma") or 0) > 0
-    return "uniform" if w == "uniform" or (w == "auto" and on) else "weighted"
+    uniform = uniform_weighting(cfg.get("defense.weighting") or "auto", cfg.get("defense.norm_bound"),
+                                float(cfg.get("defense.noise_sigma") or 0))
+    return "uniform" if uniform else "weighted"
 
 
 def _same_defense(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:

@@ -32,6 +32,7 @@ import yaml
 from fl_core.config import config_hash, flatten, parse_config, set_dotted
 from fl_core.errors import ConfigError
 from sweeper.errors import SweeperError
+from sweeper.warmup import is_warmup_ref
 
 METRIC_KEYS = (
     "main_acc",
@@ -527,7 +528,7 @@ def _seedless_warmups(runs: pd.DataFrame) -> pd.DataFrame:
         return runs
     runs = runs.copy()
     runs["fl.init"] = runs["fl.init"].map(
-        lambda v: "shared warm-up" if isinstance(v, str) and v.startswith("warmups/") else v)
+        lambda v: "shared warm-up" if isinstance(v, str) and is_warmup_ref(v) else v)
     return runs
 
 
