@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -124,6 +125,11 @@ class AttackConfig(_Frozen):
         description="fixed-frequency: attack every f rounds; null derives f = 1/(ε·C·K)",
     )
     start_round: int = Field(0, ge=0, description="first (0-based) round in which attackers act")
+    stop_round: int | None = Field(
+        None, ge=1,
+        description="first (0-based) round in which attackers no longer act; null = attack to the "
+        "end. The report's backdoor lifespan counts the rounds after it",
+    )
     num_tasks: int = Field(30, ge=1, description="N: number of target writers whose 7s are backdoored")
     source_label: int = Field(7, ge=0, le=9, description="label of the backdoored images")
     target_label: int = Field(1, ge=0, le=9, description="label the attacker wants them to get")
@@ -197,6 +203,10 @@ class SimulationConfig(_Frozen):
                 "attack.num_tasks", a.num_tasks,
                 f"at most attack.max_tasks = {a.max_tasks} (raise attack.max_tasks for larger N)",
             )
+        if a.stop_round is not None and a.stop_round <= a.start_round:
+            raise ConfigError(
+                "attack.stop_round", a.stop_round, f"null or a round after attack.start_round = {a.start_round}"
+            )
         if a.source_label == a.target_label:
             raise ConfigError(
                 "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
@@ -250,9 +260,19 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
     return _flatten(config.model_dump(mode="json"))
 
 
+# Keys added after sweeps already existed, with the default that means "as before": left out
+# of `config_hash` while at that default, so every config that does not use them keeps its
+# trial key, its warm-up key and its checkpoints' result hash. A new key goes here.
+HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType({"attack.stop_round": None})
+
+
 def config_hash(config: SimulationConfig, exclude: tuple[str, ...] = ()) -> str:
-    """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude`."""
-    flat = {k: v for k, v in flatten(config).items() if k not in exclude}
+    """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude` and
+    minus the `HASH_NEUTRAL_DEFAULTS` keys that are at their neutral default."""
+    flat = {
+        k: v for k, v in flatten(config).items()
+        if k not in exclude and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])
+    }
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 

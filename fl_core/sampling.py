@@ -6,6 +6,7 @@ of backdoor tasks N (drawn outside the reserved head of the target order, see
 `fl_core.data.backdoor`).
 - random sampling: the cohort is drawn from all K writers; pool members in it attack, so
   the count per round is hypergeometric(K, εK, C·K);
+- attackers act from `attack.start_round` up to (not including) `attack.stop_round`;
 - fixed frequency: exactly one attacker every f = 1/(ε·C·K) rounds (or `attack.frequency`),
   in the rounds where (round − start_round) % f == f // 2 (the reference code's phase),
   put in place of one sampled client; every other cohort member is benign.
@@ -61,9 +62,15 @@ def attack_frequency(config: SimulationConfig) -> int:
     return max(1, int(round(1.0 / (a.fraction * config.fl.clients_per_round))))
 
 
+def attack_window(config: SimulationConfig, round_idx: int) -> bool:
+    """Attackers act in rounds start_round ≤ t < stop_round (stop_round null: to the end)."""
+    a = config.attack
+    return a.kind != "none" and a.start_round <= round_idx and (a.stop_round is None or round_idx < a.stop_round)
+
+
 def is_fixed_frequency_round(config: SimulationConfig, round_idx: int) -> bool:
     a = config.attack
-    if a.kind == "none" or round_idx < a.start_round:
+    if not attack_window(config, round_idx):
         return False
     f = attack_frequency(config)
     return (round_idx - a.start_round) % f == f // 2
@@ -105,7 +112,7 @@ def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> Rou
     cohort = sample_cohort(config, pop.num_writers, round_idx)
     a = config.attack
     attacker_slots: list[int] = []
-    if a.kind != "none" and round_idx >= a.start_round:
+    if attack_window(config, round_idx):
         if a.schedule == "random-sampling":
             pool = set(pop.attackers)
             attacker_slots = [s for s, k in enumerate(cohort) if int(k) in pool]

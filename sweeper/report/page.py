@@ -36,6 +36,7 @@ TABLE_COLUMNS = (
     ("backdoor_avg", "backdoor acc (avg)"),
     ("heldout_avg", "held-out backdoor (avg)"),
     ("collateral_avg", "collateral (avg)"),
+    ("lifespan", "backdoor lifespan (rounds)"),
     ("attacked_rounds", "rounds attacked"),
     ("benign_norm_p90_median", "benign norm p90 (median)"),
 )
@@ -57,6 +58,9 @@ DEFINITIONS = """\
 - **collateral (avg)**: the share of NON-target writers' source-label test images predicted
   as the target label (`collateral_rate`), averaged like backdoor acc (avg): the backdoor's
   spill-over onto other writers; compare it with the unattacked cell's value.
+- **backdoor lifespan**: with `attack.stop_round` = S, the rounds after the attack stops until
+  backdoor acc is first below half its peak of the attack window (resolution `fl.eval_every`);
+  "≥" marks a cell where some seed's run ended first (the value is then a lower bound).
 - Every number is the mean over the cell's seeds, with [min–max] over seeds.
 - **rounds attacked**: the share of evaluated rounds with at least one attacker.
 """
@@ -98,8 +102,11 @@ def table_rows(cells: pd.DataFrame, privacy: list[PrivacyResult]) -> list[list[s
     for _, r in cells.iterrows():
         rounds = (str(r["rounds_max"]) if r["rounds_min"] == r["rounds_max"]
                   else f"{r['rounds_min']}–{r['rounds_max']}")
-        rows.append([r["cell"], str(int(r["seeds"])), rounds,
-                     *(_spread(r, c) for c, _ in TABLE_COLUMNS), _eps_text(by_cell.get(r["cell"]))])
+        cols = [_spread(r, c) for c, _ in TABLE_COLUMNS]
+        if r.get("lifespan_censored_max", 0) > 0:  # some seed's backdoor outlived its run
+            i = [c for c, _ in TABLE_COLUMNS].index("lifespan")
+            cols[i] = "≥ " + cols[i]
+        rows.append([r["cell"], str(int(r["seeds"])), rounds, *cols, _eps_text(by_cell.get(r["cell"]))])
     return rows
 
 

@@ -19,6 +19,11 @@ Definitions (used everywhere in the report, and stated on the page):
 - **collateral (avg)**: the mean `collateral_rate` (non-target writers' source-label images
   predicted as the target label) over the attacked rounds, with the same burn-in as
   backdoor (avg): how far the backdoor spreads beyond its targets.
+- **backdoor lifespan** of a run with `attack.stop_round` = S: the rounds after the attack
+  stops until the backdoor accuracy is first seen below half its peak of the attack window
+  (rounds S..; the first evaluated round r > S with accuracy < peak/2 gives r − S, so its
+  resolution is `fl.eval_every`). A run that ends before that gives a lower bound (r_last − S),
+  counted in `lifespan_censored`; NaN without a stop round.
 - Cell values are the mean over the cell's seeds, with min and max.
 """
 
@@ -58,6 +63,30 @@ def _start_index(rounds: np.ndarray, start_round: int | None) -> int:
     s = int(start_round or 0)
     idx = np.nonzero(rounds - 1 >= s)[0]
     return int(idx[0]) if len(idx) else len(rounds)
+
+
+def backdoor_lifespan(rounds: np.ndarray, backdoor: np.ndarray, start_round: int | None,
+                      stop_round: int | None) -> tuple[float, bool]:
+    """(lifespan in rounds, censored?) as defined in the module docstring.
+
+    Args:
+        rounds: 1-based evaluated rounds (round r = r rounds done, its last one 0-based r − 1).
+        backdoor: backdoor accuracy at those rounds (NaN = not evaluated).
+    """
+    if stop_round is None:
+        return float("nan"), False
+    r = np.asarray(rounds, dtype=float)
+    b = np.asarray(backdoor, dtype=float)
+    s0, s1 = int(start_round or 0), int(stop_round)
+    window = (r - 1 >= s0) & (r - 1 < s1) & ~np.isnan(b)
+    after = (r > s1) & ~np.isnan(b)
+    if not window.any() or not after.any():
+        return float("nan"), False
+    peak = float(b[window].max())
+    fallen = np.nonzero(after & (b < peak / 2))[0]
+    if len(fallen):
+        return float(r[fallen[0]] - s1), False
+    return float(r[after].max() - s1), True
 
 
 def run_curves(data: SweepData) -> pd.DataFrame:
@@ -107,6 +136,10 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
         g = g.sort_values("round")
         last = g.iloc[-1]
         attacked = g["num_attackers"].fillna(0) > 0
+        cfg = data.runs.loc[run_id]
+        lifespan, censored = backdoor_lifespan(
+            g["round"].to_numpy(), g["backdoor_acc"].to_numpy(dtype=float),
+            _opt_int(cfg.get("attack.start_round")), _opt_int(cfg.get("attack.stop_round")))
         after = g["backdoor_cummean"].notna()  # evaluated rounds after attack.start_round
         rows.append({
             "run_id": run_id,
@@ -122,11 +155,20 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
             # absent in runs made before these metrics existed: NaN, shown as "–"
             "clean_tail": _tail_mean(_col(g, "main_acc_clean"), tail),
             "collateral_avg": _late_mean(_col(g, "collateral_rate").loc[after], burn_in),
+            "lifespan": lifespan,
+            "lifespan_censored": float(censored),
             "attacked_rounds": float(attacked.mean()),
             "attackers_per_round": float(g["num_attackers"].fillna(0).mean()),
             "benign_norm_p90_median": float(g["benign_norm_p90"].median()),
         })
     return pd.DataFrame(rows)
+
+
+def _opt_int(v) -> int | None:
+    """A flat config value read back from MLflow/JSON: None/NaN/"None" → None."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("None", "null", ""):
+        return None
+    return int(float(v))
 
 
 def _col(g: pd.DataFrame, name: str) -> pd.Series:
@@ -135,7 +177,7 @@ def _col(g: pd.DataFrame, name: str) -> pd.Series:
 
 SUMMARY_COLUMNS = (
     "main_final", "main_tail", "clean_tail", "backdoor_final", "backdoor_avg", "heldout_avg",
-    "collateral_avg",
+    "collateral_avg", "lifespan", "lifespan_censored",
     "attacked_rounds", "attackers_per_round", "benign_norm_p90_median",
 )
 

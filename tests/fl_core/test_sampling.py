@@ -165,3 +165,34 @@ def test_num_tasks_beyond_the_reserved_head_is_refused(tiny_data):
     with pytest.raises(ConfigError) as e:
         parse_config({"attack": {"kind": "model-replacement", "fraction": 0.5, "num_tasks": 60}})
     assert "attack.max_tasks" in e.value.allowed
+
+
+def test_stop_round_ends_the_attack_for_both_schedules():
+    """Attackers act in start_round ≤ t < stop_round: f = 4 from round 10 → 12, 16 (20 is the stop)."""
+    c = config(frequency=4, start_round=10, stop_round=20)
+    assert [r for r in range(30) if plan_round(c, pop(c), r).num_attackers] == [12, 16]
+    c = config(schedule="random-sampling", fraction=0.5, start_round=5, stop_round=8)
+    p = pop(c)
+    assert all(plan_round(c, p, r).num_attackers == 0 for r in [*range(5), *range(8, 40)])
+    assert sum(plan_round(c, p, r).num_attackers for r in range(5, 8)) > 0
+
+
+def test_stop_round_must_come_after_start_round():
+    with pytest.raises(ConfigError, match="attack.stop_round"):
+        config(start_round=10, stop_round=10)
+
+
+def test_a_new_key_at_its_neutral_default_keeps_every_trial_key():
+    """attack.stop_round was added after sweeps existed: at null it is left out of the hash
+    (HASH_NEUTRAL_DEFAULTS), so old trial keys, warm-up keys and checkpoints stay valid;
+    set, it changes the hash."""
+    import hashlib
+    import json
+
+    from fl_core.config import HASH_NEUTRAL_DEFAULTS, config_hash, flatten
+
+    c = config()
+    old = {k: v for k, v in flatten(c).items() if k not in HASH_NEUTRAL_DEFAULTS}  # the key set before
+    blob = json.dumps(old, sort_keys=True, separators=(",", ":"))
+    assert config_hash(c) == hashlib.sha256(blob.encode()).hexdigest()
+    assert config_hash(config(stop_round=20)) != config_hash(c)

@@ -84,3 +84,38 @@ def test_cell_summary_mean_min_max_over_seeds(tmp_path, run_writer):
     assert list(curve["n"]) == [3] * 4
     assert curve["mean"].iloc[0] == pytest.approx(0.5)
     assert (curve["min"].iloc[0], curve["max"].iloc[0]) == pytest.approx((0.2, 0.9))
+
+
+def test_backdoor_lifespan_golden():
+    """Attack in rounds 2..5 (0-based; stop_round 6): evaluated rounds r = 1..10 (r − 1 ran).
+    Peak in the window (r = 3..6) is 0.8, half is 0.4; after the stop (r ≥ 7) the first value
+    below 0.4 is at r = 9: lifespan 9 − 6 = 3."""
+    from sweeper.report.stats import backdoor_lifespan
+
+    r = np.arange(1, 11)
+    b = np.array([0.0, 0.0, 0.5, 0.8, 0.6, 0.7, 0.6, 0.45, 0.3, 0.1])
+    assert backdoor_lifespan(r, b, 2, 6) == (3.0, False)
+    # 0.4 exactly is not below half the peak: the next value decides
+    b2 = b.copy(); b2[8] = 0.4
+    assert backdoor_lifespan(r, b2, 2, 6) == (4.0, False)
+    # never falls: a lower bound (last round − stop) and censored
+    assert backdoor_lifespan(r, np.full(10, 0.9), 2, 6) == (4.0, True)
+    # no stop round, or nothing evaluated after it: NaN
+    assert math.isnan(backdoor_lifespan(r, b, 2, None)[0])
+    assert math.isnan(backdoor_lifespan(r, b, 2, 10)[0])
+
+
+def test_lifespan_reaches_the_run_summary_and_the_table(tmp_path, run_writer):
+    """stop_round read back from the run's config: attack in rounds 0..3, peak 1.0, first
+    value < 0.5 at r = 7 → lifespan 3; the table marks nothing as censored."""
+    from sweeper.report.page import TABLE_COLUMNS, table_rows
+
+    data = _one_run(tmp_path, run_writer,
+                    {"attack.kind": "model-replacement", "attack.fraction": 0.033, "attack.stop_round": 4},
+                    backdoor_acc=[1, 1, 1, 1, 0.9, 0.6, 0.2, 0.1],
+                    main_acc=[0.5] * 8)
+    s = run_summary(data).iloc[0]
+    assert (s["lifespan"], s["lifespan_censored"]) == (3.0, 0.0)
+    cells = cell_summary(data)
+    row = table_rows(cells, [])[0]
+    assert row[3 + [c for c, _ in TABLE_COLUMNS].index("lifespan")] == "3.000"
