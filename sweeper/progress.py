@@ -30,6 +30,12 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _label(t: dict) -> str:
+    """The trial's varied keys in the report's notation (the MLflow run name); the key's
+    first 8 hex digits for sweeps started before trials carried a name, or when none varies."""
+    return t.get("name") or t["trial_key"][:8]
+
+
 @dataclass
 class _Row:
     index: int
@@ -76,13 +82,13 @@ class Progress(tune.Callback):
         t = trial.config["trial"]
         row = self.rows.get(t["index"])
         if row is None:
-            row = self.rows[t["index"]] = _Row(t["index"], t["trial_key"][:8])
+            row = self.rows[t["index"]] = _Row(t["index"], _label(t))
         return row
 
     @staticmethod
     def _name(trial: Any) -> str:
         t = trial.config["trial"]
-        return f"trial {t['index']:>3} [{t['trial_key'][:8]}]"
+        return f"trial {t['index']:>3} [{_label(t)}]"
 
     def _update(self) -> None:
         if not self.live:

@@ -209,10 +209,13 @@ def _trainable():
 def param_space(grid: Grid, sweep: dict[str, Any], gpus_available: bool) -> dict[str, Any]:
     from ray import tune
 
+    from sweeper.landing import trial_name
+
     trials = [
         {
             "index": t.index,
             "trial_key": t.trial_key,
+            "name": trial_name(t.overrides, grid.varied_keys),
             "overrides": t.overrides,
             "config": t.config.model_dump(mode="json"),
             "bundles": bundles(t.config, grid.spec.resources, gpus_available),

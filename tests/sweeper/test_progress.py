@@ -81,3 +81,27 @@ def test_progress_pickles_without_its_console():
     p = Progress(2, live=True, console=Console(file=io.StringIO(), force_terminal=True))
     q = pickle.loads(pickle.dumps(p))
     assert q.total == 2 and q.console is not None
+
+
+def test_trials_are_named_by_their_varied_keys_when_the_sweep_gives_names():
+    """Sweeps started by this version carry the MLflow run name (varied keys); older ones
+    (no `name`) keep the key prefix."""
+    named = SimpleNamespace(config={"trial": {"index": 4, "trial_key": "ab" * 32, "name": "PGD, M=3, seed=1"}},
+                            last_result={}, path="/tmp/t4")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        p = Progress(1, live=False)
+        p.on_trial_result(0, [], named, {"round": 2, "rounds_total": 2, "main_acc": 0.9, "backdoor_acc": 0.1})
+    assert out.getvalue().startswith("trial   4 [PGD, M=3, seed=1] round 2/2")
+
+
+def test_param_space_names_each_trial_like_its_mlflow_run():
+    from sweeper.grid import load_grid
+    from sweeper.landing import trial_name
+    from sweeper.runner import param_space
+
+    grid = load_grid("grids/smoke.yaml")
+    space = param_space(grid, {}, gpus_available=False)
+    names = [t["name"] for t in space["trial"]["grid_search"]]
+    assert names == [trial_name(t.overrides, grid.varied_keys) for t in grid.trials]
+    assert len(set(names)) == len(names) and all(names)
