@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from enum import IntEnum
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a torch stream is made: data and grid
+    import torch   # validation use the numpy streams only and start without torch
 
 
 class Stream(IntEnum):
@@ -39,16 +41,20 @@ def numpy_rng(seed: int, stream: Stream, *keys: int) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, stream, *keys))
 
 
-def torch_generator(seed: int, stream: Stream, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:
+def torch_generator(seed: int, stream: Stream, *keys: int, device: "str | torch.device" = "cpu") -> "torch.Generator":
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, stream, *keys))
     return g
 
 
 @contextlib.contextmanager
-def client_rng_scope(task_seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+def client_rng_scope(task_seed: int, device: "str | torch.device" = "cpu") -> Iterator[None]:
     """Run code that uses torch's global RNG (dropout) with a state derived from the
     task's seed, and restore the global state afterwards."""
+    import torch
+
     dev = torch.device(device)
     devices = [dev] if dev.type == "cuda" else []
     with torch.random.fork_rng(devices=devices, device_type="cuda" if devices else "cuda"):

@@ -7,11 +7,12 @@ applies `global + η · aggregate(updates)`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
+if TYPE_CHECKING:  # annotations only: planning (fl_core.sampling) and grid validation run without torch
+    import torch
 
-Delta = torch.Tensor  # flat float32, local − global
+Delta = "torch.Tensor"  # flat float32, local − global (a forward reference: annotations only)
 
 Role = Literal["benign", "attacker"]
 

@@ -41,3 +41,9 @@ def test_help_lists_the_download_variants_there_are():
     from sweeper.cmd_data import VARIANT_NAMES
 
     assert tuple(VARIANTS) == VARIANT_NAMES
+
+
+def test_validate_checks_a_grid_without_torch():
+    """`validate` reads the writers (numpy, h5py) and plans with numpy streams: no torch, Ray,
+    MLflow or pandas (fl_core.rng and fl_core.types import torch only where a tensor is made)."""
+    assert loaded_after("validate", "grids/smoke.yaml") == {"rc": 0, "loaded": []}
