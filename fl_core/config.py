@@ -97,6 +97,54 @@ class FLConfig(_Frozen):
         return self
 
 
+def _attack_spec(kind: str):
+    from fl_core.attacks import ATTACKS  # torch-free: the specs only
+
+    return ATTACKS[kind]
+
+
+def validate_attack_params(kind: Any, params: Any) -> dict[str, Any]:
+    """`attack.kind` checked against the registered attacks and `attack.params` against the
+    named attack's own model, with its defaults filled in; a ConfigError names the key, the
+    value and what is allowed."""
+    from fl_core.attacks import ATTACKS
+
+    if not isinstance(kind, str) or kind not in ATTACKS:
+        near = difflib.get_close_matches(str(kind), list(ATTACKS), n=1, cutoff=0.5)
+        hint = f"did you mean `{near[0]}`? " if near else ""
+        raise ConfigError("attack.kind", kind, f"{hint}one of: {', '.join(sorted(ATTACKS))}")
+    return validate_params("attack.params", kind, ATTACKS[kind].params, params)
+
+
+def validate_params(where: str, name: str, model: type[BaseModel], params: Any) -> dict[str, Any]:
+    """A plug-in's parameter mapping validated by its own model (defaults filled in, did-you-
+    mean for unknown keys), as plain JSON values."""
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(where, params, f"a mapping of {name}'s parameters")
+    fields = model.model_fields
+
+    def described() -> str:
+        if not fields:
+            return f"{name} takes no parameters"
+        return f"parameters of {name}: " + "; ".join(f"{k} ({f.description})" for k, f in fields.items())
+
+    for key in params:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise ConfigError(f"{where}.{key}", params[key], f"{hint}{described()}")
+    try:
+        return model.model_validate(dict(params)).model_dump(mode="json")
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        desc = fields[key].description if key in fields else ""
+        raise ConfigError(f"{where}.{key}" if key else where, err.get("input"),
+                          f"{err['msg']} ({desc})" if desc else err["msg"]) from None
+
+
 class AttackConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
@@ -110,9 +158,23 @@ class AttackConfig(_Frozen):
             )
         return raw
 
-    kind: Literal["none", "model-replacement", "pgd"] = Field(
-        "none", description="attack plug-in name"
+    kind: str = Field(
+        "none", min_length=1,
+        description="attack plug-in name (fl_core/attacks/): none, model-replacement, pgd, "
+        "neurotoxin, constrain-and-scale",
     )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the attack's own parameters (e.g. {top_k: 0.01} for neurotoxin); missing "
+        "ones take their defaults, filled in here so that equal settings hash equally",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attack_params(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping):
+            return raw
+        return {**raw, "params": validate_attack_params(raw.get("kind", "none"), raw.get("params"))}
     schedule: Literal["fixed-frequency", "random-sampling"] = Field(
         "fixed-frequency", description="when attackers are in the cohort"
     )
@@ -188,9 +250,9 @@ class SimulationConfig(_Frozen):
         a, d = self.attack, self.defense
         if a.kind != "none" and a.fraction is None:
             raise ConfigError("attack.fraction", None, "a number in (0, 1) when attack.kind != none")
-        if a.kind == "pgd" and d.norm_bound is None:
+        if d.norm_bound is None and _attack_spec(a.kind).needs_bound:
             raise ConfigError(
-                "defense.norm_bound", None, "a positive number M when attack.kind = pgd "
+                "defense.norm_bound", None, f"a positive number M when attack.kind = {a.kind} "
                 "(the attacker projects onto M/β)"
             )
         if d.noise_sigma > 0 and d.norm_bound is None:

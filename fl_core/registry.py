@@ -1,27 +1,16 @@
-"""Read-only name → factory maps for the plug-ins. Adding a component takes one module,
-one line here and one golden test; nothing else branches on names."""
+"""Name → factory for the plug-ins. Attacks register themselves (`fl_core/attacks/`: one
+module each, found by import); the defenses' map is here. Nothing else branches on names."""
 
 from __future__ import annotations
 
 from types import MappingProxyType
 from typing import Callable
 
-from fl_core.attacks.model_replacement import ModelReplacement
-from fl_core.attacks.pgd import NormBoundedPGD
-from fl_core.attacks.recipes import RECIPES
+from fl_core.attacks import ATTACKS
 from fl_core.config import SimulationConfig
 from fl_core.defenses.norm_clipping import NormClipping
 from fl_core.defenses.weak_dp import GaussianNoise
 from fl_core.errors import UnknownComponentError
-
-ATTACKS: MappingProxyType[str, Callable[[SimulationConfig], object]] = MappingProxyType(
-    {
-        # kind "none" has no attackers, so its factory is never called to craft.
-        "none": lambda cfg: None,
-        "model-replacement": lambda cfg: ModelReplacement(RECIPES[cfg.attack.recipe](cfg)),
-        "pgd": lambda cfg: NormBoundedPGD(cfg.attack.pgd_iterations, RECIPES[cfg.attack.recipe](cfg)),
-    }
-)
 
 # Each defense: (is it on for this config?, factory). Applied per client in this order and
 # to the aggregate in reverse order (pfl's postprocessor convention).
@@ -42,10 +31,12 @@ DEFENSES: MappingProxyType[str, tuple[Callable[[SimulationConfig], bool], Callab
 
 
 def make_attack(config: SimulationConfig):
+    """The configured attack (None for `none`), built from its registered spec."""
     try:
-        return ATTACKS[config.attack.kind](config)
+        spec = ATTACKS[config.attack.kind]
     except KeyError:
         raise UnknownComponentError("attack", config.attack.kind, ATTACKS) from None
+    return spec.build(config, spec.params(**config.attack.params))
 
 
 def make_defenses(config: SimulationConfig) -> list:

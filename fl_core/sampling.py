@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fl_core.attacks import ATTACKS
 from fl_core.config import SimulationConfig
 from fl_core.errors import ConfigError
 from fl_core.rng import Stream, derive_seed, numpy_rng
@@ -125,6 +126,7 @@ def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> Rou
             cohort[slot] = who
             attacker_slots = [slot]
     betas = dict(zip(attacker_slots, boost_factor(config, pop, cohort, attacker_slots)))
+    spec = ATTACKS[a.kind]  # the attack plans its projection radius (M/β for PGD)
     seen: dict[int, int] = {}
     tasks = []
     for s, k in enumerate(cohort):
@@ -133,7 +135,7 @@ def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> Rou
         seen[k] = dup + 1
         if s in betas:
             beta = betas[s]
-            radius = config.defense.norm_bound / beta if a.kind == "pgd" else None
+            radius = spec.radius(config, beta)
             seed = derive_seed(config.seed, Stream.ATTACK, round_idx, k, dup)
             tasks.append(ClientTask(round_idx, k, dup, "attacker", seed, beta, radius))
         else:

@@ -255,6 +255,8 @@ def _check_value(file: str, key: str, value: Any) -> None:
             file, f"grid.{key}",
             f"invalid value {short(value)}: {err['msg']}" + (f" ({desc})" if desc else ""),
         ) from None
+    except ConfigError as e:  # a plug-in name or its params, checked against the registry
+        raise GridError(file, f"grid.{key}", f"invalid value {short(value)}; allowed: {e.allowed}") from None
 
 
 def load_grid(path: str | Path, allow_large: bool = False) -> Grid:
@@ -424,7 +426,7 @@ def _check_base_keys(file: str, base: dict[str, Any]) -> None:
     try:
         parse_config(base, source=file)
     except ConfigError as e:
-        if e.allowed.startswith("did you mean") or "known keys" in e.allowed:
+        if e.path not in all_keys():  # a misspelt key (or a plug-in's parameter name)
             raise GridError(file, f"base.{e.path}", f"unknown key; {e.allowed}") from None
         # A value error in the base is reported now only if it is not a cross-field rule
         # that a grid axis could satisfy (e.g. `attack.fraction` swept for an attack kind).

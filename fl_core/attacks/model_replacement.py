@@ -6,25 +6,26 @@ update is boosted, is the recipe's (`fl_core/attacks/recipes.py`; default `refer
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from fl_core.attacks.recipes import Recipe
-from fl_core.client import ClientData, SGDParams
-from fl_core.types import ClientTask, Delta
+from fl_core.attacks.base import AttackSpec, register
+
+if TYPE_CHECKING:
+    from fl_core.attacks.recipes import Recipe
 
 
 class ModelReplacement:
-    def __init__(self, recipe: Recipe):
+    def __init__(self, recipe: "Recipe"):
         self.recipe = recipe
 
-    def craft(
-        self,
-        task: ClientTask,
-        model: torch.nn.Module,
-        global_params: torch.Tensor,
-        benign: ClientData,
-        malicious: ClientData,
-        hp: SGDParams,
-        gen: torch.Generator,
-    ) -> tuple[Delta, dict]:
+    def craft(self, task, model, global_params, benign, malicious, hp, gen):
         return self.recipe.replacement(model, global_params, benign, malicious, hp, gen, task.boost)
+
+
+def _build(config, params) -> ModelReplacement:
+    from fl_core.attacks.recipes import RECIPES
+
+    return ModelReplacement(RECIPES[config.attack.recipe](config))
+
+
+register(AttackSpec("model-replacement", "unconstrained", _build, rank=1))

@@ -10,42 +10,57 @@ the attacker's own data then one full-batch step on D_mal, as `ClientProjectBoos
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from fl_core.attacks.recipes import Recipe
-from fl_core.client import ClientData, SGDParams
-from fl_core.params import get_flat, set_flat
-from fl_core.types import ClientTask, Delta
+from fl_core.attacks.base import AttackSpec, pgd_radius, register
+
+if TYPE_CHECKING:
+    import torch
+
+    from fl_core.attacks.recipes import Recipe
 
 
-def project_l2(diff: torch.Tensor, radius: float) -> torch.Tensor:
+def project_l2(diff: "torch.Tensor", radius: float) -> "torch.Tensor":
     """Project a flat vector onto the L2 ball of `radius` around 0 (inside: unchanged)."""
+    import torch
+
     norm = float(torch.linalg.vector_norm(diff.double()))
     if norm <= radius:
         return diff
     return diff * (radius / norm)
 
 
+def projected_passes(recipe: "Recipe", iterations: int, radius: float, model, global_params,
+                     benign, malicious, hp, gen) -> tuple["torch.Tensor", float]:
+    """P recipe passes from w_t, projecting w − w_t onto the `radius` ball after each;
+    returns (w − w_t, the last pass's loss). The model ends at w_t + (w − w_t)."""
+    from fl_core.params import get_flat, set_flat
+
+    set_flat(model, global_params)
+    loss, diff = 0.0, global_params * 0
+    for _ in range(iterations):
+        loss = recipe.pgd_pass(model, benign, malicious, hp, gen)
+        diff = project_l2(get_flat(model) - global_params, radius)
+        set_flat(model, global_params + diff)
+    return diff, loss
+
+
 class NormBoundedPGD:
-    def __init__(self, iterations: int, recipe: Recipe):
+    def __init__(self, iterations: int, recipe: "Recipe"):
         self.iterations = iterations
         self.recipe = recipe
 
-    def craft(
-        self,
-        task: ClientTask,
-        model: torch.nn.Module,
-        global_params: torch.Tensor,
-        benign: ClientData,
-        malicious: ClientData,
-        hp: SGDParams,
-        gen: torch.Generator,
-    ) -> tuple[Delta, dict]:
+    def craft(self, task, model, global_params, benign, malicious, hp, gen):
         assert task.radius is not None, "plan_round sets the PGD radius M/β"
-        set_flat(model, global_params)
-        loss = 0.0
-        for _ in range(self.iterations):
-            loss = self.recipe.pgd_pass(model, benign, malicious, hp, gen)
-            diff = project_l2(get_flat(model) - global_params, task.radius)
-            set_flat(model, global_params + diff)
+        diff, loss = projected_passes(self.recipe, self.iterations, task.radius, model, global_params,
+                                      benign, malicious, hp, gen)
         return task.boost * diff, {"train_loss": loss}
+
+
+def _build(config, params) -> NormBoundedPGD:
+    from fl_core.attacks.recipes import RECIPES
+
+    return NormBoundedPGD(config.attack.pgd_iterations, RECIPES[config.attack.recipe](config))
+
+
+register(AttackSpec("pgd", "PGD", _build, radius=pgd_radius, needs_bound=True, rank=2))

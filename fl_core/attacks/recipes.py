@@ -105,14 +105,15 @@ class Mixed:
         b_mal = max(1, int(round(self.poison_fraction * batch_size)))
         return max(1, batch_size - b_mal), b_mal
 
-    def epochs(self, model, own: ClientData, mal: ClientData, hp: SGDParams, gen: torch.Generator) -> float:
+    def batches(self, own: ClientData, mal: ClientData, hp: SGDParams, gen: torch.Generator):
+        """Yield the (x, y) minibatches of `hp.epochs` epochs: own images in a fresh seeded
+        order each epoch, each batch topped up with the next b_mal D_mal images."""
         b_own, b_mal = self.split(hp.batch_size)
         # D_mal is never empty: every target writer owns a source-label image (select_backdoor)
         assert len(mal) > 0, "mixed batches need a non-empty D_mal"
         dev = own.labels.device
         mal_order = torch.randperm(len(mal), generator=gen).to(dev)
-        cursor, loss = 0, 0.0
-        model.train()
+        cursor = 0
         for _ in range(hp.epochs):
             perm = torch.randperm(len(own), generator=gen).to(dev)
             for start in range(0, len(own), b_own):
@@ -125,9 +126,14 @@ class Mixed:
                     take.append(mal_order[cursor : cursor + n])
                     cursor += n
                 m_idx = torch.cat(take)
-                x = torch.cat([own.pixels[idx], mal.pixels[m_idx]])
-                y = torch.cat([own.labels[idx], mal.labels[m_idx]])
-                loss = sgd_step(model, to_input(x), y, hp.lr)
+                yield (to_input(torch.cat([own.pixels[idx], mal.pixels[m_idx]])),
+                       torch.cat([own.labels[idx], mal.labels[m_idx]]))
+
+    def epochs(self, model, own: ClientData, mal: ClientData, hp: SGDParams, gen: torch.Generator) -> float:
+        model.train()
+        loss = 0.0
+        for x, y in self.batches(own, mal, hp, gen):
+            loss = sgd_step(model, x, y, hp.lr)
         return loss
 
     def replacement(self, model, w_t, own, mal, hp, gen, beta):

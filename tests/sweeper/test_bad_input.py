@@ -73,6 +73,10 @@ GRID_PROBES = [
      ["resources.cpus_per_trial"]),
     ("huge-string", "name: h\n" + OK_BASE + "grid: {attack.kind: ['" + "x" * 100_000 + "']}\n",
      "validate", ["grid.attack.kind"]),
+    ("misspelt-attack-kind", "name: k\nbase: {attack: {kind: neurotoxn, fraction: 0.03}}\nseeds: 1\n",
+     "validate", ["base.attack.kind", "invalid value", "did you mean `neurotoxin`"]),
+    ("bad-attack-param", "name: k\nbase: {attack: {kind: neurotoxin, fraction: 0.03, params: {top_k: 2}}}\n"
+     "seeds: 1\n", "validate", ["attack.params.top_k", "less than 1"]),
     ("not-a-mapping", "- 1\n- 2\n", "validate", ["expected a mapping"]),
     ("empty-file", "", "validate", ["the file is empty"]),
     ("too-large-file", "name: big\n#" + "x" * (1 << 20) + "\n", "validate", ["larger than"]),

@@ -1,0 +1,7 @@
+"""`attack.kind: none`: no attackers (the unattacked baseline of every comparison)."""
+
+from __future__ import annotations
+
+from fl_core.attacks.base import AttackSpec, register
+
+register(AttackSpec("none", "no attack", build=lambda config, params: None, rank=0))
