@@ -149,6 +149,47 @@ class AttackConfig(_Frozen):
     )
 
 
+DEFAULT_AGGREGATOR = "fedavg"
+
+
+def validate_aggregator_params(name: Any, params: Any) -> dict[str, Any]:
+    """`defense.aggregator_params` checked against the named aggregator's own model, with its
+    defaults filled in; a ConfigError names the key, the value and what is allowed."""
+    from fl_core.aggregators import AGGREGATORS
+
+    if not isinstance(name, str) or name not in AGGREGATORS:
+        near = difflib.get_close_matches(str(name), list(AGGREGATORS), n=1, cutoff=0.5)
+        hint = f"did you mean `{near[0]}`? " if near else ""
+        raise ConfigError("defense.aggregator", name, f"{hint}one of: {', '.join(sorted(AGGREGATORS))}")
+    model = AGGREGATORS[name].params
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise ConfigError("defense.aggregator_params", params, f"a mapping of {name}'s parameters")
+    fields = model.model_fields
+
+    def described() -> str:
+        if not fields:
+            return f"{name} takes no parameters"
+        return f"parameters of {name}: " + "; ".join(
+            f"{k} ({f.description})" for k, f in fields.items()
+        )
+
+    for key in params:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise ConfigError(f"defense.aggregator_params.{key}", params[key], f"{hint}{described()}")
+    try:
+        return model.model_validate(dict(params)).model_dump(mode="json")
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        desc = fields[key].description if key in fields else ""
+        where = f"defense.aggregator_params.{key}" if key else "defense.aggregator_params"
+        raise ConfigError(where, err.get("input"), f"{err['msg']} ({desc})" if desc else err["msg"]) from None
+
+
 class DefenseConfig(_Frozen):
     norm_bound: float | None = Field(
         None, gt=0, description="M: global L2 bound per client update; null = no clipping"
@@ -168,6 +209,31 @@ class DefenseConfig(_Frozen):
         description="aggregate weights: weighted by n_k, or uniform; auto = uniform when a "
         "defense is on (reference code), weighted otherwise",
     )
+    aggregator: str = Field(
+        DEFAULT_AGGREGATOR,
+        min_length=1,
+        description="server aggregation rule (fl_core/aggregators/, docs/ROBUSTNESS.md): fedavg, "
+        "median, trimmed-mean, krum, multi-krum, rfa, foolsgold, flame; runs after the "
+        "per-client clipping and before the noise",
+    )
+    aggregator_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the aggregator's own parameters (e.g. {f: 3} for krum); missing ones take "
+        "their defaults, which are filled in here so that equal settings hash equally",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aggregator(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping):
+            return raw
+        name = raw.get("aggregator", DEFAULT_AGGREGATOR)
+        params = raw.get("aggregator_params")
+        if name == DEFAULT_AGGREGATOR and not params:
+            # fedavg has no parameters: nothing to check, and no need to import the
+            # aggregators (they import torch; parsing a plain config stays torch-free)
+            return raw
+        return {**raw, "aggregator_params": validate_aggregator_params(name, params)}
 
 
 class SimulationConfig(_Frozen):
@@ -201,6 +267,12 @@ class SimulationConfig(_Frozen):
             raise ConfigError(
                 "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
             )
+        if d.aggregator != DEFAULT_AGGREGATOR:
+            from fl_core.aggregators import AGGREGATORS
+
+            spec = AGGREGATORS[d.aggregator]
+            if spec.check is not None:
+                spec.check(spec.params(**d.aggregator_params), self)
         if self.data.source in ("tff-h5", "leaf") and not self.data.path:
             raise ConfigError(
                 "data.path", None, f"a directory when data.source = {self.data.source}"
@@ -250,9 +322,19 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
     return _flatten(config.model_dump(mode="json"))
 
 
+# Keys added after trial keys and checkpoints existed: at these values they are left out of
+# the hash, so every config written before them keeps its trial key. (An empty
+# `defense.aggregator_params` flattens to no key at all.)
+HASH_OMITS_AT_DEFAULT = {"defense.aggregator": DEFAULT_AGGREGATOR}
+
+
 def config_hash(config: SimulationConfig, exclude: tuple[str, ...] = ()) -> str:
-    """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude`."""
-    flat = {k: v for k, v in flatten(config).items() if k not in exclude}
+    """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude` and
+    minus the `HASH_OMITS_AT_DEFAULT` keys at their default."""
+    flat = {
+        k: v for k, v in flatten(config).items()
+        if k not in exclude and not (k in HASH_OMITS_AT_DEFAULT and v == HASH_OMITS_AT_DEFAULT[k])
+    }
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -263,8 +345,12 @@ def result_hash(config: SimulationConfig) -> str:
 
 
 def all_keys() -> list[str]:
-    """Every valid dotted key."""
-    return sorted(flatten(SimulationConfig()).keys())
+    """Every valid dotted key, the registered aggregators' parameters
+    (`defense.aggregator_params.<name>`) included."""
+    from fl_core.aggregators import AGGREGATORS
+
+    params = {f"defense.aggregator_params.{k}" for s in AGGREGATORS.values() for k in s.params.model_fields}
+    return sorted(set(flatten(SimulationConfig()).keys()) | params)
 
 
 def _field_info(path: str) -> str:

@@ -1,5 +1,6 @@
-"""Read-only name → factory maps for the plug-ins. Adding a component takes one module,
-one line here and one golden test; nothing else branches on names."""
+"""Read-only name → factory maps for the plug-ins. Adding an attack or defense takes one
+module, one line here and one golden test; an aggregator registers itself
+(`fl_core.aggregators`), so it takes one module and its tests. Nothing else branches on names."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Callable
 
 from fl_core.attacks.model_replacement import ModelReplacement
 from fl_core.attacks.pgd import NormBoundedPGD
+from fl_core.aggregators import AGGREGATORS
 from fl_core.attacks.recipes import RECIPES
 from fl_core.config import SimulationConfig
 from fl_core.defenses.norm_clipping import NormClipping
@@ -50,3 +52,12 @@ def make_attack(config: SimulationConfig):
 
 def make_defenses(config: SimulationConfig) -> list:
     return [factory(config) for on, factory in DEFENSES.values() if on(config)]
+
+
+def make_aggregator(config: SimulationConfig):
+    """The config's `defense.aggregator`, built with its (validated) `aggregator_params`."""
+    try:
+        spec = AGGREGATORS[config.defense.aggregator]
+    except KeyError:
+        raise UnknownComponentError("aggregator", config.defense.aggregator, AGGREGATORS) from None
+    return spec.build(spec.params(**config.defense.aggregator_params), config)
