@@ -244,6 +244,8 @@ def _check_value(file: str, key: str, value: Any) -> None:
     model: type[BaseModel] = SimulationConfig
     for p in parts[:-1]:
         model = model.model_fields[p].annotation  # type: ignore[assignment]
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return  # inside a mapping (defense.aggregator_params.*): the trial check validates it
     if model is SimulationConfig:
         return  # top-level keys (seed) have no cross-field interplay: the trial check suffices
     try:
