@@ -212,9 +212,9 @@ class DefenseConfig(_Frozen):
     aggregator: str = Field(
         DEFAULT_AGGREGATOR,
         min_length=1,
-        description="server aggregation rule (fl_core/aggregators/, docs/ROBUSTNESS.md): fedavg, "
-        "median, trimmed-mean, krum, multi-krum, rfa, foolsgold, flame; runs after the "
-        "per-client clipping and before the noise",
+        description="server aggregation rule: a name registered in fl_core/aggregators/ (fedavg, "
+        "median, krum, ...; docs/ROBUSTNESS.md); runs after the per-client clipping and before "
+        "the noise",
     )
     aggregator_params: dict[str, Any] = Field(
         default_factory=dict,
