@@ -6,13 +6,12 @@ cosine similarities of the cohort's histories (diagonal 0) and v_i = max_j cs_ij
   pardoning   cs_ij ← cs_ij · v_i / v_j  where v_i < v_j,
   α_i = 1 − max_j cs_ij, clipped to [0, 1], divided by max_i α_i (ones become 0.99),
   logit       α_i ← κ·(ln(α_i / (1 − α_i)) + 0.5), clipped to [0, 1];
-and the aggregate is Σ α_i w_i Δ_i / Σ w_i (w = the FedAvg weights), i.e. the reference
-code's α-weighted sum divided by the cohort's weight, so α = 1 for all is FedAvg.
-Choices where the paper leaves room: histories cover the model's output layer (the last
-Linear's weight and bias; `features: all` takes every parameter, which costs d floats
-per writer ever seen) as the re-implementations used in the backdoor literature do; the
-optional feature-importance weighting is not applied; when every α is 0 (all histories
-identical) the aggregate is the zero update. A writer sampled twice in a round (sampling
+and the aggregate is Σ α_i w_i Δ_i / Σ w_i (w = the FedAvg weights): the paper's α-weighted
+sum of updates, divided by the cohort's total weight so that α = 1 for all is FedAvg.
+Choices where the paper leaves room (ours): histories cover the model's output layer (the
+last Linear's weight and bias, 1,290 values; `features: all` takes every parameter, which
+costs d floats per writer ever seen); the optional feature-importance weighting is not
+applied; when every α is 0 (all histories identical) the aggregate is the zero update. A writer sampled twice in a round (sampling
 with replacement) shares one history, so its two slots look like sybils of each other.
 """
 
