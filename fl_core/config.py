@@ -217,6 +217,21 @@ class AttackConfig(_Frozen):
     )
 
 
+DEFAULT_AGGREGATOR = "fedavg"
+
+
+def validate_aggregator_params(name: Any, params: Any) -> dict[str, Any]:
+    """`defense.aggregator_params` checked against the named aggregator's own model, with its
+    defaults filled in; a ConfigError names the key, the value and what is allowed."""
+    from fl_core.aggregators import AGGREGATORS
+
+    if not isinstance(name, str) or name not in AGGREGATORS:
+        near = difflib.get_close_matches(str(name), list(AGGREGATORS), n=1, cutoff=0.5)
+        hint = f"did you mean `{near[0]}`? " if near else ""
+        raise ConfigError("defense.aggregator", name, f"{hint}one of: {', '.join(sorted(AGGREGATORS))}")
+    return validate_params("defense.aggregator_params", name, AGGREGATORS[name].params, params)
+
+
 class DefenseConfig(_Frozen):
     norm_bound: float | None = Field(
         None, gt=0, description="M: global L2 bound per client update; null = no clipping"
@@ -236,6 +251,31 @@ class DefenseConfig(_Frozen):
         description="aggregate weights: weighted by n_k, or uniform; auto = uniform when a "
         "defense is on (reference code), weighted otherwise",
     )
+    aggregator: str = Field(
+        DEFAULT_AGGREGATOR,
+        min_length=1,
+        description="server aggregation rule: a name registered in fl_core/aggregators/ (fedavg, "
+        "median, krum, ...; docs/ROBUSTNESS.md); runs after the per-client clipping and before "
+        "the noise",
+    )
+    aggregator_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the aggregator's own parameters (e.g. {f: 3} for krum); missing ones take "
+        "their defaults, which are filled in here so that equal settings hash equally",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aggregator(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping):
+            return raw
+        name = raw.get("aggregator", DEFAULT_AGGREGATOR)
+        params = raw.get("aggregator_params")
+        if name == DEFAULT_AGGREGATOR and not params:
+            # fedavg has no parameters: nothing to check, and no need to import the
+            # aggregators (they import torch; parsing a plain config stays torch-free)
+            return raw
+        return {**raw, "aggregator_params": validate_aggregator_params(name, params)}
 
 
 class SimulationConfig(_Frozen):
@@ -273,6 +313,12 @@ class SimulationConfig(_Frozen):
             raise ConfigError(
                 "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
             )
+        if d.aggregator != DEFAULT_AGGREGATOR:
+            from fl_core.aggregators import AGGREGATORS
+
+            spec = AGGREGATORS[d.aggregator]
+            if spec.check is not None:
+                spec.check(spec.params(**d.aggregator_params), self)
         if self.data.source in ("tff-h5", "leaf") and not self.data.path:
             raise ConfigError(
                 "data.path", None, f"a directory when data.source = {self.data.source}"
@@ -324,8 +370,11 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 
 # Keys added after sweeps already existed, with the default that means "as before": left out
 # of `config_hash` while at that default, so every config that does not use them keeps its
-# trial key, its warm-up key and its checkpoints' result hash. A new key goes here.
-HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType({"attack.stop_round": None})
+# trial key, its warm-up key and its checkpoints' result hash. A new key goes here. (An empty
+# `attack.params` or `defense.aggregator_params` flattens to no key at all.)
+HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
+    {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR}
+)
 
 
 def config_hash(config: SimulationConfig, exclude: tuple[str, ...] = ()) -> str:
@@ -344,9 +393,28 @@ def result_hash(config: SimulationConfig) -> str:
     return config_hash(config, EXECUTION_ONLY_KEYS)
 
 
-def all_keys() -> list[str]:
-    """Every valid dotted key."""
-    return sorted(flatten(SimulationConfig()).keys())
+#: Dotted prefixes of the plug-ins' own parameters: `attack.params.<p>` (the attack's model)
+#: and `defense.aggregator_params.<p>` (the aggregator's). A grid may vary them; each trial's
+#: config then checks the name against the chosen plug-in (with a did-you-mean).
+PLUGIN_PARAM_PREFIXES = ("attack.params.", "defense.aggregator_params.")
+
+
+def is_plugin_param(key: str) -> bool:
+    return key.startswith(PLUGIN_PARAM_PREFIXES) and key.count(".") == 2
+
+
+def all_keys(plugins: bool = False) -> list[str]:
+    """Every valid dotted key; with `plugins`, every registered plug-in's parameters too
+    (imports the plug-ins, and with the aggregators torch: grid validation does without,
+    accepting any `is_plugin_param` key and leaving the name to the trial's check)."""
+    keys = set(flatten(SimulationConfig()).keys())
+    if plugins:
+        from fl_core.aggregators import AGGREGATORS
+        from fl_core.attacks import ATTACKS
+
+        keys |= {f"defense.aggregator_params.{k}" for s in AGGREGATORS.values() for k in s.params.model_fields}
+        keys |= {f"attack.params.{k}" for s in ATTACKS.values() for k in s.params.model_fields}
+    return sorted(keys)
 
 
 def _field_info(path: str) -> str:

@@ -1,11 +1,13 @@
-"""Name → factory for the plug-ins. Attacks register themselves (`fl_core/attacks/`: one
-module each, found by import); the defenses' map is here. Nothing else branches on names."""
+"""Name → factory for the plug-ins. Attacks (`fl_core/attacks/`) and aggregators
+(`fl_core/aggregators/`) register themselves, one module each, found by import; the two
+defense hooks' map is here. Nothing else branches on names."""
 
 from __future__ import annotations
 
 from types import MappingProxyType
 from typing import Callable
 
+from fl_core.aggregators import AGGREGATORS
 from fl_core.attacks import ATTACKS
 from fl_core.config import SimulationConfig
 from fl_core.defenses.norm_clipping import NormClipping
@@ -41,3 +43,12 @@ def make_attack(config: SimulationConfig):
 
 def make_defenses(config: SimulationConfig) -> list:
     return [factory(config) for on, factory in DEFENSES.values() if on(config)]
+
+
+def make_aggregator(config: SimulationConfig):
+    """The config's `defense.aggregator`, built with its (validated) `aggregator_params`."""
+    try:
+        spec = AGGREGATORS[config.defense.aggregator]
+    except KeyError:
+        raise UnknownComponentError("aggregator", config.defense.aggregator, AGGREGATORS) from None
+    return spec.build(spec.params(**config.defense.aggregator_params), config)

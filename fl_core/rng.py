@@ -29,6 +29,7 @@ class Stream(IntEnum):
     DP_NOISE = 5      # server noise of a round
     EVAL = 6          # evaluation-time randomness
     DATA = 7          # synthetic data generation
+    AGG_NOISE = 8     # noise an aggregator adds itself (FLAME), per round
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

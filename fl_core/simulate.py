@@ -23,7 +23,7 @@ from fl_core.evaluation import Evaluator
 from fl_core.executor import ClientExecutor, SerialExecutor
 from fl_core.models import CNN
 from fl_core.params import get_flat
-from fl_core.registry import make_defenses
+from fl_core.registry import make_aggregator, make_defenses
 from fl_core.rng import Stream, client_rng_scope, derive_seed
 from fl_core.round import run_round
 from fl_core.sampling import Population, attacker_pool, plan_round
@@ -115,6 +115,7 @@ class Simulation:
             attackers=attacker_pool(config, self.data.num_writers, self.backdoor.reserved),
         )
         self.defenses = make_defenses(config)
+        self.aggregator = make_aggregator(config)
         self.evaluator = Evaluator(config, self.data, self.backdoor, self.device)
         self.state = state if state is not None else initial_state(config, self.device)
 
@@ -126,7 +127,8 @@ class Simulation:
         """Run round `state.round_idx`; return its metrics if it is evaluated, else None."""
         t0 = time.perf_counter()
         plan = plan_round(self.config, self.population, self.state.round_idx)
-        self.state, stats = run_round(self.config, self.state, plan, self.executor, self.defenses)
+        self.state, stats = run_round(self.config, self.state, plan, self.executor, self.defenses,
+                                      self.aggregator, self.device)
         seconds = time.perf_counter() - t0
         if not is_eval_round(self.config, self.state.round_idx):
             return None

@@ -51,6 +51,8 @@ class SimulationState:
     round_idx: the next round to run (= rounds completed).
     global_params: flat float32 CPU weights w_t.
     config_hash: `result_hash` of the config that produced this state.
+    aggregator_state: what the aggregator keeps between rounds (FoolsGold's per-writer
+        histories), CPU tensors by name; {} for the stateless ones. Saved as tensors.
     """
 
     round_idx: int
@@ -60,6 +62,7 @@ class SimulationState:
     server_opt_state: dict = field(default_factory=dict)
     attack_state: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    aggregator_state: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "SimulationState":
         return replace(self, **changes)
@@ -123,16 +126,21 @@ def save_state(path: str | os.PathLike, state: SimulationState) -> None:
         "attack_state": state.attack_state,
         "env": state.env,
     }
-    payload = {"header": json.dumps(header, sort_keys=True), "global_params": state.global_params.cpu()}
+    payload = {
+        "header": json.dumps(header, sort_keys=True),
+        "global_params": state.global_params.cpu(),
+        "aggregator_state": {k: v.cpu() for k, v in state.aggregator_state.items()},
+    }
     import torch
 
     atomic_write_bytes(Path(path), lambda f: torch.save(payload, f))
 
 
-def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor"]:
-    """(header, global_params) of a checkpoint file, or CheckpointError naming it: an empty,
-    truncated or overwritten file fails in torch's zip reader or unpickler, a foreign one
-    lacks the keys or the tensor."""
+def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor", dict]:
+    """(header, global_params, aggregator_state) of a checkpoint file, or CheckpointError
+    naming it: an empty, truncated or overwritten file fails in torch's zip reader or
+    unpickler, a foreign one lacks the keys or the tensor. Checkpoints written before
+    aggregators kept state have no aggregator_state: {}."""
     import torch
 
     if path.stat().st_size == 0:
@@ -141,14 +149,17 @@ def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor"]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         header = json.loads(payload["header"])
         params = payload["global_params"]
+        agg_state = payload.get("aggregator_state", {})
         if not isinstance(header, dict) or not isinstance(params, torch.Tensor):
             raise TypeError("header or global_params of the wrong type")
+        if not isinstance(agg_state, dict) or not all(isinstance(v, torch.Tensor) for v in agg_state.values()):
+            raise TypeError("aggregator_state is not a mapping of tensors")
         for key in ("schema_version", "round_idx", "config_hash"):
             header[key]
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         raise CheckpointError(str(path), f"unreadable or truncated ({reason})") from None
-    return header, params
+    return header, params, agg_state
 
 
 def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) -> SimulationState:
@@ -158,7 +169,7 @@ def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) 
     path = Path(path)
     if not path.exists():
         raise DatasetError(str(path), "no checkpoint file", "start a fresh run without --resume")
-    header, params = _read_checkpoint(path)
+    header, params, agg_state = _read_checkpoint(path)
     if header["schema_version"] != SCHEMA_VERSION:
         raise CheckpointMismatchError(
             f"schema v{SCHEMA_VERSION}", f"{path} (schema v{header['schema_version']})",
@@ -179,4 +190,5 @@ def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) 
         server_opt_state=header.get("server_opt_state", {}),
         attack_state=header.get("attack_state", {}),
         env=header.get("env", {}),
+        aggregator_state=agg_state,
     )

@@ -35,6 +35,7 @@ from fl_core.config import (
     DataConfig,
     SimulationConfig,
     all_keys,
+    is_plugin_param,
     config_hash,
     parse_config,
     set_dotted,
@@ -218,7 +219,7 @@ def raw_value(e: ValidationError, key: str) -> Any:
 def _validate_grid_keys(file: str, grid: dict[str, list[Any]]) -> None:
     keys = set(all_keys())
     for key, values in grid.items():
-        if key not in keys:
+        if key not in keys and not is_plugin_param(key):
             near = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.6)
             hint = f"did you mean `{near[0]}`? " if near else ""
             raise GridError(
@@ -244,6 +245,8 @@ def _check_value(file: str, key: str, value: Any) -> None:
     model: type[BaseModel] = SimulationConfig
     for p in parts[:-1]:
         model = model.model_fields[p].annotation  # type: ignore[assignment]
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return  # inside a mapping (defense.aggregator_params.*): the trial check validates it
     if model is SimulationConfig:
         return  # top-level keys (seed) have no cross-field interplay: the trial check suffices
     try:

@@ -1,5 +1,8 @@
 """The Defense protocol: pfl's two hooks. `on_client` runs on each update in list order
-(e.g. clipping); `on_aggregate` runs on the aggregate in reverse order (e.g. noise)."""
+(e.g. clipping); `on_aggregate` runs on the aggregate in reverse order (e.g. noise). The
+aggregator (`fl_core.aggregators`) runs in between. The round merges the metrics the hooks
+return into its own: a per-client metric as its mean over the cohort (so a 0/1 flag
+becomes a share), an aggregate metric as it is."""
 
 from __future__ import annotations
 

@@ -22,7 +22,8 @@ class NormClipping:
 
     def on_client(self, delta: Delta) -> tuple[Delta, dict]:
         clipped, norm = clip_l2(delta, self.bound)
-        return clipped, {"norm_before": norm, "clipped": float(norm > self.bound)}
+        # per client 1 or 0: the round averages it over the cohort into the clipped share
+        return clipped, {"clip_fraction": float(norm > self.bound)}
 
     def on_aggregate(self, mean: Delta, ctx: AggregateContext) -> tuple[Delta, dict]:
         return mean, {}

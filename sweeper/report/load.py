@@ -60,6 +60,7 @@ KEY_ORDER = (
     "attack.schedule",
     "attack.frequency",
     "attack.num_tasks",
+    "defense.aggregator",
     "defense.norm_bound",
     "defense.noise_sigma",
     "defense.noise_placement",
@@ -77,6 +78,8 @@ SHORT = {
 }
 KIND_LABEL = {"none": "no attack", "model-replacement": "unconstrained", "pgd": "PGD"}
 KIND_RANK = {"none": 0, "model-replacement": 1, "pgd": 2}
+AGGREGATOR = "defense.aggregator"
+AGGREGATOR_PARAMS = "defense.aggregator_params."
 
 
 class ReportError(SweeperError):
@@ -479,12 +482,33 @@ def _sort_value(key: str, v: Any) -> tuple:
         return (0, KIND_RANK.get(v, 9), str(v))
     if key == "attack.schedule":
         return (0, 0 if v == "fixed-frequency" else 1, str(v))
+    if key == AGGREGATOR:
+        return (0, 0 if v in (None, "fedavg") else 1, str(v))
     if v is None:
         return (0, float("-inf"), "")
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         # ε rows top-down from the largest (paper's figs 1/2), everything else ascending.
         return (1, -v if key == "attack.fraction" else v, "")
     return (2, 0, str(v))
+
+
+def aggregator_label(config: Mapping[str, Any]) -> str:
+    """The cell's aggregator as its registry entry prints it (e.g. "Krum f=3"), from the
+    dotted `defense.aggregator` and its `defense.aggregator_params.*`. The runs' frame has a
+    column for every aggregator's parameters (empty for the others), so only the named one's
+    fields are read. A name or params this engine does not know print as given."""
+    name = na_to_none(config.get(AGGREGATOR)) or "fedavg"
+    from fl_core.aggregators import AGGREGATORS  # imports torch: only when aggregators vary
+
+    spec = AGGREGATORS.get(name)
+    if spec is None:
+        return str(name)
+    params = {f: v for f in spec.params.model_fields
+              if (v := na_to_none(config.get(AGGREGATOR_PARAMS + f))) is not None}
+    try:
+        return spec.label(spec.params(**params))
+    except ValueError:  # pydantic's ValidationError: params from another engine version
+        return str(name)
 
 
 def format_value(key: str, v: Any) -> str:
@@ -504,9 +528,15 @@ def label_for(config: Mapping[str, Any], keys: Iterable[str]) -> str:
     """Human label of a cell from its values of `keys` (paper notation)."""
     parts = []
     baseline = na_to_none(config.get("attack.kind")) == "none"
+    aggregator_done = False
     for k in keys:
         if baseline and k.startswith("attack.") and k != "attack.kind":
             continue  # attack settings mean nothing without an attack
+        if k == AGGREGATOR or k.startswith(AGGREGATOR_PARAMS):
+            if not aggregator_done:  # one part for the name and its parameters
+                parts.append(aggregator_label(config))
+                aggregator_done = True
+            continue
         val = format_value(k, config.get(k))
         if k in ("attack.kind", "attack.schedule"):
             parts.append(val)
