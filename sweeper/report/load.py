@@ -76,8 +76,6 @@ SHORT = {
     "fl.rounds": "R",
     "fl.clients_per_round": "C·K",
 }
-KIND_LABEL = {"none": "no attack", "model-replacement": "unconstrained", "pgd": "PGD"}
-KIND_RANK = {"none": 0, "model-replacement": 1, "pgd": 2}
 AGGREGATOR = "defense.aggregator"
 AGGREGATOR_PARAMS = "defense.aggregator_params."
 
@@ -479,7 +477,8 @@ def _hashable(v: Any) -> Any:
 def _sort_value(key: str, v: Any) -> tuple:
     v = na_to_none(v)
     if key == "attack.kind":
-        return (0, KIND_RANK.get(v, 9), str(v))
+        spec = _attack_spec(v)
+        return (0, spec.rank if spec else 99, str(v))
     if key == "attack.schedule":
         return (0, 0 if v == "fixed-frequency" else 1, str(v))
     if key == AGGREGATOR:
@@ -490,6 +489,14 @@ def _sort_value(key: str, v: Any) -> tuple:
         # ε rows top-down from the largest (paper's figs 1/2), everything else ascending.
         return (1, -v if key == "attack.fraction" else v, "")
     return (2, 0, str(v))
+
+
+def _attack_spec(kind: Any):
+    """The registered attack (its report label and rank), None for a kind this engine does
+    not know (a run from another version prints its kind as given)."""
+    from fl_core.attacks import ATTACKS  # torch-free
+
+    return ATTACKS.get(kind) if isinstance(kind, str) else None
 
 
 def aggregator_label(config: Mapping[str, Any]) -> str:
@@ -514,7 +521,8 @@ def aggregator_label(config: Mapping[str, Any]) -> str:
 def format_value(key: str, v: Any) -> str:
     v = na_to_none(v)
     if key == "attack.kind":
-        return KIND_LABEL.get(v, str(v))
+        spec = _attack_spec(v)
+        return spec.label if spec else str(v)
     if key == "attack.fraction":
         return "–" if v is None else f"{v * 100:.3g}%"
     if key == "defense.norm_bound" and v is None:

@@ -174,3 +174,14 @@ def test_new_attacks_run_a_deterministic_simulation_and_resume_exactly(kind, tin
     assert sum(m["num_attackers"] for m in ma) == 2
     # the attacker's update passed clipping at M = 2 intact (it projects onto M/β)
     assert all(m["attacker_norm_pre"] <= 2.0 * (1 + 1e-5) for m in ma if m["num_attackers"])
+
+
+def test_the_report_labels_and_orders_attacks_from_the_registry():
+    from sweeper.report.load import _sort_value, format_value
+
+    assert [format_value("attack.kind", k) for k in ("none", "model-replacement", "pgd", "neurotoxin")] == \
+        ["no attack", "unconstrained", "PGD", "Neurotoxin"]
+    assert format_value("attack.kind", "from-another-version") == "from-another-version"
+    kinds = ["neurotoxin", "pgd", "none", "constrain-and-scale", "model-replacement"]
+    assert sorted(kinds, key=lambda k: _sort_value("attack.kind", k)) == \
+        ["none", "model-replacement", "pgd", "neurotoxin", "constrain-and-scale"]
