@@ -80,13 +80,17 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+DIGITS = {"lifespan": 1}  # rounds: one decimal (a mean over seeds); accuracies: three
+
+
 def _spread(row: pd.Series, col: str) -> str:
     mean, lo, hi = row[col], row[f"{col}_min"], row[f"{col}_max"]
+    d = DIGITS.get(col, 3)
     if math.isnan(mean):
         return "–"
     if row["seeds"] <= 1 or lo == hi:
-        return _fmt(mean)
-    return f"{_fmt(mean)} [{_fmt(lo)}–{_fmt(hi)}]"
+        return _fmt(mean, d)
+    return f"{_fmt(mean, d)} [{_fmt(lo, d)}–{_fmt(hi, d)}]"
 
 
 def _eps_text(p: PrivacyResult | None) -> str:

@@ -118,4 +118,4 @@ def test_lifespan_reaches_the_run_summary_and_the_table(tmp_path, run_writer):
     assert (s["lifespan"], s["lifespan_censored"]) == (3.0, 0.0)
     cells = cell_summary(data)
     row = table_rows(cells, [])[0]
-    assert row[3 + [c for c, _ in TABLE_COLUMNS].index("lifespan")] == "3.000"
+    assert row[3 + [c for c, _ in TABLE_COLUMNS].index("lifespan")] == "3.0"
