@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from fl_core.client import to_input, torch_threads
 from fl_core.config import SimulationConfig
 from fl_core.data.backdoor import BackdoorSets, backdoor_pixels
-from fl_core.data.population import WriterPopulation, gather, is_lazy, seeded_writers
+from fl_core.data.population import WriterPopulation, is_lazy, seeded_writers
 from fl_core.models import CNN
 from fl_core.params import set_flat
 from fl_core.rng import Stream, numpy_rng
@@ -43,14 +43,19 @@ def main_test_set(config: SimulationConfig, data: WriterPopulation) -> tuple[np.
     n = config.fl.eval_subsample
     if is_lazy(data):
         n = n if n is not None else LAZY_EVAL_IMAGES
-        writers, total = [], 0
+        parts, owners, total = [], [], 0
         for k in seeded_writers(config.seed, EVAL_WRITERS_KEY, data.num_writers):
             if total >= n:
                 break
-            writers.append(k)
-            total += len(data.writer_test(k)[1])
-        px, lb, off = gather(data, writers, "test")
-        owner = np.repeat(np.asarray(writers, np.int64), np.diff(off))
+            px, lb = data.writer_test(k)  # kept here: asking again could render it twice
+            parts.append((px, lb))
+            owners.append(np.full(len(lb), k, np.int64))
+            total += len(lb)
+        if not parts:
+            return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        px = np.concatenate([p for p, _ in parts])
+        lb = np.concatenate([lb for _, lb in parts]).astype(np.int64)
+        owner = np.concatenate(owners)
         return px[:n], lb[:n], owner[:n]
     rows = np.arange(len(data.test_labels))
     if n is not None and n < len(rows):
