@@ -369,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name(0)
     print(f"# scale  {time.strftime('%Y-%m-%d %H:%M:%S')}  device {args.device}{' (' + gpu + ')' if gpu else ''}  "
           f"load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    print(f"# sizes {args.sizes}, K = {args.population} synthetic writers × ~{args.examples} images, "
-          f"{args.epochs} epoch(s), batch {args.batch}, {args.warmup} warm-up + {args.rounds} timed rounds per cell",
-          flush=True)
+    if [b for b in args.backends.split(",") if b]:
+        print(f"# sizes {args.sizes}, K = {args.population} synthetic writers × ~{args.examples} images, "
+              f"{args.epochs} epoch(s), batch {args.batch}, {args.warmup} warm-up + {args.rounds} timed rounds per cell",
+              flush=True)
     result: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "gpu": gpu, "backends": {}}
     base = [a for a in (argv if argv is not None else sys.argv[1:])]
