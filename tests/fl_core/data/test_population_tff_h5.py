@@ -7,8 +7,8 @@ import pickle
 
 import numpy as np
 
-from fl_core.data import tff_h5
 from fl_core.config import DataConfig
+from fl_core.data import tff_h5
 from fl_core.data.population import is_lazy
 from fl_core.data.tff_h5 import TffH5Population, read_tff_dir
 
