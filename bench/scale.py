@@ -15,6 +15,16 @@ the float64 aggregate, the update); seconds per client and per 1,000 training im
 the per-client cost relative to the cohort of 30 (the slope: 1.00 = linear scaling);
 peak host RSS of the child so far (sizes ascend, so that is this cell's peak or an
 earlier one's) and, on CUDA, the cell's peak GPU memory (torch's allocator).
+
+--rss adds a second table: peak host RSS (ru_maxrss) of one trial against the number of
+synthetic writers K (--rss-sizes, default 10^3, 10^5, 10^6, 10^7), each K in a fresh child
+process: load the data, build the `Simulation` (targets, attacker pool, evaluator), run
+--rss-rounds rounds of --rss-clients clients (1 epoch, an attacker every round, evaluation
+after the last round on fl.eval_subsample = --rss-eval images). Above
+`fl_core.data.synthetic.LAZY_ABOVE` writers the population is lazy (the n_k array plus the
+round's writers); at and below it all pixels are in memory. The ratio column divides by
+K = 10^3 (issue 11's target: ≤ 1.2× at 10^6, plus the n_k array). `--backends ''` skips
+the cohort table.
 """
 
 from __future__ import annotations
@@ -38,6 +48,8 @@ for p in (str(REPO), str(BENCH)):
 from timebox import run_limited  # noqa: E402
 
 CELL_TAG = "SCALE_CELL "
+RSS_TAG = "SCALE_RSS "
+DEFAULT_RSS_SIZES = (10**3, 10**5, 10**6, 10**7)
 START_TAG = "SCALE_START "
 DEFAULT_SIZES = (10, 30, 100, 300, 1000)
 REF_CLIENTS = 30
@@ -155,7 +167,7 @@ def child(args) -> int:
     t0 = time.perf_counter()
     data = load_data(DataConfig(source="synthetic", num_writers=args.population,
                                 examples_per_writer=args.examples), args.seed)
-    print(f"# {args._child}: torch {torch.__version__}, {data.num_writers} synthetic writers, {len(data.train_labels)} train images "
+    print(f"# {args._child}: torch {torch.__version__}, {data.num_writers} synthetic writers, {int(data.train_counts().sum())} train images "
           f"generated in {time.perf_counter() - t0:.1f} s", flush=True)
     for c in args.sizes:
         print(f"{START_TAG}{c}", flush=True)
@@ -167,6 +179,78 @@ def child(args) -> int:
             return 1
         print(CELL_TAG + json.dumps(cell), flush=True)
     return 0
+
+
+# -- the RSS child: one trial at one K ---------------------------------------------------
+def rss_config(args, k: int):
+    from fl_core.config import parse_config
+
+    return parse_config({
+        "seed": args.seed,
+        "data": {"source": "synthetic", "num_writers": k, "examples_per_writer": args.examples},
+        "fl": {"rounds": args.rss_rounds, "eval_every": args.rss_rounds, "clients_per_round": args.rss_clients,
+               "local_epochs": 1, "batch_size": args.batch, "eval_subsample": args.rss_eval,
+               "backend": "sequential", "device": "cpu", "threads": args.threads},
+        "attack": {"kind": "model-replacement", "schedule": "fixed-frequency", "frequency": 1,
+                   "fraction": 0.01, "num_tasks": 10},
+    })
+
+
+def rss_child(args) -> int:
+    import torch
+
+    from fl_core.data import load_data
+    from fl_core.data.population import is_lazy
+    from fl_core.simulate import Simulation
+
+    torch.set_num_threads(args.threads)
+    k = args._rss
+    cfg = rss_config(args, k)
+    base, _ = _rss_mb()  # interpreter + torch + fl_core, before any data
+    t0 = time.perf_counter()
+    data = load_data(cfg.data, cfg.seed)
+    sim = Simulation(cfg, data)
+    setup = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    sim.run()
+    rounds_s = (time.perf_counter() - t1) / args.rss_rounds
+    peak, cur = _rss_mb()
+    print(RSS_TAG + json.dumps({
+        "K": k, "lazy": is_lazy(data), "peak_rss_mb": peak, "rss_mb": cur, "import_rss_mb": base,
+        "n_k_mb": data.train_counts().nbytes / 2**20, "setup_s": setup, "s_per_round": rounds_s,
+        "rendered": list(getattr(data, "rendered", [])),
+    }), flush=True)
+    return 0
+
+
+def rss_table(cells: list[dict]) -> str:
+    ref = next((c for c in cells if c.get("K") == 1000 and "error" not in c), None)
+    rows = ["| K writers | population | peak RSS MB | × K = 10^3 | n_k array MB | (peak − n_k) × K = 10^3 "
+            "| RSS after imports MB | setup s | s/round (incl. eval) |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for c in cells:
+        if "error" in c:
+            rows.append(f"| {c['K']:,} | failed: {c['error']} |  |  |  |  |  |  |  |")
+            continue
+        ratio = f"{c['peak_rss_mb'] / ref['peak_rss_mb']:.3f}" if ref else "-"
+        net = f"{(c['peak_rss_mb'] - c['n_k_mb']) / ref['peak_rss_mb']:.3f}" if ref else "-"
+        rows.append(f"| {c['K']:,} | {'lazy' if c['lazy'] else 'in memory'} | {c['peak_rss_mb']:,.0f} | {ratio} "
+                    f"| {c['n_k_mb']:.1f} | {net} | {c['import_rss_mb']:,.0f} | {c['setup_s']:.1f} | {c['s_per_round']:.2f} |")
+    return "\n".join(rows)
+
+
+def run_rss(args, base_argv: list[str]) -> list[dict]:
+    cells = []
+    for k in args.rss_sizes:
+        cmd = [sys.executable, str(Path(__file__).resolve()), *base_argv, "--_rss", str(k)]
+        run = run_limited(cmd, args.timeout)
+        got = [json.loads(x[len(RSS_TAG):]) for x in run.lines if x.startswith(RSS_TAG)]
+        if got:
+            cells.append(got[0])
+        else:
+            why = "timed out" if run.timed_out else f"exit {run.returncode}: {(run.lines or [''])[-1][:120]}"
+            cells.append({"K": k, "error": why})
+    return cells
 
 
 # -- the parent: one child per backend, the table -----------------------------------------
@@ -248,7 +332,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=600, help="seconds per backend (its child is stopped after)")
     ap.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    ap.add_argument("--rss", action="store_true", help="also measure peak RSS of one trial against K (second table)")
+    ap.add_argument("--rss-sizes", default=",".join(map(str, DEFAULT_RSS_SIZES)), help="K synthetic writers for --rss")
+    ap.add_argument("--rss-rounds", type=int, default=3, help="--rss: rounds of the trial")
+    ap.add_argument("--rss-clients", type=int, default=30, help="--rss: clients per round")
+    ap.add_argument("--rss-eval", type=int, default=10_000, help="--rss: fl.eval_subsample (main-task test images)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_rss", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     sizes = sorted({int(s) for s in str(args.sizes).split(",") if s})
     if args.max_clients is not None:
@@ -256,6 +346,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if not sizes or sizes[0] < 1:
         ap.error(f"--sizes/--max-clients leave no cohort size ≥ 1 (sizes {args.sizes}, max {args.max_clients})")
     args.sizes = sizes
+    args.rss_sizes = [int(x) for x in str(args.rss_sizes).split(",") if x]
     args.population = args.population or max(sizes)
     if args.population < max(sizes):
         ap.error(f"--population {args.population} < the largest cohort {max(sizes)} (sampling without replacement)")
@@ -264,6 +355,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args._rss is not None:
+        return rss_child(args)
     if args._child:
         return child(args)
     gpu = None
@@ -276,9 +369,10 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name(0)
     print(f"# scale  {time.strftime('%Y-%m-%d %H:%M:%S')}  device {args.device}{' (' + gpu + ')' if gpu else ''}  "
           f"load {'/'.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
-    print(f"# sizes {args.sizes}, K = {args.population} synthetic writers × ~{args.examples} images, "
-          f"{args.epochs} epoch(s), batch {args.batch}, {args.warmup} warm-up + {args.rounds} timed rounds per cell",
-          flush=True)
+    if [b for b in args.backends.split(",") if b]:
+        print(f"# sizes {args.sizes}, K = {args.population} synthetic writers × ~{args.examples} images, "
+              f"{args.epochs} epoch(s), batch {args.batch}, {args.warmup} warm-up + {args.rounds} timed rounds per cell",
+              flush=True)
     result: dict[str, Any] = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                               "gpu": gpu, "backends": {}}
     base = [a for a in (argv if argv is not None else sys.argv[1:])]
@@ -295,15 +389,24 @@ def main(argv: list[str] | None = None) -> int:
         elif run.returncode != 0 and not any("error" in c for c in cells):
             entry["stopped"] = f"child exited {run.returncode}" + (f" while running {running} clients/round" if running else "")
         result["backends"][backend] = entry
+    if args.rss:
+        result["rss"] = run_rss(args, base)
     result["load_avg_end"] = os.getloadavg()
     print()
-    print(table(result))
+    if result["backends"]:
+        print(table(result))
     for line in summary_lines(result):
         print(line)
+    if args.rss:
+        print()
+        print(f"# peak host RSS of one trial: {args.rss_rounds} rounds × {args.rss_clients} clients, "
+              f"~{args.examples} images/writer, eval on {args.rss_eval} images; each K in a fresh process")
+        print(rss_table(result["rss"]))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, default=str))
     failed = [b for b in result["backends"].values() if not b["cells"]]
+    failed += [c for c in result.get("rss", []) if "error" in c]
     return 1 if failed else 0
 
 

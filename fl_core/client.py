@@ -4,7 +4,9 @@ A client starts from the global weights w_t, runs plain SGD (no momentum) for E 
 its own data in minibatches, reshuffled each epoch with its task's generator, and returns
 Δ = w − w_t. Attacks compose `sgd_epochs`/`local_train`; they never copy the loop.
 `ClientRunner` holds the data on the device once and trains a list of tasks; it is what a
-Ray actor wraps, so an actor is stateless between rounds.
+Ray actor wraps, so an actor is stateless between rounds. For a lazy population
+(`fl_core.data.population`) it holds no population pixels: each `run` fetches the tasks'
+writers into one small block first (O(cohort) memory, whatever K is).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from fl_core.config import SimulationConfig
-from fl_core.data.backdoor import BackdoorSets, select_backdoor
-from fl_core.data.base import FederatedData
+from fl_core.data.backdoor import BackdoorSets, backdoor_pixels, select_backdoor
+from fl_core.data.population import WriterPopulation, gather, is_lazy
 from fl_core.models import CNN
 from fl_core.params import get_flat, set_flat
 from fl_core.rng import client_rng_scope
@@ -99,23 +101,31 @@ class ClientRunner:
 
     Args:
         config: the validated simulation config.
-        data: the federated data (all writers; the runner copies it to `device` once).
+        data: the federated data: an eager FederatedData (the runner copies all writers to
+            `device` once) or a lazy population (the runner fetches each round's writers).
         device: torch device; None resolves `config.fl.device`.
     """
 
-    def __init__(self, config: SimulationConfig, data: FederatedData, device: str | torch.device | None = None):
+    def __init__(self, config: SimulationConfig, data: WriterPopulation, device: str | torch.device | None = None):
         from fl_core.registry import make_attack  # registry imports attacks which import this module
 
         self.config = config
         self.device = torch.device(device) if device is not None else resolve_device(config.fl.device)
         self.data = data
-        self.train_pixels = torch.from_numpy(np.ascontiguousarray(data.train_pixels)).to(self.device)
-        self.train_labels = torch.from_numpy(np.ascontiguousarray(data.train_labels)).to(self.device)
+        self.lazy = is_lazy(data)
         self.backdoor: BackdoorSets = select_backdoor(config, data)
-        rows = torch.from_numpy(self.backdoor.train_rows).to(self.device)
-        self.malicious = ClientData(
-            self.train_pixels[rows], torch.full_like(self.train_labels[rows], config.attack.target_label)
-        )
+        if self.lazy:
+            self._stage(())
+            mal = torch.from_numpy(np.ascontiguousarray(backdoor_pixels(data, self.backdoor)[0])).to(self.device)
+            self.malicious = ClientData(mal, torch.full((len(mal),), config.attack.target_label, device=self.device))
+        else:
+            self.offsets = np.asarray(data.train_offsets, dtype=np.int64)
+            self.train_pixels = torch.from_numpy(np.ascontiguousarray(data.train_pixels)).to(self.device)
+            self.train_labels = torch.from_numpy(np.ascontiguousarray(data.train_labels)).to(self.device)
+            rows = torch.from_numpy(self.backdoor.train_rows).to(self.device)
+            self.malicious = ClientData(
+                self.train_pixels[rows], torch.full_like(self.train_labels[rows], config.attack.target_label)
+            )
         self.hp = SGDParams(config.fl.local_epochs, config.fl.batch_size, config.fl.client_lr)
         self.attack = make_attack(config)
         self.model = CNN().to(self.device)
@@ -124,9 +134,24 @@ class ClientRunner:
         check_precision(config.fl.precision, self.device)
         self.backend = make_backend(config.fl.backend, self)
 
+    def rows(self, k: int) -> tuple[int, int]:
+        """Writer k's [start, stop) rows in `train_pixels`/`train_labels` (for a lazy
+        population: in the current round's block, so k must be one of its tasks)."""
+        if self.lazy:
+            return self._rows[k]
+        return int(self.offsets[k]), int(self.offsets[k + 1])
+
     def client_data(self, k: int) -> ClientData:
-        s = self.data.train_slice(k)
-        return ClientData(self.train_pixels[s], self.train_labels[s])
+        a, b = self.rows(k)
+        return ClientData(self.train_pixels[a:b], self.train_labels[a:b])
+
+    def _stage(self, writers: Sequence[int]) -> None:
+        """Lazy population: make `writers`' train examples the runner's rows (one block)."""
+        writers = sorted(set(int(k) for k in writers))
+        px, lb, off = gather(self.data, writers, "train")
+        self.train_pixels = torch.from_numpy(px).to(self.device)
+        self.train_labels = torch.from_numpy(lb).to(self.device)
+        self._rows = {k: (int(off[i]), int(off[i + 1])) for i, k in enumerate(writers)}
 
     def generator(self, task: ClientTask) -> torch.Generator:
         g = torch.Generator()
@@ -151,6 +176,8 @@ class ClientRunner:
         `global_params`, so the order in which they train changes no result."""
         from fl_core.backends import precision_scope
 
+        if self.lazy:
+            self._stage([t.client_index for t in tasks])
         with torch_threads(self.config.fl.threads), precision_scope(self.config.fl.precision, self.device):
             gp = global_params.to(self.device)
             benign = [i for i, t in enumerate(tasks) if t.role == "benign"]

@@ -1,7 +1,11 @@
 """Main-task and backdoor accuracy of a global model.
 
 Main task: all writers' test images (or a fixed random subset drawn once from the
-POPULATION stream). Backdoor: the fraction of D_mal (the attacker's own backdoor images,
+POPULATION stream). A lazy population (`fl_core.data.population`, K up to 10^7) has no
+test split in memory: its main-task set is the test images of the first writers of the
+seeded order `seeded_writers(seed, EVAL_WRITERS_KEY, K)`, taken whole until
+`fl.eval_subsample` images (LAZY_EVAL_IMAGES when unset) are reached, then cut to exactly
+that many; collateral is measured on those writers' source-label images (targets excluded). Backdoor: the fraction of D_mal (the attacker's own backdoor images,
 the reference code's figure) and of the target writers' held-out source-label test images
 classified as the target label.
 
@@ -23,32 +27,57 @@ import torch.nn.functional as F
 
 from fl_core.client import to_input, torch_threads
 from fl_core.config import SimulationConfig
-from fl_core.data.backdoor import BackdoorSets
-from fl_core.data.base import FederatedData
+from fl_core.data.backdoor import BackdoorSets, backdoor_pixels
+from fl_core.data.population import WriterPopulation, is_lazy, seeded_writers
 from fl_core.models import CNN
 from fl_core.params import set_flat
 from fl_core.rng import Stream, numpy_rng
 
 EVAL_BATCH = 1024
+EVAL_WRITERS_KEY = 5       # POPULATION key of a lazy population's evaluation writers
+LAZY_EVAL_IMAGES = 10_000  # lazy population, fl.eval_subsample unset: main-task images
+
+
+def main_test_set(config: SimulationConfig, data: WriterPopulation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixels, labels, writer of each row) of the main-task test set (module docstring)."""
+    n = config.fl.eval_subsample
+    if is_lazy(data):
+        n = n if n is not None else LAZY_EVAL_IMAGES
+        parts, owners, total = [], [], 0
+        for k in seeded_writers(config.seed, EVAL_WRITERS_KEY, data.num_writers):
+            if total >= n:
+                break
+            px, lb = data.writer_test(k)  # kept here: asking again could render it twice
+            parts.append((px, lb))
+            owners.append(np.full(len(lb), k, np.int64))
+            total += len(lb)
+        if not parts:
+            return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        px = np.concatenate([p for p, _ in parts])
+        lb = np.concatenate([lb for _, lb in parts]).astype(np.int64)
+        owner = np.concatenate(owners)
+        return px[:n], lb[:n], owner[:n]
+    rows = np.arange(len(data.test_labels))
+    if n is not None and n < len(rows):
+        rows = np.sort(numpy_rng(config.seed, Stream.POPULATION, 2).choice(rows, size=n, replace=False))
+    writer = np.repeat(np.arange(data.num_writers), np.diff(data.test_offsets))[rows]
+    return data.test_pixels[rows], data.test_labels[rows], writer
 
 
 class Evaluator:
-    def __init__(self, config: SimulationConfig, data: FederatedData, backdoor: BackdoorSets, device: torch.device):
+    def __init__(self, config: SimulationConfig, data: WriterPopulation, backdoor: BackdoorSets, device: torch.device):
         self.device = device
         self.target = config.attack.target_label
         self.threads = config.fl.threads
-        rows = np.arange(len(data.test_labels))
-        n = config.fl.eval_subsample
-        if n is not None and n < len(rows):
-            rows = np.sort(numpy_rng(config.seed, Stream.POPULATION, 2).choice(rows, size=n, replace=False))
-        self.test_x = torch.from_numpy(data.test_pixels[rows]).to(device)
-        self.test_y = torch.from_numpy(data.test_labels[rows]).to(device)
-        writer = np.repeat(np.arange(data.num_writers), np.diff(data.test_offsets))[rows]
-        is_src = data.test_labels[rows] == config.attack.source_label
+        pixels, labels, writer = main_test_set(config, data)
+        self.test_x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+        self.test_y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
+        is_src = labels == config.attack.source_label
         self.clean_mask = torch.from_numpy(~is_src).to(device)
         self.collateral_mask = torch.from_numpy(is_src & ~np.isin(writer, backdoor.targets)).to(device)
-        self.mal_x = torch.from_numpy(data.train_pixels[backdoor.train_rows]).to(device)
-        self.held_x = torch.from_numpy(data.test_pixels[backdoor.heldout_rows]).to(device)
+        mal, held = backdoor_pixels(data, backdoor)
+        self.mal_x = torch.from_numpy(mal).to(device)
+        self.held_x = torch.from_numpy(held).to(device)
         self.model = CNN().to(device)
 
     @torch.no_grad()

@@ -16,11 +16,13 @@ Cohorts are sampled uniformly without replacement (paper) or with replacement (r
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from fl_core.attacks import ATTACKS
 from fl_core.config import SimulationConfig
+from fl_core.data.population import seeded_writers
 from fl_core.errors import ConfigError
 from fl_core.rng import Stream, derive_seed, numpy_rng
 from fl_core.types import ClientTask, RoundPlan
@@ -28,11 +30,12 @@ from fl_core.types import ClientTask, RoundPlan
 
 @dataclass(frozen=True)
 class Population:
-    """Fixed per run. `weights[k]` is n_k; `attackers` is the sorted attacker pool."""
+    """Fixed per run. `weights[k]` is n_k (a sequence or an int64 array of K ints);
+    `attackers` is the sorted attacker pool (a tuple or an int64 array)."""
 
     num_writers: int
-    weights: tuple[int, ...]
-    attackers: tuple[int, ...]
+    weights: Sequence[int] | np.ndarray
+    attackers: Sequence[int] | np.ndarray
 
 
 def attacker_pool(config: SimulationConfig, num_writers: int, reserved: tuple[int, ...]) -> tuple[int, ...]:
@@ -53,6 +56,37 @@ def attacker_pool(config: SimulationConfig, num_writers: int, reserved: tuple[in
         raise ConfigError("attack.fraction", a.fraction, f"at most {len(candidates) / num_writers:.4g} (non-target writers)")
     rng = numpy_rng(config.seed, Stream.POPULATION, 1)
     return tuple(int(i) for i in np.sort(rng.permutation(candidates)[:m]))
+
+
+ATTACKER_POOL_KEY = 4  # POPULATION key of a lazy population's attacker pool
+
+
+def sparse_attacker_pool(config: SimulationConfig, num_writers: int, reserved: Sequence[int]) -> np.ndarray:
+    """`attacker_pool` for a lazy population (K up to 10^7): the first round(ε·K) writers
+    not `reserved` of the seeded order `seeded_writers(seed, ATTACKER_POOL_KEY, K)`, as a
+    sorted int64 array; O(εK) memory, no arange or permutation of K. The same rules
+    (≥ 1 attacker, never a reserved writer, independent of N) with another draw."""
+    a = config.attack
+    if a.kind == "none":
+        return np.zeros(0, np.int64)
+    m = int(round(a.fraction * num_writers))
+    if m < 1:
+        raise ConfigError(
+            "attack.fraction", a.fraction,
+            f"at least {1 / num_writers:.4g} so that ε·K ≥ 1 attacker with K = {num_writers} writers",
+        )
+    skip = set(int(r) for r in reserved)
+    if m > num_writers - len(skip):
+        raise ConfigError("attack.fraction", a.fraction, f"at most {(num_writers - len(skip)) / num_writers:.4g} (non-target writers)")
+    pool = np.empty(m, np.int64)
+    i = 0
+    for k in seeded_writers(config.seed, ATTACKER_POOL_KEY, num_writers):
+        if k not in skip:
+            pool[i] = k
+            i += 1
+            if i == m:
+                break
+    return np.sort(pool)
 
 
 def attack_frequency(config: SimulationConfig) -> int:
@@ -104,8 +138,8 @@ def boost_factor(config: SimulationConfig, pop: Population, cohort: np.ndarray, 
     eta = config.fl.server_lr
     if config.uniform_weighting:
         return [len(cohort) / (eta * m)] * m
-    total = float(sum(pop.weights[int(k)] for k in cohort))
-    return [total / (eta * m * pop.weights[int(cohort[s])]) for s in attacker_slots]
+    total = float(sum(int(pop.weights[int(k)]) for k in cohort))
+    return [total / (eta * m * int(pop.weights[int(cohort[s])])) for s in attacker_slots]
 
 
 def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> RoundPlan:
@@ -115,11 +149,11 @@ def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> Rou
     attacker_slots: list[int] = []
     if attack_window(config, round_idx):
         if a.schedule == "random-sampling":
-            pool = set(pop.attackers)
-            attacker_slots = [s for s, k in enumerate(cohort) if int(k) in pool]
+            # vectorised membership: the pool may hold εK = 10^4 writers at K = 10^7
+            attacker_slots = np.flatnonzero(np.isin(cohort, np.asarray(pop.attackers, np.int64))).tolist()
         elif is_fixed_frequency_round(config, round_idx):
             rng = numpy_rng(config.seed, Stream.ATTACK, round_idx)
-            who = pop.attackers[int(rng.integers(len(pop.attackers)))]
+            who = int(pop.attackers[int(rng.integers(len(pop.attackers)))])
             present = np.flatnonzero(cohort == who)
             slot = int(present[0]) if len(present) else int(rng.integers(len(cohort)))
             cohort = cohort.copy()

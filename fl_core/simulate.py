@@ -17,7 +17,7 @@ import torch
 from fl_core.client import ClientRunner, resolve_device
 from fl_core.config import SimulationConfig, result_hash
 from fl_core.data import load_data
-from fl_core.data.base import FederatedData
+from fl_core.data.population import WriterPopulation, is_lazy
 from fl_core.errors import ConfigError
 from fl_core.evaluation import Evaluator
 from fl_core.executor import ClientExecutor, SerialExecutor
@@ -26,7 +26,7 @@ from fl_core.params import get_flat
 from fl_core.registry import make_aggregator, make_defenses
 from fl_core.rng import Stream, client_rng_scope, derive_seed
 from fl_core.round import run_round
-from fl_core.sampling import Population, attacker_pool, plan_round
+from fl_core.sampling import Population, attacker_pool, plan_round, sparse_attacker_pool
 from fl_core.state import SimulationState, load_state, runtime_env
 
 
@@ -86,7 +86,7 @@ class Simulation:
 
     Args:
         config: validated config.
-        data: federated data; None loads `config.data`.
+        data: federated data (eager or lazy, `fl_core.data.population`); None loads `config.data`.
         executor: how clients train; None trains them serially in this process.
         state: where to start; None starts at round 0 (pass a loaded checkpoint to resume).
     """
@@ -94,7 +94,7 @@ class Simulation:
     def __init__(
         self,
         config: SimulationConfig,
-        data: FederatedData | None = None,
+        data: WriterPopulation | None = None,
         executor: ClientExecutor | None = None,
         state: SimulationState | None = None,
     ):
@@ -109,10 +109,13 @@ class Simulation:
         from fl_core.data.backdoor import select_backdoor
 
         self.backdoor = runner.backdoor if runner is not None else select_backdoor(config, self.data)
+        k_all = self.data.num_writers
+        # lazy: no O(K) Python objects (n_k stays one int64 array, the pool is drawn sparsely)
+        pool = sparse_attacker_pool if is_lazy(self.data) else attacker_pool
         self.population = Population(
-            num_writers=self.data.num_writers,
-            weights=tuple(self.data.num_train(k) for k in range(self.data.num_writers)),
-            attackers=attacker_pool(config, self.data.num_writers, self.backdoor.reserved),
+            num_writers=k_all,
+            weights=self.data.train_counts(),
+            attackers=pool(config, k_all, self.backdoor.reserved),
         )
         self.defenses = make_defenses(config)
         self.aggregator = make_aggregator(config)

@@ -4,7 +4,9 @@ Each trial owns `fl.workers` `ClientWorker` actors, created inside the trial's p
 group (one bundle each, reserved by the sweeper's `PlacementGroupFactory`, so actors never
 oversubscribe the cluster and never wait forever for resources the trial did not book).
 The trial puts its `FederatedData` into the object store once; every actor maps it
-zero-copy and wraps one `fl_core.client.ClientRunner`. Each round the global weights are
+zero-copy and wraps one `fl_core.client.ClientRunner`. A lazy population
+(`fl_core.data.population`, e.g. 10^6 synthetic writers) is not put: it pickles as its
+parameters, each actor rebuilds it (the n_k array) and fetches only its slice's writers. Each round the global weights are
 put once and passed by reference; the round's tasks are split into contiguous slices, one
 per actor, and the results reassembled in task order.
 
@@ -124,7 +126,8 @@ class RayActorExecutor:
 
     Args:
         config: the trial's config (pickled to each actor once).
-        data: the trial's `FederatedData`, or an ObjectRef to it (put once if not).
+        data: the trial's `FederatedData`, or an ObjectRef to it (put once if not); a lazy
+            population is sent as is (it pickles as its few parameters).
         workers: number of actors.
         cpus_per_worker, gpus_per_worker: each actor's resources (its bundle's).
         bundle_offset: index of the first worker bundle in the current placement group
@@ -146,7 +149,8 @@ class RayActorExecutor:
         if workers < 1:
             raise ValueError(f"workers must be ≥ 1, got {workers}")
         self.config = config
-        self.data_ref = data if isinstance(data, ray.ObjectRef) else ray.put(data)
+        lazy = getattr(data, "lazy", False)
+        self.data_ref = data if isinstance(data, ray.ObjectRef) or lazy else ray.put(data)
         self.cpus, self.gpus, self.device = cpus_per_worker, gpus_per_worker, device
         self.pg = ray.util.get_current_placement_group()
         self.bundle_offset = bundle_offset

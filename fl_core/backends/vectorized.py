@@ -237,7 +237,6 @@ class VectorizedBackend:
         self.param_shapes = [p.shape for _, p in self.fmodel.named_parameters()]
         self.drops = [(n, p) for n, p in drops if p > 0.0]  # p = 0 needs no mask at all
         self.drop_shapes = _dropout_shapes(self.fmodel, [n for n, _ in self.drops], self.device)
-        self.offsets = np.asarray(runner.data.train_offsets, dtype=np.int64)
 
         if formulation == "auto":
             formulation = "grouped" if _is_paper_cnn(runner.model) else "vmap"
@@ -261,7 +260,8 @@ class VectorizedBackend:
             return []
         hp, dev = self.hp, self.device
         bsz, epochs = hp.batch_size, hp.epochs
-        sizes = [int(self.offsets[t.client_index + 1] - self.offsets[t.client_index]) for t in tasks]
+        spans = [self.runner.rows(t.client_index) for t in tasks]  # rows in the runner's arrays
+        sizes = [b - a for a, b in spans]
         nbatch = [-(-n // bsz) for n in sizes]
         # Stack order: most batches first, so the active clients of a step are a prefix.
         order = sorted(range(len(tasks)), key=lambda i: -nbatch[i])
@@ -326,7 +326,7 @@ class VectorizedBackend:
         weights = torch.zeros((epochs, c, width), dtype=torch.float32)
         for pos, (t, n) in enumerate(zip(tasks, sizes)):
             gen = self.runner.generator(t)
-            start = int(self.offsets[t.client_index])
+            start = self.runner.rows(t.client_index)[0]
             for e in range(epochs):
                 perm = torch.randperm(n, generator=gen)
                 rows[e, pos, :n] = perm + start

@@ -7,6 +7,12 @@ writers are reserved: never attackers. So N = 10, 20, 30, 50 see nested target s
 SAME attacker pool (`fl_core.sampling.attacker_pool` draws from the unreserved writers), and
 the targets do not depend on ε.
 
+A lazy population (K up to 10^7, `fl_core.data.population`) cannot list its eligible
+writers; its target order is the seeded order of distinct writers `seeded_writers(seed,
+TARGET_ORDER_KEY, K)` filtered to those with a source-label train image, walked until R
+are found (R = min(attack.max_tasks, K − εK); fewer only if the walk runs out of writers).
+Only the walked writers' labels are made, and only the N targets' pixels.
+
 Target writers stay in the population as benign clients with correct labels, so honest
 training keeps pulling the model back. Backdoor accuracy is measured on D_mal itself (the
 reference code's figure) and on the target writers' held-out test images of the source
@@ -21,13 +27,19 @@ import numpy as np
 
 from fl_core.config import SimulationConfig
 from fl_core.data.base import FederatedData
+from fl_core.data.population import WriterPopulation, gather, is_lazy, seeded_writers
 from fl_core.errors import ConfigError
 from fl_core.rng import Stream, numpy_rng
+
+# POPULATION stream keys of a lazy population (eager ones use 0: target order, 1: attacker
+# pool, 2: eval subsample).
+TARGET_ORDER_KEY = 3
 
 
 @dataclass(frozen=True)
 class BackdoorSets:
-    """Row indices into FederatedData's arrays.
+    """Row indices into FederatedData's arrays (for a lazy population: into the target
+    writers' train/test examples concatenated in `targets` order, `gather`).
 
     Attributes:
         targets: sorted writer indices of the N target writers.
@@ -55,8 +67,11 @@ def reserved_count(config: SimulationConfig, num_writers: int, eligible: int) ->
     return max(0, min(config.attack.max_tasks, eligible, num_writers - num_attackers(config, num_writers)))
 
 
-def select_backdoor(config: SimulationConfig, data: FederatedData) -> BackdoorSets:
+def select_backdoor(config: SimulationConfig, data: WriterPopulation) -> BackdoorSets:
     """Draw the N target writers among writers that own ≥1 source-label train image."""
+    if is_lazy(data):
+        return _select_lazy(config, data)
+    assert isinstance(data, FederatedData)
     src, n = config.attack.source_label, config.attack.num_tasks
     is_src = data.train_labels == src
     counts = np.add.reduceat(is_src.astype(np.int64), data.train_offsets[:-1]) if len(is_src) else np.zeros(0)
@@ -87,3 +102,39 @@ def select_backdoor(config: SimulationConfig, data: FederatedData) -> BackdoorSe
     heldout_rows = np.concatenate(held) if held else np.zeros(0, np.int64)
     return BackdoorSets(
         tuple(int(t) for t in targets), tuple(int(t) for t in np.sort(order[:r])), train_rows.astype(np.int64), heldout_rows.astype(np.int64))
+
+
+def _select_lazy(config: SimulationConfig, data: WriterPopulation) -> BackdoorSets:
+    src, n, k_all = config.attack.source_label, config.attack.num_tasks, data.num_writers
+    cap = max(0, min(config.attack.max_tasks, k_all - num_attackers(config, k_all)))
+    order: list[int] = []
+    if cap:
+        for k in seeded_writers(config.seed, TARGET_ORDER_KEY, k_all):
+            if np.any(data.writer_train_labels(k) == src):
+                order.append(k)
+                if len(order) == cap:
+                    break
+    if n > len(order):
+        raise ConfigError(
+            "attack.num_tasks", n,
+            f"at most {len(order)}: the first R = min(attack.max_tasks, eligible writers, K − ε·K) writers "
+            f"with a train image of label {src} in the target order are kept out of the attacker pool "
+            f"(K = {k_all}, {data.name or 'the data'})",
+        )
+    targets = np.sort(np.asarray(order[:n], np.int64))
+    _, train_labels, _ = gather(data, targets, "train")
+    _, test_labels, _ = gather(data, targets, "test")
+    return BackdoorSets(
+        tuple(int(t) for t in targets), tuple(sorted(order)),
+        np.flatnonzero(train_labels == src).astype(np.int64), np.flatnonzero(test_labels == src).astype(np.int64),
+    )
+
+
+def backdoor_pixels(data: WriterPopulation, sets: BackdoorSets) -> tuple[np.ndarray, np.ndarray]:
+    """(D_mal pixels, the targets' held-out source-label test pixels), uint8 (n, 28, 28)."""
+    if not is_lazy(data):
+        assert isinstance(data, FederatedData)
+        return data.train_pixels[sets.train_rows], data.test_pixels[sets.heldout_rows]
+    train_px = gather(data, sets.targets, "train")[0]
+    test_px = gather(data, sets.targets, "test")[0]
+    return train_px[sets.train_rows], test_px[sets.heldout_rows]

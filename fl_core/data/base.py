@@ -5,7 +5,8 @@ contiguous numpy arrays with per-writer offsets: one block per split that Ray ca
 share zero-copy between actors, and that fits on a GPU even for all 3,383 writers.
 Writer k's train images are `train_pixels[train_offsets[k]:train_offsets[k+1]]`.
 Writers are sorted by id; `k` (the writer's index in that order) is the stable
-client index every random stream is keyed by.
+client index every random stream is keyed by. `FederatedData` is the eager
+`fl_core.data.population.WriterPopulation`; lazy sources make writers on demand instead.
 """
 
 from __future__ import annotations
@@ -38,9 +39,26 @@ class FederatedData:
     test_offsets: np.ndarray
     name: str = ""
 
+    lazy = False  # every writer is in memory (fl_core.data.population.WriterPopulation)
+
     @property
     def num_writers(self) -> int:
         return len(self.writer_ids)
+
+    def train_counts(self) -> np.ndarray:
+        """n_k of every writer, int64 (K,)."""
+        return np.diff(self.train_offsets)
+
+    def writer_train(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.train_slice(k)
+        return self.train_pixels[s], self.train_labels[s]
+
+    def writer_test(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.test_slice(k)
+        return self.test_pixels[s], self.test_labels[s]
+
+    def writer_train_labels(self, k: int) -> np.ndarray:
+        return self.train_labels[self.train_slice(k)]
 
     def train_slice(self, k: int) -> slice:
         return slice(int(self.train_offsets[k]), int(self.train_offsets[k + 1]))

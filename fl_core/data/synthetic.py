@@ -9,14 +9,18 @@ darkness, glyph variants) and every image a small jitter of it plus per-pixel in
 Rendering is one vectorised lookup of the distance field through each image's inverse
 affine map, so 3,383 writers × 100 images take seconds.
 
-Every draw for writer k comes from `numpy_rng(seed, Stream.DATA, k, ...)`, so writer k's
-images do not depend on how many writers are generated (`num_writers=50` equals the
-first 50 writers of `num_writers=3383`). Pixels follow the TFF convention: background
+Writer k's train count n_k comes from one vectorised stream for all writers (blocks of
+2^16 writers, `train_counts`), and every other draw for writer k from
+`numpy_rng(seed, Stream.DATA, k, ...)`, so writer k's images do not depend on how many
+writers are generated (`num_writers=50` equals the first 50 writers of
+`num_writers=3383`). Above LAZY_ABOVE writers `load` returns a `SyntheticPopulation`,
+which renders writer k only when asked (the same pixels), so K = 10^7 costs the n_k array. Pixels follow the TFF convention: background
 255, ink towards 0. Not a substitute for real data in the paper's experiments.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,6 +38,11 @@ _CHUNK = 4096           # images rendered per vectorised step (bounds temporary 
 
 # Sub-keys under (seed, DATA, writer): independent streams for style/params and noise.
 _KEY_STYLE, _KEY_NOISE_TRAIN, _KEY_NOISE_TEST = 0, 1, 2
+# (seed, DATA, _KEY_COUNTS, block): the n_k of a block of writers; far above any writer index.
+_KEY_COUNTS = 2**40
+_COUNT_BLOCK = 2**16
+LAZY_ABOVE = 20_000   # `load` makes a lazy population above this many writers
+CACHE_WRITERS = 128   # lazy: writer splits kept rendered (LRU; ~10 MB at 100 images)
 
 
 # -- glyphs -----------------------------------------------------------------------------
@@ -146,12 +155,28 @@ def _images(rng: np.random.Generator, n: int, style: dict[str, float], variant: 
     )
 
 
-def plan_writer(seed: int, k: int, mean_train: int) -> tuple[ImagePlan, ImagePlan]:
-    """(train, test) plans of writer k, from its own stream only."""
-    rng = numpy_rng(seed, Stream.DATA, k, _KEY_STYLE)
+def train_counts(seed: int, num_writers: int, mean_train: int) -> np.ndarray:
+    """n_k of writers 0..K−1: int64 (K,), lognormal around `mean_train`, at least MIN_TRAIN.
+
+    Drawn in blocks of _COUNT_BLOCK writers, block b from `numpy_rng(seed, DATA, _KEY_COUNTS, b)`,
+    so 10^7 counts cost ~150 seed derivations (not one per writer), and writer k's count
+    does not depend on K."""
     sigma = COUNT_SIGMA
-    n_train = max(MIN_TRAIN, int(round(mean_train * rng.lognormal(-sigma**2 / 2, sigma))))
-    n_test = max(1, int(round(n_train * TEST_SHARE)))
+    out = np.empty(num_writers, np.int64)
+    for b, lo in enumerate(range(0, num_writers, _COUNT_BLOCK)):
+        draw = numpy_rng(seed, Stream.DATA, _KEY_COUNTS, b).lognormal(-sigma**2 / 2, sigma, _COUNT_BLOCK)
+        hi = min(lo + _COUNT_BLOCK, num_writers)
+        out[lo:hi] = np.maximum(MIN_TRAIN, np.rint(mean_train * draw[: hi - lo]))
+    return out
+
+
+def test_count(n_train: int) -> int:
+    return max(1, int(round(n_train * TEST_SHARE)))
+
+
+def plan_writer(seed: int, k: int, n_train: int) -> tuple[ImagePlan, ImagePlan]:
+    """(train, test) plans of writer k with `n_train` train images, from its own stream only."""
+    rng = numpy_rng(seed, Stream.DATA, k, _KEY_STYLE)
     style = {
         "rotation": rng.normal(0.0, 0.08),
         "shear": rng.normal(0.0, 0.22),
@@ -164,7 +189,7 @@ def plan_writer(seed: int, k: int, mean_train: int) -> tuple[ImagePlan, ImagePla
     }
     alt = rng.random(10) < VARIANT_P
     variant = np.asarray([v[1] if a and len(v) > 1 else v[0] for v, a in zip(VARIANTS, alt)], np.int64)
-    return _images(rng, n_train, style, variant), _images(rng, n_test, style, variant)
+    return _images(rng, n_train, style, variant), _images(rng, test_count(n_train), style, variant)
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -240,16 +265,91 @@ def _render_split(plans: list[ImagePlan], seed: int, noise_key: int) -> tuple[np
 def generate(num_writers: int, examples_per_writer: int, seed: int) -> FederatedData:
     """Synthetic FederatedData: `num_writers` writers with ~`examples_per_writer` train
     images each (lognormal spread, at least 5) and ~10% as many test images."""
-    plans = [plan_writer(seed, k, examples_per_writer) for k in range(num_writers)]
+    counts = train_counts(seed, num_writers, examples_per_writer)
+    plans = [plan_writer(seed, k, int(counts[k])) for k in range(num_writers)]
     trp, trl, tro = _render_split([p[0] for p in plans], seed, _KEY_NOISE_TRAIN)
     tep, tel, teo = _render_split([p[1] for p in plans], seed, _KEY_NOISE_TEST)
-    ids = tuple(f"syn{k:07d}" for k in range(num_writers))  # zero-padded: sorted = index order
-    name = f"synthetic:K={num_writers},n={examples_per_writer},seed={seed}"
-    data = FederatedData(ids, trp, trl, tro, tep, tel, teo, name)
+    ids = tuple(writer_id(k) for k in range(num_writers))
+    data = FederatedData(ids, trp, trl, tro, tep, tel, teo, _name(num_writers, examples_per_writer, seed))
     data.validate()
     return data
 
 
-def load(cfg: DataConfig, seed: int) -> FederatedData:
-    """Registry entry: `data.source=synthetic` (`data.num_writers`, `data.examples_per_writer`)."""
+def writer_id(k: int) -> str:
+    return f"syn{k:07d}"  # zero-padded: sorted = index order (up to 10^7 writers)
+
+
+def _name(num_writers: int, examples_per_writer: int, seed: int) -> str:
+    return f"synthetic:K={num_writers},n={examples_per_writer},seed={seed}"
+
+
+class SyntheticPopulation:
+    """The same writers as `generate`, made on demand (`fl_core.data.population`).
+
+    Holds the n_k array (8 bytes per writer) and an LRU cache of the last CACHE_WRITERS
+    writers rendered; writer k's train and test images equal `generate(...)`'s writer k
+    bit for bit. Pickles as its three parameters, so a Ray actor rebuilds it in O(K)
+    integers instead of receiving pixels. `rendered` counts the train and test splits
+    rendered (cache misses), for tests that check a round touches O(cohort) writers.
+    """
+
+    lazy = True
+
+    def __init__(self, num_writers: int, examples_per_writer: int, seed: int, cache: int = CACHE_WRITERS):
+        self.params = (int(num_writers), int(examples_per_writer), int(seed))
+        self.name = _name(*self.params)
+        self._counts = train_counts(seed, num_writers, examples_per_writer)
+        self._counts.flags.writeable = False
+        self._cache: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._cache_size = cache
+        self.rendered = [0, 0]  # writers' train / test splits rendered (cache misses)
+
+    def __reduce__(self):
+        return (SyntheticPopulation, self.params)
+
+    @property
+    def num_writers(self) -> int:
+        return self.params[0]
+
+    def train_counts(self) -> np.ndarray:
+        return self._counts
+
+    def writer_train_labels(self, k: int) -> np.ndarray:
+        return plan_writer(self.params[2], k, int(self._counts[k]))[0].labels
+
+    def writer_train(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._writer(int(k), 0)
+
+    def writer_test(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._writer(int(k), 1)
+
+    def _writer(self, k: int, split: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= k < self.num_writers:
+            raise IndexError(f"writer {k} of {self.num_writers}")
+        hit = self._cache.get((k, split))
+        if hit is not None:
+            self._cache.move_to_end((k, split))
+            return hit
+        seed = self.params[2]
+        plan = plan_writer(seed, k, int(self._counts[k]))[split]
+        key = (_KEY_NOISE_TRAIN, _KEY_NOISE_TEST)[split]
+        noise = numpy_rng(seed, Stream.DATA, k, key).random((len(plan.labels), 784), dtype=np.float32)
+        px = render(plan, noise)
+        px.flags.writeable = False
+        self.rendered[split] += 1
+        self._cache[(k, split)] = entry = (px, plan.labels)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return entry
+
+
+def load(cfg: DataConfig, seed: int) -> FederatedData | SyntheticPopulation:
+    """Registry entry: `data.source=synthetic` (`data.num_writers`, `data.examples_per_writer`).
+
+    Up to LAZY_ABOVE writers (after `data.max_writers`): an eager FederatedData (the Ray
+    object store and the vectorised backend's fast path); above: a SyntheticPopulation
+    with the same writers, made on demand."""
+    k = cfg.num_writers if cfg.max_writers is None else min(cfg.num_writers, cfg.max_writers)
+    if k > LAZY_ABOVE:
+        return SyntheticPopulation(k, cfg.examples_per_writer, seed)
     return generate(cfg.num_writers, cfg.examples_per_writer, seed)

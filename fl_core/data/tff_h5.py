@@ -9,6 +9,12 @@ digits+letters pair (`fed_emnist_{train,test}.h5`) is read too, keeping labels 0
 uint8 pixel datasets (the embedded copy) are taken as they are. A damaged file (cut short,
 a corrupt region: HDF5 then fails when the region is read, not when the file is opened)
 is a DatasetError naming the file and the writer being read.
+
+`TffH5Population` is the lazy alternative (`fl_core.data.population`): it reads only the
+layout and the label arrays up front (n_k), and a writer's `pixels` group when that writer
+is asked for, each process opening the files itself on first use. `load` picks it when the
+pair is larger than LAZY_BYTES (no released EMNIST file is), so the real data keep today's
+eager path; a caller may also build one directly.
 """
 
 from __future__ import annotations
@@ -197,8 +203,101 @@ def read_tff_dir(directory: Path, name: str | None = None) -> FederatedData:
     return align(train, test, name or f"tff-h5:{directory}")
 
 
-def load(cfg: DataConfig, seed: int) -> FederatedData:
-    """Registry entry: `data.source=tff-h5`, `data.path=DIR` (the seed is unused)."""
+LAZY_BYTES = 8 * 2**30  # `load` reads writers on demand above this size of the pair
+
+
+class TffH5Population:
+    """The writers of a TFF h5 pair, each read from disk when asked (module docstring).
+
+    Same writers, order, labels and pixels as `read_tff_dir` (writers without train
+    images dropped, digits+letters files filtered to 0..9). Up front: the file layout and
+    every writer's labels (for n_k and the target search). Pickles as the directory, so
+    a Ray actor opens the files itself."""
+
+    lazy = True
+
+    def __init__(self, directory: str | Path, name: str | None = None):
+        self.directory = Path(directory).expanduser()
+        self.name = name or f"tff-h5:{self.directory}"
+        self._paths = find_pair(self.directory)
+        self._files: dict[int, h5py.File] = {}
+        train, test = self._index(0), self._index(1)
+        keep = [i for i, lab in enumerate(train[1]) if len(lab)]
+        self.writer_ids = tuple(train[0][i] for i in keep)
+        self._labels = [[train[1][i] for i in keep], []]
+        pos = {w: j for j, w in enumerate(test[0])}
+        self._labels[1] = [test[1][pos[w]] if w in pos else np.zeros(0, np.int64) for w in self.writer_ids]
+        self._test_name = [test[0][pos[w]] if w in pos else None for w in self.writer_ids]
+        self._counts = np.asarray([len(x) for x in self._labels[0]], np.int64)
+        if not len(self._counts):
+            raise DatasetError(str(self._paths[0]), "no training images", HOW_TO_PREPARE)
+        # the background check of the eager path, on the first writer only (reading all is
+        # what this class avoids)
+        px, lb = self.writer_train(0)
+        _check_convention(Split(self.writer_ids[:1], px, lb, np.asarray([0, len(lb)], np.int64)), self._paths[0])
+
+    def __reduce__(self):
+        return (TffH5Population, (str(self.directory), self.name))
+
+    def _file(self, split: int) -> h5py.File:
+        f = self._files.get(split)
+        if f is None:
+            path = self._paths[split]
+            try:
+                f = self._files[split] = h5py.File(path, "r")
+            except OSError as e:
+                raise DatasetError(str(path), f"not a readable HDF5 file ({e})", HOW_TO_PREPARE) from None
+        return f
+
+    def _index(self, split: int) -> tuple[list[str], list[np.ndarray]]:
+        """(sorted writer ids, their labels, filtered like `_read_entries`)."""
+        path, filter_letters = self._paths[split], self._paths[2]
+        ids, labels = [], []
+        for w, lab_ds, _ in _writer_datasets(self._file(split), path):
+            lab = lab_ds[()].astype(np.int64)
+            keep = (lab >= 0) & (lab < 10)
+            if not filter_letters and not keep.all():
+                raise DatasetError(str(path), f"writer {w!r}: labels outside 0..9", HOW_TO_PREPARE)
+            ids.append(w)
+            labels.append(lab[keep] if filter_letters else lab)
+        return ids, labels
+
+    @property
+    def num_writers(self) -> int:
+        return len(self.writer_ids)
+
+    def train_counts(self) -> np.ndarray:
+        return self._counts
+
+    def writer_train_labels(self, k: int) -> np.ndarray:
+        return self._labels[0][k]
+
+    def writer_train(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._read(0, int(k), self.writer_ids[k])
+
+    def writer_test(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        w = self._test_name[k]
+        if w is None:
+            return np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)
+        return self._read(1, int(k), w)
+
+    def _read(self, split: int, k: int, writer: str) -> tuple[np.ndarray, np.ndarray]:
+        path = self._paths[split]
+        g = self._file(split)["examples"][writer]
+        raw_labels = g["label"][()].astype(np.int64)
+        px = _to_uint8(g["pixels"][()], writer, path)
+        if self._paths[2]:
+            px = px[(raw_labels >= 0) & (raw_labels < 10)]
+        return np.ascontiguousarray(px), self._labels[split][k]
+
+
+def load(cfg: DataConfig, seed: int) -> FederatedData | TffH5Population:
+    """Registry entry: `data.source=tff-h5`, `data.path=DIR` (the seed is unused). A pair
+    larger than LAZY_BYTES is read writer by writer (`TffH5Population`)."""
     if not cfg.path:
         raise DatasetError("data.path", "not set", HOW_TO_PREPARE)
-    return read_tff_dir(Path(cfg.path))
+    directory = Path(cfg.path).expanduser()
+    train, test, _ = find_pair(directory)
+    if train.stat().st_size + test.stat().st_size > LAZY_BYTES:
+        return TffH5Population(directory)
+    return read_tff_dir(directory)
