@@ -160,8 +160,8 @@ class AttackConfig(_Frozen):
 
     kind: str = Field(
         "none", min_length=1,
-        description="attack plug-in name (fl_core/attacks/): none, model-replacement, pgd, "
-        "neurotoxin, constrain-and-scale",
+        description="attack plug-in name: a module of fl_core/attacks/ registers it (none, "
+        "model-replacement, pgd, ...; docs/ROBUSTNESS.md); an unknown name lists them all",
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
