@@ -8,6 +8,9 @@ Two figures per report:
   shaded bands the min–max over seeds.
 - `overlay.png`: every cell in one panel, one colour each (the paper's fig 4 style:
   dotted main task, solid backdoor), and beside it the cumulative means.
+- `heatmap.png`, only when both the attack (`attack.kind`) and the aggregator
+  (`defense.aggregator`) vary: defense × attack, backdoor acc (avg) and main acc (tail),
+  the means over seeds written in each square (the comparison grids of issue 12).
 
 The Figure/FigureCanvasAgg API is used instead of pyplot: no global backend or figure
 state, so it is safe in any process (Ray workers, tests).
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import textwrap
 
+import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -154,10 +158,69 @@ def _finish(fig: Figure, legend_ax, ncols: int, fontsize: float, data: SweepData
     return path
 
 
-def plot_all(data: SweepData, out_dir: Path, backdoor_metric: str = "backdoor_acc") -> list[Path]:
-    """Both figures into `out_dir`; returns their paths."""
-    return [
+HEATMAP_VALUES = (("backdoor_avg", "backdoor acc (avg)", "Reds"), ("main_tail", "main acc (tail)", "Blues"))
+
+
+def heatmap_matrix(data: SweepData, cells: pd.DataFrame, column: str
+                   ) -> tuple[list[str], list[str], np.ndarray]:
+    """(defense labels, attack labels, values [defenses × attacks]) of `cells[column]`
+    (a `cell_summary` frame); NaN where the grid has no such cell. An attack is
+    `attack.kind` with its own `attack.params.*`; a defense is everything else that labels a
+    cell (aggregator, M, σ, ...), in the report's order."""
+    attack_keys = [k for k in data.cell_keys if k == "attack.kind" or k.startswith("attack.params.")]
+    keys = [k for k in data.cell_keys if k not in attack_keys]
+    value = dict(zip(cells["cell"], cells[column]))
+    rows: list[str] = []
+    cols: list[str] = []
+    at: dict[tuple[str, str], float] = {}
+    for cell in data.cells():
+        cfg = data.cell_config(cell)
+        r = label_for(cfg, keys) or "–"
+        c = label_for(cfg, attack_keys)
+        rows += [r] if r not in rows else []
+        cols += [c] if c not in cols else []
+        at[(r, c)] = float(value.get(cell, np.nan))
+    m = np.array([[at.get((r, c), np.nan) for c in cols] for r in rows], dtype=float)
+    return rows, cols, m
+
+
+def wants_heatmap(data: SweepData) -> bool:
+    return "attack.kind" in data.cell_keys and "defense.aggregator" in data.cell_keys
+
+
+def plot_heatmap(data: SweepData, cells: pd.DataFrame, path: Path) -> Path:
+    """Defense × attack: one panel per `HEATMAP_VALUES` entry, value written in each square."""
+    panels = [(heatmap_matrix(data, cells, col), title, cmap) for col, title, cmap in HEATMAP_VALUES]
+    rows, cols = panels[0][0][0], panels[0][0][1]
+    fig = Figure(figsize=(3.2 + 1.6 * len(cols) * len(panels), 1.2 + 0.42 * len(rows)), dpi=DPI,
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, ((_, _, m), title, cmap) in zip(axes, panels):
+        ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
+        ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        for i in range(len(rows)):
+            for j in range(len(cols)):
+                v = m[i, j]
+                ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if not np.isnan(v) and v > 0.6 else "black")
+    fig.suptitle(f"{data.name}: defense × attack, mean over seeds", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_all(data: SweepData, out_dir: Path, backdoor_metric: str = "backdoor_acc",
+             cells: pd.DataFrame | None = None) -> list[Path]:
+    """The figures into `out_dir` (the heatmap when `cells` is given and `wants_heatmap`);
+    returns their paths."""
+    out = [
         plot_panels(data, out_dir / "panels.png", backdoor_metric),
         plot_overlay(data, out_dir / "overlay.png", backdoor_metric),
     ]
+    if cells is not None and wants_heatmap(data):
+        out.append(plot_heatmap(data, cells, out_dir / "heatmap.png"))
+    return out
 

@@ -78,6 +78,7 @@ SHORT = {
 }
 AGGREGATOR = "defense.aggregator"
 AGGREGATOR_PARAMS = "defense.aggregator_params."
+ATTACK_PARAMS = "attack.params."
 
 
 class ReportError(SweeperError):
@@ -545,6 +546,11 @@ def label_for(config: Mapping[str, Any], keys: Iterable[str]) -> str:
                 parts.append(aggregator_label(config))
                 aggregator_done = True
             continue
+        if k.startswith(ATTACK_PARAMS):  # the attack's own parameter: only where it applies
+            v = na_to_none(config.get(k))
+            if v is not None:
+                parts.append(f"{k[len(ATTACK_PARAMS):]}={format_value(k, v)}")
+            continue
         val = format_value(k, config.get(k))
         if k in ("attack.kind", "attack.schedule"):
             parts.append(val)
@@ -554,9 +560,15 @@ def label_for(config: Mapping[str, Any], keys: Iterable[str]) -> str:
 
 
 def _ordered_keys(keys: Iterable[str]) -> list[str]:
+    """KEY_ORDER first, an attack's own parameters right after `attack.kind`, then the rest
+    alphabetically."""
     keys = list(keys)
-    first = [k for k in KEY_ORDER if k in keys]
-    return first + sorted(k for k in keys if k not in KEY_ORDER)
+    params = sorted(k for k in keys if k.startswith(ATTACK_PARAMS))
+    first = []
+    for k in KEY_ORDER:
+        if k in keys:
+            first += [k] + (params if k == "attack.kind" else [])
+    return first + sorted(k for k in keys if k not in first)
 
 
 def _seedless_warmups(runs: pd.DataFrame) -> pd.DataFrame:

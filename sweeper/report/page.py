@@ -242,7 +242,8 @@ def build_report(
     privacy = privacy_report(data, delta, population)
     claim_results = check_claims(data, th) if claims else None
     rep = Report(out_dir, [], cells, claim_results, privacy, list(data.notes))
-    figures = plot_all(data, out_dir / "figures", backdoor_metric)
+    (out_dir / "figures" / "heatmap.png").unlink(missing_ok=True)  # never a stale one
+    figures = plot_all(data, out_dir / "figures", backdoor_metric, cells)
     cells.to_csv(out_dir / "cells.csv", index=False)
     files = [*figures, out_dir / "cells.csv"]
     (out_dir / "privacy.json").write_text(json.dumps([p.to_dict() for p in privacy], indent=2))
