@@ -34,7 +34,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from sweeper.report.load import SweepData
+from sweeper.report.load import SweepData, na_to_none
 
 DEFAULT_TAIL = 0.1
 
@@ -165,10 +165,9 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
 
 
 def _opt_int(v) -> int | None:
-    """A flat config value read back from MLflow/JSON: None/NaN/"None" → None."""
-    if v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("None", "null", ""):
-        return None
-    return int(float(v))
+    """A round from the runs' frame (`load` already parsed MLflow's strings): NaN/None → None."""
+    v = na_to_none(v)
+    return None if v is None else int(v)
 
 
 def _col(g: pd.DataFrame, name: str) -> pd.Series:
