@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from fl_core.config import SimulationConfig
-from fl_core.data.backdoor import BackdoorSets, backdoor_pixels, select_backdoor
+from fl_core.backdoors import build_task
+from fl_core.data.backdoor import BackdoorSets, select_backdoor
 from fl_core.data.population import WriterPopulation, gather, is_lazy
 from fl_core.models import CNN
 from fl_core.params import get_flat, set_flat
@@ -114,18 +115,13 @@ class ClientRunner:
         self.data = data
         self.lazy = is_lazy(data)
         self.backdoor: BackdoorSets = select_backdoor(config, data)
+        self.task = build_task(config, data, self.backdoor)  # gives each attacker its D_mal
         if self.lazy:
             self._stage(())
-            mal = torch.from_numpy(np.ascontiguousarray(backdoor_pixels(data, self.backdoor)[0])).to(self.device)
-            self.malicious = ClientData(mal, torch.full((len(mal),), config.attack.target_label, device=self.device))
         else:
             self.offsets = np.asarray(data.train_offsets, dtype=np.int64)
             self.train_pixels = torch.from_numpy(np.ascontiguousarray(data.train_pixels)).to(self.device)
             self.train_labels = torch.from_numpy(np.ascontiguousarray(data.train_labels)).to(self.device)
-            rows = torch.from_numpy(self.backdoor.train_rows).to(self.device)
-            self.malicious = ClientData(
-                self.train_pixels[rows], torch.full_like(self.train_labels[rows], config.attack.target_label)
-            )
         self.hp = SGDParams(config.fl.local_epochs, config.fl.batch_size, config.fl.client_lr)
         self.attack = make_attack(config)
         self.model = CNN().to(self.device)
@@ -164,7 +160,8 @@ class ClientRunner:
         gen = self.generator(task)
         with client_rng_scope(task.seed, self.device):
             if task.role == "attacker":
-                delta, metrics = self.attack.craft(task, self.model, gp, own, self.malicious, self.hp, gen)
+                mal = self.task.malicious(own)
+                delta, metrics = self.attack.craft(task, self.model, gp, own, mal, self.hp, gen)
             else:
                 delta, metrics = local_train(self.model, gp, own, self.hp, gen)
         return ClientResult(task.client_index, task.slot, task.role, len(own), delta.cpu(), metrics)

@@ -97,23 +97,13 @@ class FLConfig(_Frozen):
         return self
 
 
-def _attack_spec(kind: str):
-    from fl_core.attacks import ATTACKS  # torch-free: the specs only
-
-    return ATTACKS[kind]
-
-
 def validate_attack_params(kind: Any, params: Any) -> dict[str, Any]:
     """`attack.kind` checked against the registered attacks and `attack.params` against the
     named attack's own model, with its defaults filled in; a ConfigError names the key, the
     value and what is allowed."""
-    from fl_core.attacks import ATTACKS
+    from fl_core.attacks import ATTACKS  # torch-free: the specs only
 
-    if not isinstance(kind, str) or kind not in ATTACKS:
-        near = difflib.get_close_matches(str(kind), list(ATTACKS), n=1, cutoff=0.5)
-        hint = f"did you mean `{near[0]}`? " if near else ""
-        raise ConfigError("attack.kind", kind, f"{hint}one of: {', '.join(sorted(ATTACKS))}")
-    return validate_params("attack.params", kind, ATTACKS[kind].params, params)
+    return validate_params("attack.params", kind, ATTACKS.spec_for(kind).params, params)
 
 
 def validate_params(where: str, name: str, model: type[BaseModel], params: Any) -> dict[str, Any]:
@@ -169,12 +159,34 @@ class AttackConfig(_Frozen):
         "ones take their defaults, filled in here so that equal settings hash equally",
     )
 
+    backdoor: str | None = Field(
+        None,
+        description="backdoor task plug-in (fl_core/backdoors/): semantic (the paper's: target "
+        "writers' 7s → 1) or trigger (a pixel pattern on any image → target label); null = the "
+        "attack's own (trigger for dba, semantic otherwise)",
+    )
+    backdoor_params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the backdoor task's own parameters (e.g. {row: 0, col: 0, value: 0} for "
+        "trigger); missing ones take their defaults",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _attack_params(cls, raw: Any) -> Any:
         if not isinstance(raw, Mapping):
             return raw
-        return {**raw, "params": validate_attack_params(raw.get("kind", "none"), raw.get("params"))}
+        from fl_core.attacks import ATTACKS  # torch-free: the specs only
+        from fl_core.backdoors import BACKDOORS, DEFAULT_BACKDOOR
+
+        kind = raw.get("kind", "none")
+        params = validate_attack_params(kind, raw.get("params"))
+        backdoor = raw.get("backdoor")
+        if backdoor is None:  # resolved here, so that "the attack's own" hashes as its name
+            backdoor = ATTACKS[kind].backdoor or DEFAULT_BACKDOOR
+        bd_params = validate_params("attack.backdoor_params", str(backdoor),
+                                    BACKDOORS.spec_for(backdoor).params, raw.get("backdoor_params"))
+        return {**raw, "params": params, "backdoor": backdoor, "backdoor_params": bd_params}
     schedule: Literal["fixed-frequency", "random-sampling"] = Field(
         "fixed-frequency", description="when attackers are in the cohort"
     )
@@ -225,11 +237,7 @@ def validate_aggregator_params(name: Any, params: Any) -> dict[str, Any]:
     defaults filled in; a ConfigError names the key, the value and what is allowed."""
     from fl_core.aggregators import AGGREGATORS
 
-    if not isinstance(name, str) or name not in AGGREGATORS:
-        near = difflib.get_close_matches(str(name), list(AGGREGATORS), n=1, cutoff=0.5)
-        hint = f"did you mean `{near[0]}`? " if near else ""
-        raise ConfigError("defense.aggregator", name, f"{hint}one of: {', '.join(sorted(AGGREGATORS))}")
-    return validate_params("defense.aggregator_params", name, AGGREGATORS[name].params, params)
+    return validate_params("defense.aggregator_params", name, AGGREGATORS.spec_for(name).params, params)
 
 
 class DefenseConfig(_Frozen):
@@ -287,14 +295,19 @@ class SimulationConfig(_Frozen):
 
     @model_validator(mode="after")
     def _cross_field(self) -> "SimulationConfig":
+        from fl_core.attacks import ATTACKS  # torch-free: the specs only
+
         a, d = self.attack, self.defense
         if a.kind != "none" and a.fraction is None:
             raise ConfigError("attack.fraction", None, "a number in (0, 1) when attack.kind != none")
-        if d.norm_bound is None and _attack_spec(a.kind).needs_bound:
+        if d.norm_bound is None and ATTACKS[a.kind].needs_bound:
             raise ConfigError(
                 "defense.norm_bound", None, f"a positive number M when attack.kind = {a.kind} "
                 "(the attacker projects onto M/β)"
             )
+        needs = ATTACKS[a.kind].backdoor
+        if needs is not None and a.backdoor != needs:
+            raise ConfigError("attack.backdoor", a.backdoor, f"{needs} (or null) when attack.kind = {a.kind}")
         if d.noise_sigma > 0 and d.norm_bound is None:
             raise ConfigError(
                 "defense.norm_bound", None,
@@ -373,7 +386,7 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 # trial key, its warm-up key and its checkpoints' result hash. A new key goes here. (An empty
 # `attack.params` or `defense.aggregator_params` flattens to no key at all.)
 HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR}
+    {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic"}
 )
 
 
@@ -393,10 +406,11 @@ def result_hash(config: SimulationConfig) -> str:
     return config_hash(config, EXECUTION_ONLY_KEYS)
 
 
-#: Dotted prefixes of the plug-ins' own parameters: `attack.params.<p>` (the attack's model)
-#: and `defense.aggregator_params.<p>` (the aggregator's). A grid may vary them; each trial's
-#: config then checks the name against the chosen plug-in (with a did-you-mean).
-PLUGIN_PARAM_PREFIXES = ("attack.params.", "defense.aggregator_params.")
+#: Dotted prefixes of the plug-ins' own parameters: `attack.params.<p>` (the attack's model),
+#: `attack.backdoor_params.<p>` (the backdoor task's) and `defense.aggregator_params.<p>` (the
+#: aggregator's). A grid may vary them; each trial's config then checks the name against the
+#: chosen plug-in (with a did-you-mean).
+PLUGIN_PARAM_PREFIXES = ("attack.params.", "attack.backdoor_params.", "defense.aggregator_params.")
 
 
 def is_plugin_param(key: str) -> bool:
@@ -411,9 +425,11 @@ def all_keys(plugins: bool = False) -> list[str]:
     if plugins:
         from fl_core.aggregators import AGGREGATORS
         from fl_core.attacks import ATTACKS
+        from fl_core.backdoors import BACKDOORS
 
         keys |= {f"defense.aggregator_params.{k}" for s in AGGREGATORS.values() for k in s.params.model_fields}
         keys |= {f"attack.params.{k}" for s in ATTACKS.values() for k in s.params.model_fields}
+        keys |= {f"attack.backdoor_params.{k}" for s in BACKDOORS.values() for k in s.params.model_fields}
     return sorted(keys)
 
 

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from fl_core.client import to_input, torch_threads
 from fl_core.config import SimulationConfig
-from fl_core.data.backdoor import BackdoorSets, backdoor_pixels
+from fl_core.backdoors import build_task
+from fl_core.data.backdoor import BackdoorSets
 from fl_core.data.population import WriterPopulation, is_lazy, seeded_writers
 from fl_core.models import CNN
 from fl_core.params import set_flat
@@ -72,12 +73,11 @@ class Evaluator:
         pixels, labels, writer = main_test_set(config, data)
         self.test_x = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
         self.test_y = torch.from_numpy(np.ascontiguousarray(labels)).to(device)
-        is_src = labels == config.attack.source_label
-        self.clean_mask = torch.from_numpy(~is_src).to(device)
-        self.collateral_mask = torch.from_numpy(is_src & ~np.isin(writer, backdoor.targets)).to(device)
-        mal, held = backdoor_pixels(data, backdoor)
-        self.mal_x = torch.from_numpy(mal).to(device)
-        self.held_x = torch.from_numpy(held).to(device)
+        sets = build_task(config, data, backdoor).eval_sets(pixels, labels, writer)
+        self.clean_mask = torch.from_numpy(np.asarray(sets.clean, bool)).to(device)
+        self.collateral_mask = torch.from_numpy(np.asarray(sets.collateral, bool)).to(device)
+        self.mal_x = torch.from_numpy(np.ascontiguousarray(sets.backdoor)).to(device)
+        self.held_x = None if sets.heldout is None else torch.from_numpy(np.ascontiguousarray(sets.heldout)).to(device)
         self.model = CNN().to(device)
 
     @torch.no_grad()
@@ -90,8 +90,8 @@ class Evaluator:
                 loss_sum += float(F.cross_entropy(logits, labels[s : s + EVAL_BATCH], reduction="sum"))
         return (torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long, device=self.device)), loss_sum
 
-    def _rate(self, pixels: torch.Tensor) -> float | None:
-        if len(pixels) == 0:
+    def _rate(self, pixels: torch.Tensor | None) -> float | None:
+        if pixels is None or len(pixels) == 0:
             return None
         preds, _ = self._predict(pixels)
         return float((preds == self.target).double().mean())

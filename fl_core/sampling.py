@@ -161,6 +161,7 @@ def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> Rou
             attacker_slots = [slot]
     betas = dict(zip(attacker_slots, boost_factor(config, pop, cohort, attacker_slots)))
     spec = ATTACKS[a.kind]  # the attack plans its projection radius (M/β for PGD)
+    pool = np.asarray(pop.attackers, np.int64)
     seen: dict[int, int] = {}
     tasks = []
     for s, k in enumerate(cohort):
@@ -171,7 +172,8 @@ def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> Rou
             beta = betas[s]
             radius = spec.radius(config, beta)
             seed = derive_seed(config.seed, Stream.ATTACK, round_idx, k, dup)
-            tasks.append(ClientTask(round_idx, k, dup, "attacker", seed, beta, radius))
+            rank = int(np.searchsorted(pool, k))
+            tasks.append(ClientTask(round_idx, k, dup, "attacker", seed, beta, radius, rank))
         else:
             seed = derive_seed(config.seed, Stream.CLIENT, round_idx, k, dup)
             tasks.append(ClientTask(round_idx, k, dup, "benign", seed))

@@ -30,6 +30,8 @@ class ClientTask:
         seed: the derived seed of this task's shuffling and dropout.
         boost: β for attackers (1 for benign clients).
         radius: PGD projection radius M/β around the global weights (attackers, pgd).
+        rank: attackers: the writer's position in the sorted attacker pool (a stable
+            identity among the attackers, e.g. DBA's local trigger); None for benign tasks.
     """
 
     round_idx: int
@@ -39,6 +41,7 @@ class ClientTask:
     seed: int
     boost: float = 1.0
     radius: float | None = None
+    rank: int | None = None
 
 
 @dataclass(frozen=True)

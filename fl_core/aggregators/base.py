@@ -16,15 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
-
+from fl_core.plugins import Params, Registry
 from fl_core.types import Delta
-
-
-class Params(BaseModel):
-    """Base of every aggregator's parameters: frozen, unknown keys refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -94,14 +87,8 @@ class AggregatorSpec:
     check: Callable[..., None] | None = None
 
 
-_REGISTRY: dict[str, AggregatorSpec] = {}
-
-
-def register(spec: AggregatorSpec) -> AggregatorSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"aggregator {spec.name!r} registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
+AGGREGATORS: Registry[AggregatorSpec] = Registry("aggregator", "defense.aggregator")
+register = AGGREGATORS.register
 
 
 def pairwise_sq_dists(updates: torch.Tensor) -> torch.Tensor:

@@ -3,15 +3,9 @@ module in it, and each registers its name (see `base.register`). Torch-free at i
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from types import MappingProxyType
+from fl_core.attacks.base import ATTACKS, AttackSpec
+from fl_core.plugins import import_all
 
-from fl_core.attacks.base import _REGISTRY, AttackSpec
+import_all(__name__, __path__, skip=("base", "recipes"))
 
-_NOT_ATTACKS = ("base", "recipes")
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    if _mod not in _NOT_ATTACKS:
-        importlib.import_module(f"{__name__}.{_mod}")
-
-ATTACKS: MappingProxyType[str, AttackSpec] = MappingProxyType(_REGISTRY)
+__all__ = ["ATTACKS", "AttackSpec"]

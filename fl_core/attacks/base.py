@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from fl_core.plugins import Params, Registry
 
 if TYPE_CHECKING:
     import torch
@@ -22,12 +22,6 @@ if TYPE_CHECKING:
     from fl_core.client import ClientData, SGDParams
     from fl_core.config import SimulationConfig
     from fl_core.types import ClientTask, Delta
-
-
-class Params(BaseModel):
-    """Base of every attack's own parameters (`attack.params`): frozen, unknown keys refused."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class Attack(Protocol):
@@ -70,6 +64,8 @@ class AttackSpec:
             norm-bounded attacks), or None.
         needs_bound: the attack is defined only under clipping (`defense.norm_bound`).
         rank: its position in the report's ordering of cells.
+        backdoor: the backdoor task it needs (`attack.backdoor`; e.g. dba: trigger), or None
+            for any task (semantic unless the config says otherwise).
     """
 
     name: str
@@ -79,13 +75,8 @@ class AttackSpec:
     radius: Callable[["SimulationConfig", float], float | None] = no_radius
     needs_bound: bool = False
     rank: int = 99
+    backdoor: str | None = None
 
 
-_REGISTRY: dict[str, AttackSpec] = {}
-
-
-def register(spec: AttackSpec) -> AttackSpec:
-    if spec.name in _REGISTRY:
-        raise ValueError(f"attack {spec.name!r} registered twice")
-    _REGISTRY[spec.name] = spec
-    return spec
+ATTACKS: Registry[AttackSpec] = Registry("attack", "attack.kind")
+register = ATTACKS.register

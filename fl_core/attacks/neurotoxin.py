@@ -74,18 +74,14 @@ class Neurotoxin:
         self.recipe = recipe
 
     def craft(self, task, model, global_params, benign, malicious, hp, gen):
-        from fl_core.attacks.pgd import projected_passes
+        from fl_core.attacks.pgd import recipe_update
         from fl_core.client import local_train
 
         d_benign, _ = local_train(model, global_params, benign, hp, gen)
         mask = keep_mask(d_benign, self.top_k)
         with masked_gradients(model, mask):
-            if task.radius is None:
-                delta, metrics = self.recipe.replacement(model, global_params, benign, malicious, hp, gen, task.boost)
-            else:
-                diff, loss = projected_passes(self.recipe, self.iterations, task.radius, model, global_params,
-                                              benign, malicious, hp, gen)
-                delta, metrics = task.boost * diff, {"train_loss": loss}
+            delta, metrics = recipe_update(self.recipe, self.iterations, task, model, global_params,
+                                           benign, malicious, hp, gen)
         return delta * mask, {**metrics, "frozen_share": float(1.0 - mask.mean())}
 
 

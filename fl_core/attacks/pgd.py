@@ -45,6 +45,17 @@ def projected_passes(recipe: "Recipe", iterations: int, radius: float, model, gl
     return diff, loss
 
 
+def recipe_update(recipe: "Recipe", iterations: int, task, model, global_params, benign, malicious, hp,
+                  gen) -> tuple["torch.Tensor", dict]:
+    """The update an attack built on a recipe sends: PGD (P passes, projection onto the task's
+    radius M/β, boosted by β) when the planner gave a radius (clipping is on), boosted model
+    replacement otherwise. Neurotoxin and DBA change what the recipe sees, not this."""
+    if task.radius is None:
+        return recipe.replacement(model, global_params, benign, malicious, hp, gen, task.boost)
+    diff, loss = projected_passes(recipe, iterations, task.radius, model, global_params, benign, malicious, hp, gen)
+    return task.boost * diff, {"train_loss": loss}
+
+
 class NormBoundedPGD:
     def __init__(self, iterations: int, recipe: "Recipe"):
         self.iterations = iterations

@@ -1,4 +1,5 @@
-"""The backdoor task (Sun et al. 2019 §3): N target writers; D_mal is all their train
+"""The semantic backdoor task's writers (Sun et al. 2019 §3; the plug-in is
+`fl_core.backdoors.semantic`): N target writers; D_mal is all their train
 images of the source label (7), relabelled to the target label (1).
 
 The target order is one seeded permutation of the writers that own a source-label image;
@@ -68,6 +69,13 @@ def reserved_count(config: SimulationConfig, num_writers: int, eligible: int) ->
 
 
 def select_backdoor(config: SimulationConfig, data: WriterPopulation) -> BackdoorSets:
+    """The config's backdoor task's targets and reserved writers (`attack.backdoor`)."""
+    from fl_core.backdoors import BACKDOORS  # the plug-ins import this module
+
+    return BACKDOORS[config.attack.backdoor].select(config, data)
+
+
+def select_semantic(config: SimulationConfig, data: WriterPopulation) -> BackdoorSets:
     """Draw the N target writers among writers that own ≥1 source-label train image."""
     if is_lazy(data):
         return _select_lazy(config, data)

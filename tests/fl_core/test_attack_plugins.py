@@ -149,7 +149,7 @@ def test_constrain_and_scale_under_clipping_sends_at_most_m():
     assert float(sent.norm()) <= 40.0 * 0.005 * (1 + 1e-6)  # float32 rounding of the rescale
 
 
-@pytest.mark.parametrize("kind", ["neurotoxin", "constrain-and-scale"])
+@pytest.mark.parametrize("kind", ["neurotoxin", "constrain-and-scale", "dba"])
 def test_new_attacks_run_a_deterministic_simulation_and_resume_exactly(kind, tiny_data, tmp_path):
     """Through the engine (plan → attacker craft → clipping → FedAvg), twice, and with a
     save/load in the middle: identical metrics and weights (torch.equal)."""

@@ -156,7 +156,7 @@ def test_sequential_is_bit_identical_to_the_reference_loop_and_attackers_still_a
         own = runner.client_data(t.client_index)
         with client_rng_scope(t.seed), torch_threads(cfg.fl.threads):
             if t.role == "attacker":
-                want, metrics = local_train(model, gp, own.cat(runner.malicious), runner.hp, gen)
+                want, metrics = local_train(model, gp, own.cat(runner.task.malicious(own)), runner.hp, gen)
                 want = t.boost * want
             else:
                 want, metrics = local_train(model, gp, own, runner.hp, gen)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+from fl_core.attacks import ATTACKS
 from sweeper.cli import main
 
 TINY = [
@@ -63,7 +64,7 @@ def test_resume_extends_without_duplicates_and_matches_a_straight_run(tmp_path):
         (["--set", "fl.round=3"], "did you mean `fl.rounds`"),
         (["--set", "defense.noise_sigma=-1"], "defense.noise_sigma"),
         (["--set", "defense.norm_bound=0"], "defense.norm_bound"),
-        (["--set", "attack.kind=backdoor"], "one of: constrain-and-scale, model-replacement, neurotoxin, none, pgd"),
+        (["--set", "attack.kind=backdoor"], "one of: " + ", ".join(sorted(ATTACKS))),
         (["--set", "attack.kind=pgd", "--set", "attack.fraction=0.1"], "defense.norm_bound"),
         (["--set", "data.source=embedded", "--set", "data.max_writers=10", "--set", "attack.num_tasks=50"],
          "attack.num_tasks"),

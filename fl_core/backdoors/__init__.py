@@ -1,0 +1,19 @@
+"""Backdoor-task plug-ins (`attack.backdoor`), one module each; importing this package
+imports every module in it, and each registers its name (see `base.register`). Torch-free
+at import."""
+
+from __future__ import annotations
+
+from fl_core.backdoors.base import BACKDOORS, DEFAULT_BACKDOOR, BackdoorSpec, EvalSets
+from fl_core.plugins import import_all
+
+import_all(__name__, __path__)
+
+
+def build_task(config, data, sets):
+    """The config's backdoor task for this process (its D_mal and evaluation sets)."""
+    spec = BACKDOORS[config.attack.backdoor]
+    return spec.build(config, spec.params(**config.attack.backdoor_params), data, sets)
+
+
+__all__ = ["BACKDOORS", "DEFAULT_BACKDOOR", "BackdoorSpec", "EvalSets", "build_task"]
