@@ -181,12 +181,16 @@ class AttackConfig(_Frozen):
 
         kind = raw.get("kind", "none")
         params = validate_attack_params(kind, raw.get("params"))
+        spec = ATTACKS[kind]
         backdoor = raw.get("backdoor")
         if backdoor is None:  # resolved here, so that "the attack's own" hashes as its name
-            backdoor = ATTACKS[kind].backdoor or DEFAULT_BACKDOOR
+            backdoor = spec.backdoor or DEFAULT_BACKDOOR
+        recipe = raw.get("recipe")
+        if recipe is None:
+            recipe = spec.recipe
         bd_params = validate_params("attack.backdoor_params", str(backdoor),
                                     BACKDOORS.spec_for(backdoor).params, raw.get("backdoor_params"))
-        return {**raw, "params": params, "backdoor": backdoor, "backdoor_params": bd_params}
+        return {**raw, "params": params, "backdoor": backdoor, "backdoor_params": bd_params, "recipe": recipe}
     schedule: Literal["fixed-frequency", "random-sampling"] = Field(
         "fixed-frequency", description="when attackers are in the cohort"
     )
@@ -208,9 +212,10 @@ class AttackConfig(_Frozen):
     source_label: int = Field(7, ge=0, le=9, description="label of the backdoored images")
     target_label: int = Field(1, ge=0, le=9, description="label the attacker wants them to get")
     pgd_iterations: int = Field(5, ge=1, description="P: PGD passes, projecting after each")
-    recipe: Literal["reference", "union", "mixed"] = Field(
-        "reference",
-        description="how the attacker trains its malicious model: reference (the paper's code: "
+    recipe: Literal["reference", "union", "mixed"] | None = Field(
+        None,
+        description="how the attacker trains its malicious model; null = the attack's own (mixed "
+        "for dba, reference otherwise): reference (the paper's code: "
         "Δ_benign + β·one full-batch step on D_mal; PGD passes = local_epochs over own data then "
         "that step), union (train on own ∪ D_mal, boost all), mixed (every minibatch carries "
         "poison_fraction of D_mal, Bagdasaryan et al.); see fl_core/attacks/recipes.py",

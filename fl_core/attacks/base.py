@@ -66,6 +66,7 @@ class AttackSpec:
         rank: its position in the report's ordering of cells.
         backdoor: the backdoor task it needs (`attack.backdoor`; e.g. dba: trigger), or None
             for any task (semantic unless the config says otherwise).
+        recipe: the `attack.recipe` it uses when the config leaves it null.
     """
 
     name: str
@@ -76,6 +77,7 @@ class AttackSpec:
     needs_bound: bool = False
     rank: int = 99
     backdoor: str | None = None
+    recipe: str = "reference"
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack", "attack.kind")

@@ -154,3 +154,15 @@ def test_semantic_d_mal_is_the_target_writers_sevens_for_every_attacker(tiny_dat
     mal = task.malicious(own)
     assert torch.equal(mal.pixels, torch.from_numpy(tiny_data.train_pixels[sets.train_rows]))
     assert (mal.labels == 1).all() and len(mal) == len(sets.train_rows) > 0
+
+
+def test_the_recipe_defaults_to_the_attacks_own():
+    """DBA trains on mixed poisoned batches unless told otherwise; every other attack keeps the
+    paper's reference recipe, and leaving the key out hashes like writing that recipe."""
+    dba = parse_config({"attack": {"kind": "dba", "fraction": 0.1}})
+    assert dba.attack.recipe == "mixed"
+    assert parse_config({"attack": {"kind": "dba", "fraction": 0.1, "recipe": "reference"}}).attack.recipe == "reference"
+    pgd = {"attack": {"kind": "pgd", "fraction": 0.1}, "defense": {"norm_bound": 1.0}}
+    explicit = {"attack": {**pgd["attack"], "recipe": "reference"}, "defense": pgd["defense"]}
+    assert parse_config(pgd).attack.recipe == "reference"
+    assert config_hash(parse_config(pgd)) == config_hash(parse_config(explicit))
