@@ -1,35 +1,14 @@
-"""Name → factory for the plug-ins. Attacks (`fl_core/attacks/`) and aggregators
-(`fl_core/aggregators/`) register themselves, one module each, found by import; the two
-defense hooks' map is here. Nothing else branches on names."""
+"""Name → built plug-in. Attacks (`fl_core/attacks/`), aggregators (`fl_core/aggregators/`),
+defenses (`fl_core/defenses/`) and backdoor tasks (`fl_core/backdoors/`) register themselves,
+one module each, found by import (`fl_core.plugins`). Nothing else branches on names."""
 
 from __future__ import annotations
-
-from types import MappingProxyType
-from typing import Callable
 
 from fl_core.aggregators import AGGREGATORS
 from fl_core.attacks import ATTACKS
 from fl_core.config import SimulationConfig
-from fl_core.defenses.norm_clipping import NormClipping
-from fl_core.defenses.weak_dp import GaussianNoise
+from fl_core.defenses import make_defenses as _make_defenses
 from fl_core.errors import UnknownComponentError
-
-# Each defense: (is it on for this config?, factory). Applied per client in this order and
-# to the aggregate in reverse order (pfl's postprocessor convention).
-DEFENSES: MappingProxyType[str, tuple[Callable[[SimulationConfig], bool], Callable[[SimulationConfig], object]]] = (
-    MappingProxyType(
-        {
-            "norm-clipping": (
-                lambda cfg: cfg.defense.norm_bound is not None,
-                lambda cfg: NormClipping(cfg.defense.norm_bound),
-            ),
-            "weak-dp": (
-                lambda cfg: cfg.defense.noise_sigma > 0,
-                lambda cfg: GaussianNoise(cfg.defense.noise_sigma, cfg.defense.noise_placement),
-            ),
-        }
-    )
-)
 
 
 def make_attack(config: SimulationConfig):
@@ -42,7 +21,8 @@ def make_attack(config: SimulationConfig):
 
 
 def make_defenses(config: SimulationConfig) -> list:
-    return [factory(config) for on, factory in DEFENSES.values() if on(config)]
+    """The defenses the config turns on (`fl_core.defenses`), in chain order."""
+    return _make_defenses(config)
 
 
 def make_aggregator(config: SimulationConfig):

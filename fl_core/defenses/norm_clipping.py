@@ -3,7 +3,7 @@ over all parameters flattened (not per layer). A zero update passes through unch
 
 from __future__ import annotations
 
-from fl_core.defenses.base import AggregateContext
+from fl_core.defenses.base import AggregateContext, DefenseSpec, register
 from fl_core.params import l2_norm
 from fl_core.types import Delta
 
@@ -27,3 +27,7 @@ class NormClipping:
 
     def on_aggregate(self, mean: Delta, ctx: AggregateContext) -> tuple[Delta, dict]:
         return mean, {}
+
+
+register(DefenseSpec("norm-clipping", lambda cfg: cfg.defense.norm_bound is not None,
+                     lambda cfg: NormClipping(cfg.defense.norm_bound), order=0))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from fl_core.defenses.base import AggregateContext
+from fl_core.defenses.base import AggregateContext, DefenseSpec, register
 from fl_core.rng import Stream, torch_generator
 from fl_core.types import Delta
 
@@ -37,3 +37,7 @@ class GaussianNoise:
         noise = self.draw(mean.shape, ctx)
         assert noise.shape == mean.shape  # one draw per coordinate, nothing broadcast
         return mean + std * noise.to(mean.device), {"noise_std_on_mean": std}
+
+
+register(DefenseSpec("weak-dp", lambda cfg: cfg.defense.noise_sigma > 0,
+                     lambda cfg: GaussianNoise(cfg.defense.noise_sigma, cfg.defense.noise_placement), order=1))
