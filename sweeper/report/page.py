@@ -61,6 +61,11 @@ DEFINITIONS = """\
 - **backdoor lifespan**: with `attack.stop_round` = S, the rounds after the attack stops until
   backdoor acc is first below half its peak of the attack window (resolution `fl.eval_every`);
   "≥" marks a cell where some seed's run ended first (the value is then a lower bound).
+- **trigger backdoor** (`attack.backdoor: trigger`, DBA's task): backdoor acc is the share of
+  the test images that are not the target label, stamped with the trigger, predicted as the
+  target label; "w/o source label" drops the target label's images instead, collateral is the
+  share of those images predicted as the target label WITHOUT the trigger, and there is no
+  held-out figure (docs/ROBUSTNESS.md, "Backdoor tasks").
 - Every number is the mean over the cell's seeds, with [min–max] over seeds.
 - **rounds attacked**: the share of evaluated rounds with at least one attacker.
 """
