@@ -53,7 +53,7 @@ FIVE = t([[0, 0], [2, 0], [0, 2], [1, 1], [10, 10]])
 
 def test_registry_has_every_aggregator():
     assert set(AGGREGATORS) == {"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "rfa",
-                                "foolsgold", "flame"}
+                                "foolsgold", "flame", "bulyan"}
 
 
 # ------------------------------------------------------------------------------ fedavg
