@@ -20,19 +20,22 @@ class RunningMean:
     """Σ w_k u_k / Σ w_k, one update at a time, in float64 on `device`.
 
     Each `add` is one `acc.add_(u.double(), alpha=w)`: the bits depend on the order of the
-    adds only, never on whether the updates were stacked first or arrived one by one."""
+    adds only, never on whether the updates were stacked first or arrived one by one. The
+    float64 copy of u goes into one reused buffer (the same values, the same kernel): a
+    fresh 9.6 MB tensor per client costs its page faults every time."""
 
     def __init__(self, device: torch.device | str = "cpu"):
         self.device = torch.device(device)
         self.acc: torch.Tensor | None = None
+        self._u64: torch.Tensor | None = None
         self.sum_w = 0.0
         self.count = 0
 
     def add(self, update: torch.Tensor, weight: float) -> None:
-        u = update.to(self.device)
         if self.acc is None:
-            self.acc = torch.zeros(u.numel(), dtype=torch.float64, device=self.device)
-        self.acc.add_(u.to(torch.float64), alpha=weight)
+            self.acc = torch.zeros(update.numel(), dtype=torch.float64, device=self.device)
+            self._u64 = torch.empty_like(self.acc)
+        self.acc.add_(self._u64.copy_(update.reshape(-1)), alpha=weight)
         self.sum_w += weight
         self.count += 1
 

@@ -122,12 +122,13 @@ class RoundFold:
 
     def _fold(self, res: ClientResult) -> None:
         d = res.delta
-        self.pre_norms.append(l2_norm(d))
+        pre = l2_norm(d)
+        self.pre_norms.append(pre)
         for defense in self.defenses:
             d, m = defense.on_client(d)
             for k, v in m.items():
                 self.per_client.setdefault(k, []).append(float(v))
-        self.post_norms.append(l2_norm(d))
+        self.post_norms.append(pre if d is res.delta else l2_norm(d))  # unchanged: same bits
         w = fedavg_weight(res, self.uniform)
         if self.accumulator is None:
             self.deltas.append(d)
