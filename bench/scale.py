@@ -14,7 +14,9 @@ deltas back on the host included) and the server side (the rest: planning, clipp
 the float64 aggregate, the update); seconds per client and per 1,000 training images;
 the per-client cost relative to the cohort of 30 (the slope: 1.00 = linear scaling);
 peak host RSS of the child so far (sizes ascend, so that is this cell's peak or an
-earlier one's) and, on CUDA, the cell's peak GPU memory (torch's allocator).
+earlier one's), its growth per added client since the previous cell (what a round holds
+per client: ~0 when FedAvg streams the updates into its running sum, 4.6 MB when the round
+kept every client's update) and, on CUDA, the cell's peak GPU memory (torch's allocator).
 
 --rss adds a second table: peak host RSS (ru_maxrss) of one trial against the number of
 synthetic writers K (--rss-sizes, default 10^3, 10^5, 10^6, 10^7), each K in a fresh child
@@ -57,8 +59,8 @@ REF_CLIENTS = 30
 
 # -- the child: one backend, every cohort size --------------------------------------------
 class TimedExecutor:
-    """Wraps an executor and adds up the wall time of its `map` (the clients' training, the
-    deltas' copy to the host included) and the training images it saw."""
+    """Wraps an executor and adds up the wall time of its `map` or `stream` (the clients'
+    training, the deltas' copy to the host included) and the training images it saw."""
 
     def __init__(self, inner, device: str):
         self.inner, self.device = inner, device
@@ -71,6 +73,23 @@ class TimedExecutor:
         self.seconds += time.perf_counter() - t0
         self.images += sum(r.num_examples for r in out)
         return out
+
+    def stream(self, tasks, global_params):
+        """The inner executor's stream (what `run_round` uses), timing only the time spent
+        inside it: the server's per-result work between two results is not training."""
+        it = iter(self.inner.stream(tasks, global_params))
+        while True:
+            t0 = time.perf_counter()
+            try:
+                i, res = next(it)
+            except StopIteration:
+                self.seconds += time.perf_counter() - t0
+                return
+            _sync(self.device)
+            self.seconds += time.perf_counter() - t0
+            self.images += res.num_examples
+            yield i, res
+            del res
 
 
 def _sync(device: str) -> None:
@@ -267,10 +286,13 @@ def collect(lines: list[str]) -> tuple[list[dict], int | None]:
 
 
 def add_slopes(cells: list[dict]) -> None:
-    """Per-client and per-image cost relative to the cohort of 30 (else the smallest)."""
+    """Per-client and per-image cost relative to the cohort of 30 (else the smallest), and
+    the growth of peak RSS per added client since the previous (smaller) cohort."""
     good = [c for c in cells if "error" not in c]
     if not good:
         return
+    for prev, c in zip(good, good[1:]):
+        c["rss_mb_per_client"] = (c["peak_rss_mb"] - prev["peak_rss_mb"]) / (c["clients"] - prev["clients"])
     ref = next((c for c in good if c["clients"] == REF_CLIENTS), min(good, key=lambda c: c["clients"]))
     for c in good:
         c["ref_clients"] = ref["clients"]
@@ -281,22 +303,23 @@ def add_slopes(cells: list[dict]) -> None:
 def table(result: dict) -> str:
     rows = [
         "| backend | clients/round | s/round | train s | server s | s/client | s/1k images "
-        "| per-client × ref | per-image × ref | peak RSS MB | peak GPU MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| per-client × ref | per-image × ref | peak RSS MB | Δ peak RSS MB/client | peak GPU MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in result["backends"].values():
         for c in b["cells"]:
             if "error" in c:
-                rows.append(f"| {c['backend']} | {c['clients']} | failed: {c['error']} |  |  |  |  |  |  |  |  |")
+                rows.append(f"| {c['backend']} | {c['clients']} | failed: {c['error']} |  |  |  |  |  |  |  |  |  |")
                 continue
             gpu = f"{c['peak_gpu_mb']:,.0f}" if "peak_gpu_mb" in c else "-"
+            per = f"{c['rss_mb_per_client']:.2f}" if "rss_mb_per_client" in c else "-"
             rows.append(
                 f"| {c['backend']} | {c['clients']:,} | {c['s_per_round']:.3f} | {c['train_s_per_round']:.3f} "
                 f"| {c['server_s_per_round']:.3f} | {c['s_per_client'] * 1000:.2f} ms | {c['s_per_1k_images']:.3f} "
                 f"| {c.get('per_client_vs_ref', float('nan')):.3f} | {c.get('per_image_vs_ref', float('nan')):.3f} "
-                f"| {c['peak_rss_mb']:,.0f} | {gpu} |")
+                f"| {c['peak_rss_mb']:,.0f} | {per} | {gpu} |")
         if b.get("stopped"):
-            rows.append(f"| {b['backend']} | {b['stopped']} |  |  |  |  |  |  |  |  |  |")
+            rows.append(f"| {b['backend']} | {b['stopped']} |  |  |  |  |  |  |  |  |  |  |")
     return "\n".join(rows)
 
 
@@ -309,6 +332,11 @@ def summary_lines(result: dict) -> list[str]:
             big = max(good, key=lambda c: c["clients"])
             out.append(f"- {name}: per-client cost at {big['clients']:,} clients = {big['per_client_vs_ref']:.3f}× "
                        f"that at {big['ref_clients']} (per image {big['per_image_vs_ref']:.3f}×); target ≤ 1.05×")
+            ref = next(c for c in good if c["clients"] == big["ref_clients"])
+            if big is not ref:
+                grow = (big["peak_rss_mb"] - ref["peak_rss_mb"]) / (big["clients"] - ref["clients"])
+                out.append(f"- {name}: peak RSS grew {grow:.2f} MB per client from {ref['clients']} to "
+                           f"{big['clients']:,} clients")
         if b.get("stopped"):
             out.append(f"- {name}: {b['stopped']}")
     return out

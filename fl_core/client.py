@@ -167,24 +167,44 @@ class ClientRunner:
         return ClientResult(task.client_index, task.slot, task.role, len(own), delta.cpu(), metrics)
 
     def run(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
-        """Train `tasks` and return their results in task order: the benign ones through
-        the `fl.backend` backend (all together), attackers one by one through the attack
-        plug-in. Every task has its own generator and RNG scope and starts from
-        `global_params`, so the order in which they train changes no result."""
+        """Train `tasks` and return their results in task order (`run_iter`, collected)."""
+        results: list[ClientResult | None] = [None] * len(tasks)
+        for i, res in self.run_iter(tasks, global_params):
+            results[i] = res
+        return results  # type: ignore[return-value]
+
+    def run_iter(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> Iterator[tuple[int, ClientResult]]:
+        """Train `tasks`, yielding (position, result) in task order as they are trained: the
+        benign ones through the `fl.backend` backend, in chunks of `backend.chunk_size`
+        consecutive benign tasks (one for `sequential`, `fl.vectorized_chunk` for
+        `vectorized`), attackers one by one through the attack plug-in. Every task has its
+        own generator and RNG scope and starts from `global_params`, so the order and
+        grouping in which they train changes no result. The thread count and precision
+        are set around each piece of training only, never while the caller holds control
+        (the server's norms and sums run at the caller's settings)."""
         from fl_core.backends import precision_scope
 
         if self.lazy:
             self._stage([t.client_index for t in tasks])
-        with torch_threads(self.config.fl.threads), precision_scope(self.config.fl.precision, self.device):
-            gp = global_params.to(self.device)
-            benign = [i for i, t in enumerate(tasks) if t.role == "benign"]
-            results: list[ClientResult | None] = [None] * len(tasks)
-            for i, res in zip(benign, self.backend.train([tasks[i] for i in benign], gp), strict=True):
-                results[i] = res
-            for i, t in enumerate(tasks):
-                if results[i] is None:
-                    results[i] = self.run_one(t, gp)
-            return results  # type: ignore[return-value]
+        gp = global_params.to(self.device)
+        benign = [i for i, t in enumerate(tasks) if t.role == "benign"]
+        chunk = max(1, int(self.backend.chunk_size(len(benign)))) if benign else 1
+        trained: dict[int, ClientResult] = {}
+        next_benign = 0
+        for i, t in enumerate(tasks):
+            if t.role == "benign" and i not in trained:
+                part = benign[next_benign : next_benign + chunk]
+                next_benign += len(part)
+                with torch_threads(self.config.fl.threads), precision_scope(self.config.fl.precision, self.device):
+                    out = self.backend.train([tasks[j] for j in part], gp)
+                trained.update(zip(part, out, strict=True))
+                del out
+            if t.role == "benign":
+                yield i, trained.pop(i)
+            else:
+                with torch_threads(self.config.fl.threads), precision_scope(self.config.fl.precision, self.device):
+                    res = self.run_one(t, gp)
+                yield i, res
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ import json
 from types import MappingProxyType
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fl_core.errors import ConfigError
 
@@ -80,6 +80,12 @@ class FLConfig(_Frozen):
         description="torch intra-op CPU threads per client worker; fixed by the config because "
         "CPU float reductions (and so bit-exact results) depend on it",
     )
+    vectorized_chunk: int | Literal["auto"] = Field(
+        "auto",
+        description="vectorized backend: train the benign cohort in chunks of at most this many "
+        "clients (bounds device memory; auto sizes it from the device's free memory, 64 on a "
+        "CPU); execution only: changes no result",
+    )
     checkpoint_every: int = Field(10, ge=1, description="checkpoint every N rounds (and the last)")
     init: str = Field(
         "random",
@@ -88,6 +94,13 @@ class FLConfig(_Frozen):
         "finished run to warm-start from (a `fl-sweep simulate --out` directory or its state.pt); "
         "rounds continue from its round, so attack.start_round keeps its meaning",
     )
+
+    @field_validator("vectorized_chunk", mode="before")
+    @classmethod
+    def _chunk(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ConfigError("fl.vectorized_chunk", v, "auto, or an integer ≥ 1 (clients per vectorized chunk)")
 
     @model_validator(mode="after")
     def _precision_on_cpu(self) -> "FLConfig":
@@ -367,7 +380,13 @@ def uniform_weighting(weighting: str, norm_bound: float | None, noise_sigma: flo
 
 
 # Keys that do not change any result: they may differ between a checkpoint and a resume.
-EXECUTION_ONLY_KEYS = ("fl.rounds", "fl.workers", "fl.checkpoint_every", "fl.eval_every")
+EXECUTION_ONLY_KEYS = ("fl.rounds", "fl.workers", "fl.checkpoint_every", "fl.eval_every", "fl.vectorized_chunk")
+
+# Keys that are never hashed, not even into the trial key: how the work is cut up, not
+# what is computed (a client's update is the same in any chunk, tests/fl_core/test_chunk*),
+# so two configs that differ only here are the same trial and share checkpoints and
+# warm-ups. Added after sweeps existed, so leaving it out keeps every earlier hash.
+NEVER_HASHED = ("fl.vectorized_chunk",)
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -396,11 +415,11 @@ HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
 
 
 def config_hash(config: SimulationConfig, exclude: tuple[str, ...] = ()) -> str:
-    """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude` and
-    minus the `HASH_NEUTRAL_DEFAULTS` keys that are at their neutral default."""
+    """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude`, the
+    `NEVER_HASHED` keys and the `HASH_NEUTRAL_DEFAULTS` keys that are at their neutral default."""
     flat = {
         k: v for k, v in flatten(config).items()
-        if k not in exclude and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])
+        if k not in exclude and k not in NEVER_HASHED and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])
     }
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -9,22 +9,29 @@ Every hook's and the aggregator's metrics become the round's; for an aggregator 
 selects or flags clients, the round (which knows the roles; the aggregator does not)
 scores its choice: attacker = positive. Deterministic given (state, plan); never mutates
 its inputs.
+
+The server folds the updates in one order, (client_index, slot), whatever order they
+arrive in (`RoundFold` buffers early arrivals): clipping, the norms and, for a streaming
+aggregator (FedAvg, `needs_matrix` False), the float64 running sum happen update by
+update, so a round keeps only floats per client and never the cohort's n updates. Robust
+aggregators get the stacked [n, d] matrix as before. Both paths do the same arithmetic in
+the same order, so their bits agree.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from fl_core.aggregation import fedavg_weights, key_order
-from fl_core.aggregators.base import AggregatorContext
+from fl_core.aggregation import fedavg_weight, key_order
+from fl_core.aggregators.base import AggregatorContext, needs_matrix
 from fl_core.config import SimulationConfig
 from fl_core.defenses.base import AggregateContext
 from fl_core.errors import DivergedError
-from fl_core.executor import ClientExecutor
+from fl_core.executor import ClientExecutor, stream_results
 from fl_core.params import l2_norm
 from fl_core.state import SimulationState
 from fl_core.types import ClientResult, RoundPlan
@@ -74,6 +81,101 @@ def _merge(into: dict, new: dict, source: str) -> None:
     into.update(new)
 
 
+class RoundFold:
+    """The server side of one round, fed one client result at a time.
+
+    `add` takes results in any order and folds them in (client_index, slot) order, keeping
+    early arrivals until their turn; `finish` aggregates, applies the aggregate hooks and
+    returns the new state and the round's stats. Per client it keeps two norms, the hooks'
+    per-client metrics and the role; the update itself only while the aggregator needs
+    the matrix (`needs_matrix`), else it is added to the aggregator's accumulator and
+    dropped."""
+
+    def __init__(self, config: SimulationConfig, state: SimulationState, plan: RoundPlan,
+                 defenses: Sequence, aggregator=None, device: torch.device | str = "cpu"):
+        if aggregator is None:
+            from fl_core.registry import make_aggregator
+
+            aggregator = make_aggregator(config)
+        self.config, self.state, self.plan, self.device = config, state, plan, device
+        self.defenses, self.aggregator = list(defenses), aggregator
+        self.keys = sorted((t.client_index, t.slot) for t in plan.tasks)
+        self.ctx = AggregatorContext(config.seed, plan.round_idx, len(self.keys), tuple(k for k, _ in self.keys))
+        self.accumulator = None if needs_matrix(aggregator) else aggregator.accumulator(
+            self.ctx, state.aggregator_state, device)
+        self.uniform = config.uniform_weighting
+        self.pending: dict[tuple[int, int], ClientResult] = {}
+        self.deltas: list[torch.Tensor] = []  # matrix aggregators only
+        self.weights: list[float] = []
+        self.roles: list[str] = []
+        self.pre_norms: list[float] = []
+        self.post_norms: list[float] = []
+        self.per_client: dict[str, list[float]] = {}
+
+    def add(self, result: ClientResult) -> None:
+        key = (result.client_index, result.slot)
+        if key in self.pending or len(self.roles) >= len(self.keys) or key < self.keys[len(self.roles)]:
+            raise ValueError(f"result for client {key} twice, or not in round {self.plan.round_idx}'s plan")
+        self.pending[key] = result
+        while len(self.roles) < len(self.keys) and self.keys[len(self.roles)] in self.pending:
+            self._fold(self.pending.pop(self.keys[len(self.roles)]))
+
+    def _fold(self, res: ClientResult) -> None:
+        d = res.delta
+        pre = l2_norm(d)
+        self.pre_norms.append(pre)
+        for defense in self.defenses:
+            d, m = defense.on_client(d)
+            for k, v in m.items():
+                self.per_client.setdefault(k, []).append(float(v))
+        self.post_norms.append(pre if d is res.delta else l2_norm(d))  # unchanged: same bits
+        w = fedavg_weight(res, self.uniform)
+        if self.accumulator is None:
+            self.deltas.append(d)
+        else:
+            self.accumulator.add(d, w)
+        self.weights.append(w)
+        self.roles.append(res.role)
+
+    def finish(self) -> tuple[SimulationState, RoundStats]:
+        if len(self.roles) != len(self.keys):
+            missing = [k for k in self.keys[len(self.roles):] if k not in self.pending]
+            raise ValueError(f"round {self.plan.round_idx}: no result for clients {missing[:10]}")
+        config, plan, state = self.config, self.plan, self.state
+        extra = {k: float(np.mean(v)) for k, v in self.per_client.items()}
+        if self.accumulator is None:
+            updates = torch.stack(self.deltas).to(self.device)
+            self.deltas = []
+            weights = torch.tensor(self.weights, dtype=torch.float64)
+            agg = self.aggregator.aggregate(updates, weights, self.ctx, state.aggregator_state)
+            del updates
+        else:
+            agg = self.accumulator.result()
+        _merge(extra, agg.metrics, "the aggregator")
+        if agg.accepted is not None:
+            _merge(extra, flag_rates(agg.accepted, self.roles), "the aggregator")
+        mean = agg.delta.to("cpu", torch.float32)
+        ctx = AggregateContext(config.seed, plan.round_idx, len(self.roles))
+        for defense in reversed(self.defenses):
+            mean, m = defense.on_aggregate(mean, ctx)
+            _merge(extra, m, type(defense).__name__)
+        new_params = state.global_params + config.fl.server_lr * mean
+        if not bool(torch.isfinite(new_params).all()):
+            raise DivergedError(plan.round_idx + 1)
+        att = [i for i, r in enumerate(self.roles) if r == "attacker"]
+        stats = RoundStats(
+            num_attackers=len(att),
+            benign_norms=tuple(self.pre_norms[i] for i, r in enumerate(self.roles) if r == "benign"),
+            attacker_norm_pre=max((self.pre_norms[i] for i in att), default=None),
+            attacker_norm_post=max((self.post_norms[i] for i in att), default=None),
+            aggregate_norm=l2_norm(mean),
+            extra=extra,
+        )
+        new_state = state.replace(round_idx=plan.round_idx + 1, global_params=new_params,
+                                  aggregator_state=agg.state)
+        return new_state, stats
+
+
 def apply_round(
     config: SimulationConfig,
     state: SimulationState,
@@ -86,54 +188,15 @@ def apply_round(
     """Server side of a round: defend, aggregate, apply. Raises DivergedError on NaN/inf.
 
     Args:
+        results: one per task of `plan`, in any order.
         aggregator: the `fl_core.aggregators` rule; None builds the config's.
-        device: where the aggregator works on the stacked [n, d] updates (the trial's
-            device); the new global weights stay on CPU.
+        device: where the aggregator works (the stacked [n, d] updates, or a streaming
+            aggregator's sum; the trial's device); the new global weights stay on CPU.
     """
-    if aggregator is None:
-        from fl_core.registry import make_aggregator
-
-        aggregator = make_aggregator(config)
-    ordered = [results[i] for i in key_order(results)]
-    deltas, pre_norms, post_norms = [], [], []
-    per_client: dict[str, list[float]] = {}
-    for res in ordered:
-        d = res.delta
-        pre_norms.append(l2_norm(d))
-        for defense in defenses:
-            d, m = defense.on_client(d)
-            for k, v in m.items():
-                per_client.setdefault(k, []).append(float(v))
-        post_norms.append(l2_norm(d))
-        deltas.append(d)
-    extra = {k: float(np.mean(v)) for k, v in per_client.items()}
-    updates = torch.stack(deltas).to(device)
-    weights = fedavg_weights(ordered, config.uniform_weighting)
-    actx = AggregatorContext(config.seed, plan.round_idx, len(ordered), tuple(r.client_index for r in ordered))
-    agg = aggregator.aggregate(updates, weights, actx, state.aggregator_state)
-    _merge(extra, agg.metrics, "the aggregator")
-    if agg.accepted is not None:
-        _merge(extra, flag_rates(agg.accepted, [r.role for r in ordered]), "the aggregator")
-    mean = agg.delta.to("cpu", torch.float32)
-    ctx = AggregateContext(config.seed, plan.round_idx, len(results))
-    for defense in reversed(list(defenses)):
-        mean, m = defense.on_aggregate(mean, ctx)
-        _merge(extra, m, type(defense).__name__)
-    new_params = state.global_params + config.fl.server_lr * mean
-    if not bool(torch.isfinite(new_params).all()):
-        raise DivergedError(plan.round_idx + 1)
-    att = [i for i, r in enumerate(ordered) if r.role == "attacker"]
-    stats = RoundStats(
-        num_attackers=len(att),
-        benign_norms=tuple(pre_norms[i] for i, r in enumerate(ordered) if r.role == "benign"),
-        attacker_norm_pre=max((pre_norms[i] for i in att), default=None),
-        attacker_norm_post=max((post_norms[i] for i in att), default=None),
-        aggregate_norm=l2_norm(mean),
-        extra=extra,
-    )
-    new_state = state.replace(round_idx=plan.round_idx + 1, global_params=new_params,
-                              aggregator_state=agg.state)
-    return new_state, stats
+    fold = RoundFold(config, state, plan, defenses, aggregator, device)
+    for i in key_order(results):
+        fold.add(results[i])
+    return fold.finish()
 
 
 def run_round(
@@ -145,7 +208,19 @@ def run_round(
     aggregator=None,
     device: torch.device | str = "cpu",
 ) -> tuple[SimulationState, RoundStats]:
-    """Train the plan's tasks with `executor`, then `apply_round`."""
+    """Train the plan's tasks with `executor` and fold each result into the round as it
+    comes (`RoundFold`): the tasks go to the executor in (client_index, slot) order, the
+    order the server folds them in, so an executor that streams (`stream_results`) leaves
+    little to buffer."""
     assert plan.round_idx == state.round_idx, (plan.round_idx, state.round_idx)
-    results = executor.map(plan.tasks, state.global_params)
-    return apply_round(config, state, plan, results, defenses, aggregator, device)
+    fold = RoundFold(config, state, plan, defenses, aggregator, device)
+    tasks = [plan.tasks[i] for i in key_order(plan.tasks)]
+    fold_results(fold, stream_results(executor, tasks, state.global_params))
+    return fold.finish()
+
+
+def fold_results(fold: RoundFold, results: Iterable[tuple[int, ClientResult]]) -> None:
+    """Feed (task position, result) pairs to `fold`, dropping each result once folded."""
+    for _, res in results:
+        fold.add(res)
+        del res

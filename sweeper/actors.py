@@ -7,8 +7,10 @@ The trial puts its `FederatedData` into the object store once; every actor maps 
 zero-copy and wraps one `fl_core.client.ClientRunner`. A lazy population
 (`fl_core.data.population`, e.g. 10^6 synthetic writers) is not put: it pickles as its
 parameters, each actor rebuilds it (the n_k array) and fetches only its slice's writers. Each round the global weights are
-put once and passed by reference; the round's tasks are split into contiguous slices, one
-per actor, and the results reassembled in task order.
+put once and passed by reference; the round's tasks are cut into contiguous pieces (at least
+one per actor, at most `max_piece` tasks each) dealt round-robin, and each piece's results
+are handed on as it finishes (`stream`, which `fl_core.round` folds into its running sum)
+or reassembled in task order (`map`).
 
 Actors are stateless between rounds (as in Flower's `ray_actor.py`): a task carries its
 client, role and derived seed, so any actor may train any task. A dead actor (killed,
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import ray
@@ -32,6 +34,8 @@ from fl_core.config import SimulationConfig
 from fl_core.types import ClientResult, ClientTask
 
 MAX_RETRIES_PER_SLICE = 3
+#: default `max_piece`: tasks per actor call (64 updates of the paper CNN: ~300 MB)
+MAX_PIECE = 64
 
 
 def set_determinism(num_cpus: float, gpu_ids: Sequence[Any] = ()) -> None:
@@ -134,6 +138,8 @@ class RayActorExecutor:
             (0 is the trial itself). Outside a placement group actors are scheduled
             normally.
         device: torch device for the actors' runners; None resolves `fl.device`.
+        max_piece: the most tasks one actor call trains (`pieces`): bounds each actor's
+            and the driver's updates in flight, whatever the cohort size.
     """
 
     def __init__(
@@ -145,6 +151,7 @@ class RayActorExecutor:
         gpus_per_worker: float = 0.0,
         bundle_offset: int = 1,
         device: str | None = None,
+        max_piece: int = MAX_PIECE,
     ):
         if workers < 1:
             raise ValueError(f"workers must be ≥ 1, got {workers}")
@@ -154,6 +161,7 @@ class RayActorExecutor:
         self.cpus, self.gpus, self.device = cpus_per_worker, gpus_per_worker, device
         self.pg = ray.util.get_current_placement_group()
         self.bundle_offset = bundle_offset
+        self.max_piece = max(1, int(max_piece))
         self.replacements = 0  # actors replaced after dying (for metrics and tests)
         self.actors = [self._new_actor(i) for i in range(workers)]
 
@@ -175,32 +183,66 @@ class RayActorExecutor:
 
     def map(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
         """Train `tasks` from `global_params`; results in task order."""
+        out: list[ClientResult | None] = [None] * len(tasks)
+        for i, res in self.stream(tasks, global_params):
+            out[i] = res
+        if any(r is None for r in out):
+            raise RuntimeError(f"executor returned {sum(r is not None for r in out)} results for {len(tasks)} tasks")
+        return out  # type: ignore[return-value]
+
+    def pieces(self, n_tasks: int) -> list[tuple[int, int]]:
+        """Contiguous [start, stop) pieces of at most `max_piece` tasks, as many as needed
+        but at least one per actor; piece j goes to actor j mod workers."""
+        n_pieces = max(len(self.actors), -(-n_tasks // self.max_piece))
+        return split(n_tasks, n_pieces)
+
+    def stream(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> Iterator[tuple[int, ClientResult]]:
+        """Train `tasks` from `global_params`, yielding (position, result) as pieces finish.
+
+        The tasks are cut into `pieces`, dealt round-robin (each actor runs its pieces in
+        the order it got them), so pieces finish roughly in task order and the caller,
+        which folds results in task order, buffers about one piece per actor: the driver
+        holds O(workers × max_piece) updates, not the cohort's. A piece whose actor died
+        is retried on a fresh actor in the same bundle (stateless actors: same result)."""
         tasks = list(tasks)
         if not tasks:
-            return []
+            return
         params_ref = ray.put(global_params)  # sent once per round, by reference
-        slices = split(len(tasks), len(self.actors))
-        refs = {i: self.actors[i].run.remote(tasks[a:b], params_ref) for i, (a, b) in enumerate(slices)}
-        out: list[ClientResult] = []
-        for i, (a, b) in enumerate(slices):
-            out.extend(self._get_slice(i, refs[i], tasks[a:b], params_ref))
-        if len(out) != len(tasks):
-            raise RuntimeError(f"executor returned {len(out)} results for {len(tasks)} tasks")
-        return out
+        pieces = self.pieces(len(tasks))
+        pending: dict[Any, tuple[int, int, Any]] = {}  # ref → (piece, attempt, the actor it ran on)
 
-    def _get_slice(self, i: int, ref, tasks: list[ClientTask], params_ref) -> list[ClientResult]:
-        for attempt in range(MAX_RETRIES_PER_SLICE + 1):
+        def submit(j: int, attempt: int) -> None:
+            a, b = pieces[j]
+            actor = self.actors[j % len(self.actors)]
+            pending[actor.run.remote(tasks[a:b], params_ref)] = (j, attempt, actor)
+
+        for j in range(len(pieces)):
+            submit(j, 0)
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            j, attempt, actor = pending.pop(ref)
             try:
-                return unpack(ray.get(ref))
+                packed = ray.get(ref)
             except (RayActorError, ActorUnavailableError) as e:
                 # an error in ClientRunner.__init__ is a bug or bad input, not a lost actor:
                 # a fresh actor would fail the same way
                 if attempt == MAX_RETRIES_PER_SLICE or getattr(e, "actor_init_failed", False):
                     raise
-                # stateless actors: a fresh one in the same bundle gives the same result
-                self._replace(i)
-                ref = self.actors[i].run.remote(tasks, params_ref)
-        raise AssertionError("unreachable")
+                i = j % len(self.actors)
+                if self.actors[i] is actor:  # not yet replaced for another of its pieces
+                    self._replace(i)
+                submit(j, attempt + 1)
+                continue
+            del ref
+            a, b = pieces[j]
+            results = unpack(packed)
+            del packed
+            if len(results) != b - a:
+                raise RuntimeError(f"an actor returned {len(results)} results for {b - a} tasks")
+            for k in range(len(results)):
+                res, results[k] = results[k], None  # type: ignore[call-overload]
+                yield a + k, res
+                del res
 
     def where(self) -> list[tuple[int, str]]:
         """(pid, node id) of each actor, in worker order."""

@@ -3,7 +3,10 @@
 An aggregator sees the round's updates stacked in (client_index, slot) order as an [n, d]
 float32 matrix on the trial's device, their FedAvg weights (n_k or 1, see
 `defense.weighting`), a read-only `AggregatorContext` and its own state from the last round
-(e.g. FoolsGold's history). It never sees the clients' roles: the round scores what it
+(e.g. FoolsGold's history). An aggregator that needs no matrix (FedAvg's weighted sum) says
+so with `streaming = True` and an `accumulator`: the round then folds each update into it as
+it arrives and never holds the cohort's n updates (1,000 clients × 4.8 MB); every other
+rule (median, Krum, FLAME, FoolsGold, ...) gets the stacked matrix. It never sees the clients' roles: the round scores what it
 selected or flagged against them afterwards (`flag_tpr`/`flag_fpr`). Each aggregator module
 registers itself with `register`, with a frozen pydantic model of its parameters
 (`defense.aggregator_params`) and the label the report prints; `fl_core.aggregators`
@@ -56,13 +59,41 @@ class Aggregate:
     accepted: tuple[bool, ...] | None = None
 
 
+class Accumulator(Protocol):
+    """A streaming aggregator's running state for one round."""
+
+    def add(self, update: torch.Tensor, weight: float) -> None:
+        """Fold in the next update (flat float32, after the per-client defenses) with its
+        FedAvg weight; updates come in (client_index, slot) order, one at a time."""
+        ...
+
+    def result(self) -> "Aggregate":
+        """The round's aggregate once every update was added."""
+        ...
+
+
 class Aggregator(Protocol):
+    #: True: `accumulator` exists and the round streams the updates into it, giving the
+    #: same bits as `aggregate` on the stacked matrix. Aggregators without the attribute
+    #: are matrix rules (`needs_matrix`).
+    streaming: bool
+
     def aggregate(
         self, updates: torch.Tensor, weights: torch.Tensor, ctx: AggregatorContext, state: dict
     ) -> Aggregate:
         """Aggregate `updates` [n, d] float32 with FedAvg `weights` [n] float64 on CPU (never in
         place); `state` is what this aggregator returned last round ({} in round 0)."""
         ...
+
+    def accumulator(self, ctx: AggregatorContext, state: dict, device: torch.device | str) -> Accumulator:
+        """Streaming aggregators only: a fresh accumulator for one round, working on `device`."""
+        ...
+
+
+def needs_matrix(aggregator: object) -> bool:
+    """Whether the round must stack the cohort's updates for `aggregator`: every rule but
+    those that declare `streaming = True` (the default is the safe one, the matrix)."""
+    return getattr(aggregator, "streaming", False) is not True
 
 
 @dataclass(frozen=True)

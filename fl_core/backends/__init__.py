@@ -13,6 +13,11 @@ attack plug-ins one by one (STYLE §3.2: attacks compose `client.local_train`).
   dropout on (its dropout masks come from a per-client counter-based stream, see
   `vectorized.keyed_keep_scale`, not from torch's global RNG).
 
+Large cohorts: the runner trains a round's benign tasks in chunks (`chunk_size`): one
+client for `sequential`, `fl.vectorized_chunk` clients for `vectorized` (auto: sized from
+the device's free memory), and passes each chunk's updates on before the next, so a round
+of 1,000 clients never holds 1,000 of them on the device or the host.
+
 `auto` picks `vectorized` on CUDA and `sequential` on CPU: on a CPU the per-client loop is
 already at the bare-SGD floor and batching clients only adds memory traffic (measured in
 `BENCHMARKS.md`).
@@ -42,6 +47,12 @@ class ClientBackend(Protocol):
     def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
         """Train benign `tasks` from `global_params` (already on the runner's device);
         results aligned with `tasks`, deltas as flat float32 CPU tensors."""
+        ...
+
+    def chunk_size(self, n_tasks: int) -> int:
+        """How many of a round's `n_tasks` benign tasks to train in one `train` call: the
+        runner hands them over in chunks of this size and passes each chunk's results on
+        before training the next, so a round holds one chunk's updates at a time."""
         ...
 
 

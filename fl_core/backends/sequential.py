@@ -33,3 +33,8 @@ class SequentialBackend:
     def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
         require_benign(tasks)
         return [self.runner.run_one(t, global_params) for t in tasks]
+
+    def chunk_size(self, n_tasks: int) -> int:
+        """One client at a time: batching gains nothing here, and each update is passed on
+        (to the server's running sum) as soon as it exists."""
+        return 1

@@ -172,17 +172,41 @@ def _vmap_step(fmodel: nn.Module):
     return vmap(grad(client_loss, has_aux=True))
 
 
+def _conv1_bmm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The first convolution (1 → 32 channels, 3×3) of m clients as ONE batched matmul over
+    their 3×3 patches, bias folded in as a column of ones: x (m, B, 28, 28), weight
+    (m, 32, 1, 3, 3), bias (m, 32) → (B, m·32, 26, 26), the layout of a grouped conv.
+
+    Why not a grouped conv: with one input channel per group, CPU kernels compute the
+    weight and bias gradients with a reduction order that depends on the number of groups,
+    so a client's update would change (in the last bits) with the size of its chunk. A
+    batched matmul computes each client's product on its own, so a client's result is the
+    same in a chunk of 1 or 1,000 (tests/fl_core/test_chunking.py)."""
+    m, b, hgt, wid = x.shape
+    oh, ow = hgt - 2, wid - 2
+    patches = F.unfold(x.reshape(m * b, 1, hgt, wid), 3)  # (m·B, 9, oh·ow)
+    patches = patches.view(m, b, 9, oh * ow).transpose(2, 3).reshape(m, b * oh * ow, 9)
+    patches = torch.cat([patches, patches.new_ones(m, b * oh * ow, 1)], dim=2)  # (m, B·oh·ow, 10)
+    kernel = torch.cat([weight.reshape(m, -1, 9), bias.unsqueeze(2)], dim=2).transpose(1, 2)  # (m, 10, 32)
+    out = torch.bmm(patches, kernel)  # (m, B·oh·ow, 32)
+    c = kernel.shape[2]
+    # contiguous: at m = 1 the reshape would be a channels-last view, and conv2 would take
+    # another kernel (other bits) than for m > 1
+    return out.view(m, b, oh, ow, c).permute(1, 0, 4, 2, 3).reshape(b, m * c, oh, ow).contiguous()
+
+
 def _grouped_cnn_step(drop_names: tuple[str, str]):
-    """The paper CNN written directly as batched ops over m clients (one grouped conv per
-    layer with the clients as groups, `baddbmm` for the dense layers) and differentiated by
-    plain autograd: the same arithmetic as `vmap` produces, without its per-op wrapping.
+    """The paper CNN written directly as batched ops over m clients (conv1 as a batched
+    matmul over patches, conv2 as one grouped conv with the clients as groups, `baddbmm` for
+    the dense layers) and differentiated by plain autograd: the same arithmetic as `vmap`
+    produces, without its per-op wrapping, and with every op computing each client's part on
+    its own (so chunking a cohort changes no client's bits on a CPU).
     `fl_core.models.CNN` is the reference; a test checks both formulations agree."""
 
     def step(params, scales, x, y, w, count):
         m, b = x.shape[0], x.shape[1]
         p = {k: v.detach().requires_grad_() for k, v in params.items()}
-        h = x.reshape(m, b, 28, 28).transpose(0, 1)  # (B, m, 28, 28): client = channel group
-        h = F.relu(F.conv2d(h, p["conv1.weight"].flatten(0, 1), p["conv1.bias"].flatten(), groups=m))
+        h = F.relu(_conv1_bmm(x.reshape(m, b, 28, 28), p["conv1.weight"], p["conv1.bias"]))  # (B, m·32, 26, 26)
         h = F.relu(F.conv2d(h, p["conv2.weight"].flatten(0, 1), p["conv2.bias"].flatten(), groups=m))
         h = F.max_pool2d(h, 2)  # (B, m·64, 12, 12)
         h = h.reshape(b, m, -1).transpose(0, 1)  # (m, B, 9216), torch.flatten's order per client
@@ -214,6 +238,33 @@ def _is_paper_cnn(model: nn.Module) -> bool:
 
 #: formulation name → does it apply to this model?
 FORMULATIONS = ("grouped", "vmap")
+
+#: `fl.vectorized_chunk: auto` on a CPU: clients per chunk (~23 MB each measured for the
+#: paper CNN, BENCHMARKS.md), about 1.5 GB at the chunk's peak.
+CPU_CHUNK = 64
+#: `auto` on CUDA: the share of the device's free memory a chunk may plan to use.
+AUTO_MEMORY_SHARE = 0.5
+PARAM_COPIES = 4
+ACTIVATION_COPIES = 4
+
+
+def _activations_per_example(model: nn.Module, device: torch.device) -> int:
+    """Values every leaf module outputs for one example (one forward of a blank image)."""
+    total = 0
+
+    def count(module, inp, out):
+        nonlocal total
+        total += out.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, 1, 28, 28), device=device, dtype=next(model.parameters()).dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
 
 
 class VectorizedBackend:
@@ -252,12 +303,47 @@ class VectorizedBackend:
         else:
             raise ValueError(f"unknown formulation {formulation!r}; one of {FORMULATIONS} or 'auto'")
         self.formulation = formulation
+        self._bytes_per_client: int | None = None
+
+    # -- chunks ------------------------------------------------------------------------
+    def chunk_size(self, n_tasks: int) -> int:
+        """`fl.vectorized_chunk`, or for `auto` what fits: on CUDA half the device's free
+        memory (`torch.cuda.mem_get_info`, asked at each round) over `bytes_per_client`; on
+        a CPU `CPU_CHUNK`. Never more than `n_tasks`."""
+        want = self.runner.config.fl.vectorized_chunk
+        if want == "auto":
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                want = int(AUTO_MEMORY_SHARE * free // self.bytes_per_client())
+            else:
+                want = CPU_CHUNK
+        return max(1, min(int(want), max(n_tasks, 1)))
+
+    def bytes_per_client(self) -> int:
+        """A generous estimate of one client's device memory in a lock-step: its weights
+        `PARAM_COPIES` times (stacked weights, gradients, the update on its way out, slack)
+        and every layer's output for one batch `ACTIVATION_COPIES` times (the saved
+        activations, their gradients, conv1's patches, slack)."""
+        if self._bytes_per_client is None:
+            params = sum(math.prod(s) for s in self.param_shapes)
+            acts = _activations_per_example(self.fmodel, self.device)
+            self._bytes_per_client = 4 * (PARAM_COPIES * params + ACTIVATION_COPIES * self.hp.batch_size * acts)
+        return self._bytes_per_client
 
     # -- the round ---------------------------------------------------------------------
     def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
+        """Train `tasks` in chunks of at most `chunk_size` clients, one after the other;
+        a client's result does not depend on its chunk (see `_conv1_bmm`)."""
         require_benign(tasks)
         if not tasks:
             return []
+        size = self.chunk_size(len(tasks))
+        out: list[ClientResult] = []
+        for start in range(0, len(tasks), size):
+            out.extend(self._train_chunk(tasks[start : start + size], global_params))
+        return out
+
+    def _train_chunk(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
         hp, dev = self.hp, self.device
         bsz, epochs = hp.batch_size, hp.epochs
         spans = [self.runner.rows(t.client_index) for t in tasks]  # rows in the runner's arrays
@@ -299,15 +385,15 @@ class VectorizedBackend:
                 torch._foreach_add_(list(params.values()), [grads[k] for k in params], alpha=-hp.lr)
                 loss_sum[:m] += loss.double()
 
-        flat = torch.cat([stacked[k].reshape(c, -1) for k in self.param_names], dim=1)
-        deltas = (flat - gp.unsqueeze(0)).cpu()
         losses = loss_sum.cpu().tolist()
         out: list[ClientResult | None] = [None] * c
         for pos, i in enumerate(order):
             t = tasks[i]
+            # one client at a time (own storage: a view would pickle the whole chunk), so the
+            # host never holds a second copy of the chunk's weights
+            delta = (torch.cat([stacked[k][pos].reshape(-1) for k in self.param_names]) - gp).cpu()
             out[i] = ClientResult(
-                t.client_index, t.slot, t.role, sizes[i],
-                deltas[pos].clone(),  # own storage: a view would pickle the whole cohort
+                t.client_index, t.slot, t.role, sizes[i], delta,
                 {"train_loss": losses[pos] / max(epochs * nbatch[i], 1)},
             )
         return out  # type: ignore[return-value]

@@ -51,7 +51,7 @@ METRIC_KEYS = (
 # Keys that never define a grid cell: the seed is the replicate axis, the rest change no
 # result (see fl_core.config.EXECUTION_ONLY_KEYS and the fl.* execution settings).
 NON_CELL_KEYS = frozenset(
-    {"seed", "fl.workers", "fl.checkpoint_every", "fl.backend", "fl.device", "fl.eval_every"}
+    {"seed", "fl.workers", "fl.checkpoint_every", "fl.backend", "fl.device", "fl.eval_every", "fl.vectorized_chunk"}
 )
 # Paper-style order of the keys in a cell label (rows before columns), then alphabetical.
 KEY_ORDER = (
