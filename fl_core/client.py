@@ -1,100 +1,31 @@
-"""Client-side training: the only place SGD happens.
+"""`ClientRunner`: one process's client training for a round (the serial executor, or one
+Ray actor, wraps it; stateless between rounds).
 
-A client starts from the global weights w_t, runs plain SGD (no momentum) for E epochs over
-its own data in minibatches, reshuffled each epoch with its task's generator, and returns
-Δ = w − w_t. Attacks compose `sgd_epochs`/`local_train`; they never copy the loop.
-`ClientRunner` holds the data on the device once and trains a list of tasks; it is what a
-Ray actor wraps, so an actor is stateless between rounds. For a lazy population
-(`fl_core.data.population`) it holds no population pixels: each `run` fetches the tasks'
-writers into one small block first (O(cohort) memory, whatever K is).
+It holds the data on the device once (for a lazy population, `fl_core.data.population`,
+only each round's writers: `_stage` fetches them into one small block, O(cohort) memory
+whatever K is), builds the attack, the backdoor task and the `fl.backend` backend from the
+config, and hands each of them what it needs: the backend a `BackendContext` and the
+round's `Cohort`, an attacker's plug-in its own data and its D_mal. Nothing calls back into
+the runner; the SGD loop itself is `fl_core.training`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from fl_core.config import SimulationConfig
 from fl_core.backdoors import build_task
+from fl_core.backends import BackendContext, check_precision, make_backend, precision_scope
+from fl_core.config import SimulationConfig
 from fl_core.data.backdoor import BackdoorSets, select_backdoor
 from fl_core.data.population import WriterPopulation, gather, is_lazy
 from fl_core.models import CNN
-from fl_core.params import get_flat, set_flat
+from fl_core.registry import make_attack
 from fl_core.rng import client_rng_scope
-from fl_core.types import ClientResult, ClientTask, Delta
-
-
-@dataclass(frozen=True)
-class SGDParams:
-    epochs: int
-    batch_size: int
-    lr: float
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's (or the attacker's union) examples on the device.
-
-    `pixels` are uint8 (N, 28, 28): converted to float per minibatch, which keeps the whole
-    population on a GPU as one quarter-size block.
-    """
-
-    pixels: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def cat(self, other: "ClientData") -> "ClientData":
-        return ClientData(torch.cat([self.pixels, other.pixels]), torch.cat([self.labels, other.labels]))
-
-
-def to_input(pixels_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) → float32 (B, 1, 28, 28) in [0, 1], TFF convention."""
-    return pixels_u8.unsqueeze(1).to(torch.float32).div_(255.0)
-
-
-def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
-    """One plain SGD step on the mean cross-entropy of the batch; returns the loss."""
-    model.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x), y)
-    loss.backward()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(p.grad, alpha=-lr)
-    return float(loss.detach())
-
-
-def sgd_epochs(model: torch.nn.Module, data: ClientData, hp: SGDParams, gen: torch.Generator) -> float:
-    """Run `hp.epochs` epochs of minibatch SGD on `data`, in place; returns the mean loss.
-
-    The permutation is drawn on the CPU from the task's generator so that the order of
-    examples is the same on every device.
-    """
-    n = len(data)
-    model.train()
-    total, steps = 0.0, 0
-    for _ in range(hp.epochs):
-        perm = torch.randperm(n, generator=gen).to(data.labels.device)
-        for start in range(0, n, hp.batch_size):
-            idx = perm[start : start + hp.batch_size]
-            total += sgd_step(model, to_input(data.pixels[idx]), data.labels[idx], hp.lr)
-            steps += 1
-    return total / max(steps, 1)
-
-
-def local_train(
-    model: torch.nn.Module, global_params: torch.Tensor, data: ClientData, hp: SGDParams, gen: torch.Generator
-) -> tuple[Delta, dict]:
-    """Honest client update: SGD from `global_params`; returns (Δ = w − w_t, metrics)."""
-    set_flat(model, global_params)
-    loss = sgd_epochs(model, data, hp, gen)
-    return get_flat(model) - global_params, {"train_loss": loss}
+from fl_core.training import Cohort, SGDParams, benign_update, resolve_device, task_generator, torch_threads
+from fl_core.types import ClientResult, ClientTask
 
 
 class ClientRunner:
@@ -108,8 +39,6 @@ class ClientRunner:
     """
 
     def __init__(self, config: SimulationConfig, data: WriterPopulation, device: str | torch.device | None = None):
-        from fl_core.registry import make_attack  # registry imports attacks which import this module
-
         self.config = config
         self.device = torch.device(device) if device is not None else resolve_device(config.fl.device)
         self.data = data
@@ -117,53 +46,38 @@ class ClientRunner:
         self.backdoor: BackdoorSets = select_backdoor(config, data)
         self.task = build_task(config, data, self.backdoor)  # gives each attacker its D_mal
         if self.lazy:
-            self._stage(())
+            self.cohort = self._stage(())
         else:
-            self.offsets = np.asarray(data.train_offsets, dtype=np.int64)
-            self.train_pixels = torch.from_numpy(np.ascontiguousarray(data.train_pixels)).to(self.device)
-            self.train_labels = torch.from_numpy(np.ascontiguousarray(data.train_labels)).to(self.device)
+            offsets = np.asarray(data.train_offsets, dtype=np.int64)
+            self.cohort = Cohort(
+                torch.from_numpy(np.ascontiguousarray(data.train_pixels)).to(self.device),
+                torch.from_numpy(np.ascontiguousarray(data.train_labels)).to(self.device),
+                lambda k: (int(offsets[k]), int(offsets[k + 1])),
+            )
         self.hp = SGDParams(config.fl.local_epochs, config.fl.batch_size, config.fl.client_lr)
         self.attack = make_attack(config)
         self.model = CNN().to(self.device)
-        from fl_core.backends import check_precision, make_backend
-
         check_precision(config.fl.precision, self.device)
-        self.backend = make_backend(config.fl.backend, self)
+        self.backend_context = BackendContext(self.model, self.hp, self.device, config.fl.vectorized_chunk)
+        self.backend = make_backend(config.fl.backend, self.backend_context)
 
-    def rows(self, k: int) -> tuple[int, int]:
-        """Writer k's [start, stop) rows in `train_pixels`/`train_labels` (for a lazy
-        population: in the current round's block, so k must be one of its tasks)."""
-        if self.lazy:
-            return self._rows[k]
-        return int(self.offsets[k]), int(self.offsets[k + 1])
-
-    def client_data(self, k: int) -> ClientData:
-        a, b = self.rows(k)
-        return ClientData(self.train_pixels[a:b], self.train_labels[a:b])
-
-    def _stage(self, writers: Sequence[int]) -> None:
-        """Lazy population: make `writers`' train examples the runner's rows (one block)."""
+    def _stage(self, writers: Sequence[int]) -> Cohort:
+        """Lazy population: `writers`' train examples as one block on the device."""
         writers = sorted(set(int(k) for k in writers))
         px, lb, off = gather(self.data, writers, "train")
-        self.train_pixels = torch.from_numpy(px).to(self.device)
-        self.train_labels = torch.from_numpy(lb).to(self.device)
-        self._rows = {k: (int(off[i]), int(off[i + 1])) for i, k in enumerate(writers)}
-
-    def generator(self, task: ClientTask) -> torch.Generator:
-        g = torch.Generator()
-        g.manual_seed(task.seed)
-        return g
+        spans = {k: (int(off[i]), int(off[i + 1])) for i, k in enumerate(writers)}
+        return Cohort(torch.from_numpy(px).to(self.device), torch.from_numpy(lb).to(self.device), spans.__getitem__)
 
     def run_one(self, task: ClientTask, global_params: torch.Tensor) -> ClientResult:
+        """One task through its role's path: benign → `training.benign_update`, attacker →
+        the attack plug-in with the backdoor task's D_mal for it."""
         gp = global_params.to(self.device)
-        own = self.client_data(task.client_index)
-        gen = self.generator(task)
+        if task.role != "attacker":
+            return benign_update(task, self.cohort, self.model, gp, self.hp, self.device)
+        own = self.cohort.client(task.client_index)
         with client_rng_scope(task.seed, self.device):
-            if task.role == "attacker":
-                mal = self.task.malicious(own)
-                delta, metrics = self.attack.craft(task, self.model, gp, own, mal, self.hp, gen)
-            else:
-                delta, metrics = local_train(self.model, gp, own, self.hp, gen)
+            mal = self.task.malicious(own)
+            delta, metrics = self.attack.craft(task, self.model, gp, own, mal, self.hp, task_generator(task))
         return ClientResult(task.client_index, task.slot, task.role, len(own), delta.cpu(), metrics)
 
     def run(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
@@ -182,10 +96,8 @@ class ClientRunner:
         grouping in which they train changes no result. The thread count and precision
         are set around each piece of training only, never while the caller holds control
         (the server's norms and sums run at the caller's settings)."""
-        from fl_core.backends import precision_scope
-
         if self.lazy:
-            self._stage([t.client_index for t in tasks])
+            self.cohort = self._stage([t.client_index for t in tasks])
         gp = global_params.to(self.device)
         benign = [i for i, t in enumerate(tasks) if t.role == "benign"]
         chunk = max(1, int(self.backend.chunk_size(len(benign)))) if benign else 1
@@ -196,7 +108,7 @@ class ClientRunner:
                 part = benign[next_benign : next_benign + chunk]
                 next_benign += len(part)
                 with torch_threads(self.config.fl.threads), precision_scope(self.config.fl.precision, self.device):
-                    out = self.backend.train([tasks[j] for j in part], gp)
+                    out = self.backend.train([tasks[j] for j in part], gp, self.cohort)
                 trained.update(zip(part, out, strict=True))
                 del out
             if t.role == "benign":
@@ -205,22 +117,3 @@ class ClientRunner:
                 with torch_threads(self.config.fl.threads), precision_scope(self.config.fl.precision, self.device):
                     res = self.run_one(t, gp)
                 yield i, res
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run with `n` intra-op threads: CPU conv/matmul reductions split work by thread, so
-    the bits of a result depend on the thread count; fixing it makes a Ray actor (which
-    Ray starts with one thread per CPU) and the driver agree exactly."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fl_core.client import to_input, torch_threads
+from fl_core.training import to_input, torch_threads
 from fl_core.config import SimulationConfig
 from fl_core.backdoors import build_task
 from fl_core.data.backdoor import BackdoorSets

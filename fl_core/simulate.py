@@ -14,7 +14,8 @@ from typing import Callable
 
 import torch
 
-from fl_core.client import ClientRunner, resolve_device
+from fl_core.client import ClientRunner
+from fl_core.training import resolve_device
 from fl_core.config import SimulationConfig, result_hash
 from fl_core.data import load_data
 from fl_core.data.population import WriterPopulation, is_lazy

@@ -1,7 +1,7 @@
 """The attack plug-in shape: a registered spec (name, parameters, label, how it plans its
 round) and the Attack protocol (how a compromised client builds the update it sends).
 
-An attack composes the one client training loop (`fl_core.client`), never copies it, and
+An attack composes the one client training loop (`fl_core.training`), never copies it, and
 returns the update it sends (already boosted by the task's β), before any server defense.
 Each attack module registers an `AttackSpec` at import; `fl_core.attacks` imports every
 module of the package, so adding an attack takes one file and its tests. Attack modules
@@ -19,7 +19,7 @@ from fl_core.plugins import Params, Registry
 if TYPE_CHECKING:
     import torch
 
-    from fl_core.client import ClientData, SGDParams
+    from fl_core.training import ClientData, SGDParams
     from fl_core.config import SimulationConfig
     from fl_core.types import ClientTask, Delta
 

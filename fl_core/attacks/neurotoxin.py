@@ -75,7 +75,7 @@ class Neurotoxin:
 
     def craft(self, task, model, global_params, benign, malicious, hp, gen):
         from fl_core.attacks.pgd import recipe_update
-        from fl_core.client import local_train
+        from fl_core.training import local_train
 
         d_benign, _ = local_train(model, global_params, benign, hp, gen)
         mask = keep_mask(d_benign, self.top_k)

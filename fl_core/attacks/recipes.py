@@ -34,7 +34,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from fl_core.client import ClientData, SGDParams, local_train, sgd_epochs, sgd_step, to_input
+from fl_core.training import ClientData, SGDParams, local_train, sgd_epochs, sgd_step, to_input
 from fl_core.config import SimulationConfig
 from fl_core.params import get_flat, set_flat
 from fl_core.types import Delta

@@ -19,7 +19,7 @@ import numpy as np
 from fl_core.plugins import Params, Registry
 
 if TYPE_CHECKING:
-    from fl_core.client import ClientData
+    from fl_core.training import ClientData
     from fl_core.config import SimulationConfig
     from fl_core.data.backdoor import BackdoorSets
     from fl_core.data.population import WriterPopulation

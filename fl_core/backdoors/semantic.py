@@ -29,7 +29,7 @@ class Semantic:
     def malicious(self, own):
         import torch
 
-        from fl_core.client import ClientData
+        from fl_core.training import ClientData
 
         if self._mal is None or self._mal.pixels.device != own.pixels.device:
             px = torch.from_numpy(np.ascontiguousarray(self.mal_pixels)).to(own.pixels.device)

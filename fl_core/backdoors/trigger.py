@@ -74,7 +74,7 @@ def poisoned(own, mask: np.ndarray, value: int, target: int):
     stamped with `mask` and labelled `target`."""
     import torch
 
-    from fl_core.client import ClientData
+    from fl_core.training import ClientData
 
     keep = own.labels != target
     px = own.pixels[keep] if bool(keep.any()) else own.pixels

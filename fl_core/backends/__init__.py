@@ -1,12 +1,14 @@
 """Client-training backends: how a round's BENIGN clients are trained (`fl.backend`).
 
-A backend is built once per `ClientRunner` (one per process or Ray actor) and trains a
-list of benign tasks from the round's global weights, returning one `ClientResult` per
-task in task order. Attackers never go through a backend: `ClientRunner` hands them to the
-attack plug-ins one by one (STYLE §3.2: attacks compose `client.local_train`).
+A backend is built once per `ClientRunner` (one per process or Ray actor) from a
+`BackendContext` (the model, the SGD hyper-parameters, the device, the chunk setting) and
+trains a list of benign tasks from the round's global weights on the round's `Cohort` (its
+rows on the device), returning one `ClientResult` per task in task order. It never calls
+back into the runner. Attackers never go through a backend: `ClientRunner` hands them to
+the attack plug-ins one by one (STYLE §3.2: attacks compose `training.local_train`).
 
 - `sequential`: one client after another, one model reused in place; exactly the engine's
-  reference loop (`client.local_train`), so its results are bit-identical to it.
+  reference loop (`training.benign_update`), so its results are bit-identical to it.
 - `vectorized`: all clients of the list train in lock-step as one batched computation
   (`torch.func.functional_call` + `vmap` over stacked per-client weights); equal to
   `sequential` within float tolerance when dropout is off, and statistically equal with
@@ -29,24 +31,41 @@ client training on CUDA; a CPU run accepts only `fp32` (`check_precision`).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Literal, Protocol, Sequence
 
 import torch
 
 from fl_core.errors import ConfigError, UnknownComponentError
+from fl_core.training import Cohort, SGDParams
 from fl_core.types import ClientResult, ClientTask
 
-if TYPE_CHECKING:  # the runner imports this package; no import cycle at runtime
-    from fl_core.client import ClientRunner
+
+@dataclass(frozen=True)
+class BackendContext:
+    """What a backend is built from, once per process.
+
+    Attributes:
+        model: the engine's model on `device` (architecture and dropout are read from it;
+            `sequential` trains it in place).
+        hp: the clients' SGD hyper-parameters.
+        device: where training runs.
+        chunk: `fl.vectorized_chunk` (clients per lock-step chunk, or `auto`).
+    """
+
+    model: torch.nn.Module
+    hp: SGDParams
+    device: torch.device
+    chunk: int | Literal["auto"] = "auto"
 
 
 class ClientBackend(Protocol):
     name: str
 
-    def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
-        """Train benign `tasks` from `global_params` (already on the runner's device);
-        results aligned with `tasks`, deltas as flat float32 CPU tensors."""
+    def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor, cohort: Cohort) -> list[ClientResult]:
+        """Train benign `tasks` from `global_params` (already on the device) on their rows in
+        `cohort`; results aligned with `tasks`, deltas as flat float32 CPU tensors."""
         ...
 
     def chunk_size(self, n_tasks: int) -> int:
@@ -63,20 +82,20 @@ def require_benign(tasks: Sequence[ClientTask]) -> None:
             raise ValueError(f"backends train benign clients only; task {t} goes to the attack plug-in")
 
 
-def _sequential(runner: "ClientRunner") -> ClientBackend:
+def _sequential(ctx: BackendContext) -> ClientBackend:
     from fl_core.backends.sequential import SequentialBackend
 
-    return SequentialBackend(runner)
+    return SequentialBackend(ctx)
 
 
-def _vectorized(runner: "ClientRunner") -> ClientBackend:
+def _vectorized(ctx: BackendContext) -> ClientBackend:
     from fl_core.backends.vectorized import VectorizedBackend
 
-    return VectorizedBackend(runner)
+    return VectorizedBackend(ctx)
 
 
-#: name → factory(runner). Read-only; `auto` is not a backend but a choice among these.
-BACKENDS: MappingProxyType[str, Callable[["ClientRunner"], ClientBackend]] = MappingProxyType(
+#: name → factory(context). Read-only; `auto` is not a backend but a choice among these.
+BACKENDS: MappingProxyType[str, Callable[[BackendContext], ClientBackend]] = MappingProxyType(
     {"sequential": _sequential, "vectorized": _vectorized}
 )
 
@@ -93,14 +112,14 @@ def resolve_backend_name(name: str, device: torch.device) -> str:
     return name
 
 
-def make_backend(name: str, runner: "ClientRunner") -> ClientBackend:
-    """Build backend `name` (or `auto`) for `runner`; unknown names raise
+def make_backend(name: str, ctx: BackendContext) -> ClientBackend:
+    """Build backend `name` (or `auto`, by `ctx.device`); unknown names raise
     `UnknownComponentError` listing the valid ones."""
-    resolved = resolve_backend_name(name, runner.device)
+    resolved = resolve_backend_name(name, ctx.device)
     factory = BACKENDS.get(resolved)
     if factory is None:
         raise UnknownComponentError("backend", name, [*BACKENDS, "auto"])
-    return factory(runner)
+    return factory(ctx)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -156,6 +175,7 @@ def precision_scope(precision: str, device: torch.device) -> Iterator[None]:
 
 __all__ = [
     "AUTO_BY_DEVICE",
+    "BackendContext",
     "BACKENDS",
     "PRECISIONS",
     "ClientBackend",

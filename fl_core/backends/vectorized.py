@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -46,12 +46,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fl_core.client import to_input
-from fl_core.backends import require_benign
+from fl_core.backends import BackendContext, require_benign
+from fl_core.training import Cohort, task_generator, to_input
 from fl_core.types import ClientResult, ClientTask
-
-if TYPE_CHECKING:
-    from fl_core.client import ClientRunner
 
 _M32 = 0xFFFFFFFF
 _SALT = 0x5BD1E995  # separates this stream from any other use of the task seed
@@ -268,8 +265,8 @@ def _activations_per_example(model: nn.Module, device: torch.device) -> int:
 
 
 class VectorizedBackend:
-    """See the module docstring. Built from a runner: reads its device, data, SGD
-    hyper-parameters and model (architecture and dropout p) once, at construction.
+    """See the module docstring. Built from a `BackendContext`: reads its device, SGD
+    hyper-parameters, chunk setting and model (architecture and dropout p) once.
 
     Args:
         formulation: `grouped` (the paper CNN as hand-batched ops, the default for it),
@@ -279,20 +276,20 @@ class VectorizedBackend:
 
     name = "vectorized"
 
-    def __init__(self, runner: "ClientRunner", formulation: str = "auto"):
-        self.runner = runner
-        self.device = runner.device
-        self.hp = runner.hp
-        self.fmodel, drops = _functional_copy(runner.model, self.device)
+    def __init__(self, ctx: BackendContext, formulation: str = "auto"):
+        self.device = ctx.device
+        self.hp = ctx.hp
+        self.chunk = ctx.chunk
+        self.fmodel, drops = _functional_copy(ctx.model, self.device)
         self.param_names = [n for n, _ in self.fmodel.named_parameters()]
         self.param_shapes = [p.shape for _, p in self.fmodel.named_parameters()]
         self.drops = [(n, p) for n, p in drops if p > 0.0]  # p = 0 needs no mask at all
         self.drop_shapes = _dropout_shapes(self.fmodel, [n for n, _ in self.drops], self.device)
 
         if formulation == "auto":
-            formulation = "grouped" if _is_paper_cnn(runner.model) else "vmap"
+            formulation = "grouped" if _is_paper_cnn(ctx.model) else "vmap"
         if formulation == "grouped":
-            if not _is_paper_cnn(runner.model):
+            if not _is_paper_cnn(ctx.model):
                 raise ValueError("formulation 'grouped' is written for fl_core.models.CNN; use 'vmap'")
             names = [n for n, _ in drops]
             if names != ["dropout1", "dropout2"]:
@@ -310,7 +307,7 @@ class VectorizedBackend:
         """`fl.vectorized_chunk`, or for `auto` what fits: on CUDA half the device's free
         memory (`torch.cuda.mem_get_info`, asked at each round) over `bytes_per_client`; on
         a CPU `CPU_CHUNK`. Never more than `n_tasks`."""
-        want = self.runner.config.fl.vectorized_chunk
+        want = self.chunk
         if want == "auto":
             if self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
@@ -331,7 +328,7 @@ class VectorizedBackend:
         return self._bytes_per_client
 
     # -- the round ---------------------------------------------------------------------
-    def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
+    def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor, cohort: Cohort) -> list[ClientResult]:
         """Train `tasks` in chunks of at most `chunk_size` clients, one after the other;
         a client's result does not depend on its chunk (see `_conv1_bmm`)."""
         require_benign(tasks)
@@ -340,13 +337,13 @@ class VectorizedBackend:
         size = self.chunk_size(len(tasks))
         out: list[ClientResult] = []
         for start in range(0, len(tasks), size):
-            out.extend(self._train_chunk(tasks[start : start + size], global_params))
+            out.extend(self._train_chunk(tasks[start : start + size], global_params, cohort))
         return out
 
-    def _train_chunk(self, tasks: Sequence[ClientTask], global_params: torch.Tensor) -> list[ClientResult]:
+    def _train_chunk(self, tasks: Sequence[ClientTask], global_params: torch.Tensor, cohort: Cohort) -> list[ClientResult]:
         hp, dev = self.hp, self.device
         bsz, epochs = hp.batch_size, hp.epochs
-        spans = [self.runner.rows(t.client_index) for t in tasks]  # rows in the runner's arrays
+        spans = [cohort.rows(t.client_index) for t in tasks]  # rows in the cohort's arrays
         sizes = [b - a for a, b in spans]
         nbatch = [-(-n // bsz) for n in sizes]
         # Stack order: most batches first, so the active clients of a step are a prefix.
@@ -355,7 +352,8 @@ class VectorizedBackend:
         steps = nbatch[order[0]]
         active = [sum(nbatch[i] > s for i in order) for s in range(steps)]
 
-        rows, weights, counts = self._batch_plan([tasks[i] for i in order], [sizes[i] for i in order], steps)
+        rows, weights, counts = self._batch_plan([tasks[i] for i in order], [spans[i][0] for i in order],
+                                                 [sizes[i] for i in order], steps)
         keys = torch.from_numpy(
             dropout_keys([tasks[i].seed for i in order], epochs, steps, len(self.drops))
         ).to(dev)
@@ -369,7 +367,7 @@ class VectorizedBackend:
             offset += n
         assert offset == gp.numel(), "global vector and model disagree"
         loss_sum = torch.zeros(c, dtype=torch.float64, device=dev)
-        pixels, labels = self.runner.train_pixels, self.runner.train_labels
+        pixels, labels = cohort.pixels, cohort.labels
 
         for e in range(epochs):
             for s in range(steps):
@@ -399,20 +397,20 @@ class VectorizedBackend:
         return out  # type: ignore[return-value]
 
     def _batch_plan(
-        self, tasks: Sequence[ClientTask], sizes: Sequence[int], steps: int
+        self, tasks: Sequence[ClientTask], starts: Sequence[int], sizes: Sequence[int], steps: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Row indices (E, S, C, B) into the runner's train arrays, row weights (E, S, C, B)
-        (1 real, 0 padding) and real-row counts (E, S, C) (≥ 1), on the CPU.
+        """Row indices (E, S, C, B) into the cohort's arrays (client rows start at `starts`),
+        row weights (E, S, C, B) (1 real, 0 padding) and real-row counts (E, S, C) (≥ 1), on
+        the CPU.
 
         Each client's permutation per epoch is `torch.randperm(n, generator=g)` from
-        `runner.generator(task)`: the same draws as `client.sgd_epochs`."""
+        `training.task_generator(task)`: the same draws as `training.sgd_epochs`."""
         bsz, epochs, c = self.hp.batch_size, self.hp.epochs, len(tasks)
         width = steps * bsz
         rows = torch.zeros((epochs, c, width), dtype=torch.int64)
         weights = torch.zeros((epochs, c, width), dtype=torch.float32)
-        for pos, (t, n) in enumerate(zip(tasks, sizes)):
-            gen = self.runner.generator(t)
-            start = self.runner.rows(t.client_index)[0]
+        for pos, (t, start, n) in enumerate(zip(tasks, starts, sizes)):
+            gen = task_generator(t)
             for e in range(epochs):
                 perm = torch.randperm(n, generator=gen)
                 rows[e, pos, :n] = perm + start

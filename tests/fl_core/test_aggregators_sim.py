@@ -18,7 +18,7 @@ RAW = {
     "attack": {"kind": "model-replacement", "fraction": 0.2, "frequency": 1, "num_tasks": 3},
 }
 DROP = {"round_seconds", "eval_seconds"}
-SELECTS = {"krum", "multi-krum", "foolsgold", "flame"}
+SELECTS = {"krum", "multi-krum", "foolsgold", "flame", "bulyan"}
 
 
 def config(name: str, rounds: int = 3, **params):

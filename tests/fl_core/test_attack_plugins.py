@@ -16,7 +16,7 @@ from fl_core.attacks import ATTACKS
 from fl_core.attacks.constrain_scale import ConstrainAndScale
 from fl_core.attacks.neurotoxin import Neurotoxin, keep_mask
 from fl_core.attacks.recipes import Mixed, Reference
-from fl_core.client import SGDParams
+from fl_core.training import SGDParams
 from fl_core.config import config_hash, parse_config
 from fl_core.errors import ConfigError
 from fl_core.registry import make_attack

@@ -11,7 +11,7 @@ import torch
 from fl_core.attacks.dba import DBA
 from fl_core.backdoors import BACKDOORS, build_task
 from fl_core.backdoors.trigger import TriggerParams, pattern, poisoned, stamp
-from fl_core.client import ClientData, SGDParams
+from fl_core.training import ClientData, SGDParams
 from fl_core.config import config_hash, parse_config
 from fl_core.data.backdoor import select_backdoor
 from fl_core.errors import ConfigError

@@ -20,7 +20,8 @@ from fl_core.backends import (
 )
 from fl_core.backends.sequential import SequentialBackend
 from fl_core.backends.vectorized import VectorizedBackend, dropout_keys, hash32, keyed_keep_scale
-from fl_core.client import ClientRunner, local_train, torch_threads
+from fl_core.client import ClientRunner
+from fl_core.training import local_train, torch_threads
 from fl_core.config import parse_config
 from fl_core.data.base import from_writer_arrays
 from fl_core.errors import ConfigError, UnknownComponentError
@@ -88,12 +89,12 @@ def use_float64(monkeypatch, runner: ClientRunner) -> ClientRunner:
     """Switch the engine to float64: `to_input` makes float64 images (patched where the two
     backends look it up) and the runner's model becomes float64."""
     import fl_core.backends.vectorized as vec_mod
-    import fl_core.client as client_mod
+    import fl_core.training as training_mod
 
     def to_input64(pixels_u8):
         return pixels_u8.unsqueeze(1).to(torch.float64).div_(255.0)
 
-    monkeypatch.setattr(client_mod, "to_input", to_input64)
+    monkeypatch.setattr(training_mod, "to_input", to_input64)
     monkeypatch.setattr(vec_mod, "to_input", to_input64)
     runner.model.double()
     return runner
@@ -118,7 +119,7 @@ def test_registry_is_read_only_and_names_the_backends():
 def test_unknown_backend_name_lists_the_valid_ones(data):
     runner = ClientRunner(config(), data)
     with pytest.raises(UnknownComponentError, match="sequential, vectorized") as e:
-        make_backend("warp-drive", runner)
+        make_backend("warp-drive", runner.backend_context)
     assert e.value.kind == "backend" and e.value.name == "warp-drive"
     with pytest.raises(ConfigError, match="fl.backend"):
         parse_config({"fl": {"backend": "warp-drive"}})
@@ -132,9 +133,9 @@ def test_runner_builds_the_configured_backend(data):
 def test_backends_refuse_attackers(data, gp):
     runner = ClientRunner(config("vectorized"), data)
     bad = [ClientTask(0, 1, 0, "attacker", 5, boost=2.0)]
-    for backend in (runner.backend, SequentialBackend(runner)):
+    for backend in (runner.backend, SequentialBackend(runner.backend_context)):
         with pytest.raises(ValueError, match="attack plug-in"):
-            backend.train(bad, gp)
+            backend.train(bad, gp, runner.cohort)
 
 
 # -- sequential = the engine's reference loop, bit for bit -----------------------------------
@@ -153,7 +154,7 @@ def test_sequential_is_bit_identical_to_the_reference_loop_and_attackers_still_a
     for t, r in zip(tasks, got):
         gen = torch.Generator()
         gen.manual_seed(t.seed)
-        own = runner.client_data(t.client_index)
+        own = runner.cohort.client(t.client_index)
         with client_rng_scope(t.seed), torch_threads(cfg.fl.threads):
             if t.role == "attacker":
                 want, metrics = local_train(model, gp, own.cat(runner.task.malicious(own)), runner.hp, gen)
@@ -180,7 +181,7 @@ def test_runner_sends_benign_tasks_to_the_backend_and_attackers_to_the_plug_in(d
     assert [(r.client_index, r.role) for r in got] == [(4, "benign"), (0, "attacker"), (1, "benign")]
     assert torch.equal(got[1].delta, ref[1].delta)
     with torch_threads(runner.config.fl.threads):  # the runner's thread count: same bits
-        alone = runner.backend.train([tasks[0], tasks[2]], gp)
+        alone = runner.backend.train([tasks[0], tasks[2]], gp, runner.cohort)
     assert torch.equal(got[0].delta, alone[0].delta) and torch.equal(got[2].delta, alone[1].delta)
     assert not torch.equal(got[0].delta, ref[0].delta)  # benign ones really went through vectorized
 
@@ -227,13 +228,13 @@ def test_vectorized_equals_sequential_without_dropout_on_unequal_clients(data, g
     no_dropout(runner)
     tasks = tasks_for([3, 0, 4, 1, 2])  # task order ≠ size order; sizes 26, 3, 11, 8, 17
     with torch_threads(1):
-        a = SequentialBackend(runner).train(tasks, gp)
-        b = VectorizedBackend(runner, formulation).train(tasks, gp)
+        a = SequentialBackend(runner.backend_context).train(tasks, gp, runner.cohort)
+        b = VectorizedBackend(runner.backend_context, formulation).train(tasks, gp, runner.cohort)
     assert [r.client_index for r in b] == [t.client_index for t in tasks]
     ref = ClientRunner(config("sequential", client_lr=0.03), data)
     no_dropout(use_float64(monkeypatch, ref))
     with torch_threads(1):
-        a64 = SequentialBackend(ref).train(tasks, gp.double())
+        a64 = SequentialBackend(ref.backend_context).train(tasks, gp.double(), ref.cohort)
     for x, y, z in zip(a, b, a64):
         assert y.num_examples == x.num_examples == SIZES[x.client_index]
         assert x.delta.abs().max() > 1e-3  # it trained
@@ -253,11 +254,11 @@ def test_vectorized_equals_sequential_in_float64_at_the_paper_lr(small, gp, monk
     tasks = tasks_for([2, 0, 1])  # sizes 10, 3, 8
     runner32 = ClientRunner(config("sequential"), small)
     no_dropout(runner32)
-    a32 = SequentialBackend(runner32).train(tasks, gp)
+    a32 = SequentialBackend(runner32.backend_context).train(tasks, gp, runner32.cohort)
     runner = use_float64(monkeypatch, ClientRunner(config("sequential"), small))
     no_dropout(runner)
-    a = SequentialBackend(runner).train(tasks, gp.double())
-    b = VectorizedBackend(runner).train(tasks, gp.double())
+    a = SequentialBackend(runner.backend_context).train(tasks, gp.double(), runner.cohort)
+    b = VectorizedBackend(runner.backend_context).train(tasks, gp.double(), runner.cohort)
     for x, y, x32 in zip(a, b, a32):
         assert y.delta.dtype == torch.float64 and x.delta.abs().max() > 1e-3
         bound = reorder_bound(rel_err(x32.delta, x.delta)) * 2.0**-29
@@ -277,14 +278,14 @@ def test_vectorized_client_result_does_not_depend_on_its_cohort(data, gp, monkey
     vec = runner.backend
     assert vec.formulation == "grouped"
     with torch_threads(1):
-        cohort = vec.train(tasks_for([0, 1, 2, 3, 4]), gp)
-        reordered = vec.train(tasks_for([4, 2, 0, 3, 1]), gp)
-        alone = vec.train(tasks_for([2]), gp)[0]
-        via_vmap = VectorizedBackend(runner, "vmap").train(tasks_for([0, 1, 2, 3, 4]), gp)
+        cohort = vec.train(tasks_for([0, 1, 2, 3, 4]), gp, runner.cohort)
+        reordered = vec.train(tasks_for([4, 2, 0, 3, 1]), gp, runner.cohort)
+        alone = vec.train(tasks_for([2]), gp, runner.cohort)[0]
+        via_vmap = VectorizedBackend(runner.backend_context, "vmap").train(tasks_for([0, 1, 2, 3, 4]), gp, runner.cohort)
         no_dropout(runner)
-        plain = VectorizedBackend(runner).train(tasks_for([2]), gp)[0]
+        plain = VectorizedBackend(runner.backend_context).train(tasks_for([2]), gp, runner.cohort)[0]
         ref = use_float64(monkeypatch, ClientRunner(config("vectorized", local_epochs=1, client_lr=0.03), data))
-        cohort64 = ref.backend.train(tasks_for([0, 1, 2, 3, 4]), gp.double())
+        cohort64 = ref.backend.train(tasks_for([0, 1, 2, 3, 4]), gp.double(), ref.cohort)
     bound = [reorder_bound(rel_err(x.delta, z.delta)) for x, z in zip(cohort, cohort64)]
     assert rel_err(alone.delta, cohort[2].delta) <= bound[2]
     assert rel_err(reordered[1].delta, cohort[2].delta) <= bound[2]
@@ -398,11 +399,11 @@ def test_vectorized_on_cuda_matches_sequential_and_cpu_masks(data, gp, monkeypat
     assert torch.equal(keyed_keep_scale(keys.cuda(), (20, 128), 0.5).cpu(), keyed_keep_scale(keys, (20, 128), 0.5))
     no_dropout(runner)
     tasks = tasks_for([3, 0, 4])
-    a = SequentialBackend(runner).train(tasks, gp)
-    b = VectorizedBackend(runner).train(tasks, gp)
+    a = SequentialBackend(runner.backend_context).train(tasks, gp, runner.cohort)
+    b = VectorizedBackend(runner.backend_context).train(tasks, gp, runner.cohort)
     ref = use_float64(monkeypatch, ClientRunner(config("sequential", client_lr=0.03), data))
     no_dropout(ref)
-    a64 = SequentialBackend(ref).train(tasks, gp.double())
+    a64 = SequentialBackend(ref.backend_context).train(tasks, gp.double(), ref.cohort)
     for x, y, z in zip(a, b, a64):
         assert x.delta.abs().max() > 1e-3  # it trained
         bound = reorder_bound(rel_err(x.delta, z.delta))

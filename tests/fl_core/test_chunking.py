@@ -34,9 +34,9 @@ def spy_chunks(monkeypatch) -> list[int]:
     sizes: list[int] = []
     real = VectorizedBackend._train_chunk
 
-    def wrapped(self, tasks, gp):
+    def wrapped(self, tasks, gp, cohort):
         sizes.append(len(tasks))
-        return real(self, tasks, gp)
+        return real(self, tasks, gp, cohort)
 
     monkeypatch.setattr(VectorizedBackend, "_train_chunk", wrapped)
     return sizes

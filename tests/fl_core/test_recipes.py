@@ -20,7 +20,8 @@ import torch
 from fl_core.attacks.model_replacement import ModelReplacement
 from fl_core.attacks.pgd import NormBoundedPGD
 from fl_core.attacks.recipes import RECIPES, Mixed, Reference, Union
-from fl_core.client import ClientData, ClientRunner, SGDParams
+from fl_core.client import ClientRunner
+from fl_core.training import ClientData, SGDParams
 from fl_core.config import parse_config
 from fl_core.errors import ConfigError
 from fl_core.types import ClientTask
