@@ -379,13 +379,21 @@ def uniform_weighting(weighting: str, norm_bound: float | None, noise_sigma: flo
     return weighting == "uniform" or (weighting == "auto" and defense_on(norm_bound, noise_sigma))
 
 
-# Keys that do not change any result: they may differ between a checkpoint and a resume.
-EXECUTION_ONLY_KEYS = ("fl.rounds", "fl.workers", "fl.checkpoint_every", "fl.eval_every", "fl.vectorized_chunk")
+# What changes results and what only says how a run executes. THE list of execution-only keys:
+# they change no bit of any result (how many workers, how often to checkpoint or evaluate, how
+# the vectorized cohort is cut into chunks; tests/fl_core/test_determinism.py, test_chunking.py),
+# so a checkpoint resumes, a warm-up is reused and a report cell pools across their values.
+# `fl.backend`, `fl.device`, `fl.precision` and `fl.threads` are NOT here although they say how
+# a run executes: they pick kernels, reduction orders or dropout streams, so they change float
+# bits (CPU reductions split by thread; vectorized draws its own dropout masks; bf16 rounds),
+# and a resume that mixed them would not be exact; the report pools backend and device only.
+EXECUTION_ONLY_KEYS = ("fl.workers", "fl.checkpoint_every", "fl.eval_every", "fl.vectorized_chunk")
 
-# Keys that are never hashed, not even into the trial key: how the work is cut up, not
-# what is computed (a client's update is the same in any chunk, tests/fl_core/test_chunk*),
-# so two configs that differ only here are the same trial and share checkpoints and
-# warm-ups. Added after sweeps existed, so leaving it out keeps every earlier hash.
+# A checkpoint may also be resumed with a longer horizon: `result_hash` leaves out these too.
+RESUMABLE_KEYS = (*EXECUTION_ONLY_KEYS, "fl.rounds")
+
+# Execution-only keys added after sweeps existed: left out of every hash, the trial key too
+# (the older ones stay in the trial key, which identifies existing sweeps' trials).
 NEVER_HASHED = ("fl.vectorized_chunk",)
 
 
@@ -427,7 +435,7 @@ def config_hash(config: SimulationConfig, exclude: tuple[str, ...] = ()) -> str:
 
 def result_hash(config: SimulationConfig) -> str:
     """Hash of what determines results: guards checkpoints against a changed config."""
-    return config_hash(config, EXECUTION_ONLY_KEYS)
+    return config_hash(config, RESUMABLE_KEYS)
 
 
 #: Dotted prefixes of the plug-ins' own parameters: `attack.params.<p>` (the attack's model),

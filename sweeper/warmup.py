@@ -30,11 +30,11 @@ from typing import Any, Callable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fl_core.config import SimulationConfig, config_hash, parse_config, set_dotted
+from fl_core.config import EXECUTION_ONLY_KEYS, SimulationConfig, config_hash, parse_config, set_dotted
 
 WARMUP_DIR = "warmups"
 #: keys that never change a warm-up's weights, left out of its cache key (fl.rounds is IN it)
-_NOT_IN_KEY = ("fl.workers", "fl.checkpoint_every", "fl.eval_every")
+_NOT_IN_KEY = EXECUTION_ONLY_KEYS
 
 
 class WarmupSpec(BaseModel):

@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 import yaml
 
-from fl_core.config import config_hash, flatten, parse_config, set_dotted
+from fl_core.config import EXECUTION_ONLY_KEYS, config_hash, flatten, parse_config, set_dotted
 from fl_core.errors import ConfigError
 from sweeper.errors import SweeperError
 from sweeper.warmup import is_warmup_ref
@@ -48,11 +48,10 @@ METRIC_KEYS = (
     "aggregate_norm",
     "round_seconds",
 )
-# Keys that never define a grid cell: the seed is the replicate axis, the rest change no
-# result (see fl_core.config.EXECUTION_ONLY_KEYS and the fl.* execution settings).
-NON_CELL_KEYS = frozenset(
-    {"seed", "fl.workers", "fl.checkpoint_every", "fl.backend", "fl.device", "fl.eval_every", "fl.vectorized_chunk"}
-)
+# Keys that never define a grid cell: the seed is the replicate axis, the execution-only keys
+# change no result, and backend and device give the same numbers to float tolerance
+# (fl_core.config.EXECUTION_ONLY_KEYS says why precision and threads are not pooled).
+NON_CELL_KEYS = frozenset({"seed", *EXECUTION_ONLY_KEYS, "fl.backend", "fl.device"})
 # Paper-style order of the keys in a cell label (rows before columns), then alphabetical.
 KEY_ORDER = (
     "attack.kind",

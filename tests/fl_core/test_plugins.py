@@ -47,3 +47,21 @@ def test_defenses_switch_on_by_their_keys_and_chain_clipping_before_noise():
     assert [type(d) for d in clip] == [NormClipping] and clip[0].bound == 2.0
     both = make_defenses(parse_config({"defense": {"norm_bound": 2.0, "noise_sigma": 0.1}}))
     assert [type(d) for d in both] == [NormClipping, GaussianNoise]
+
+
+def test_one_list_of_execution_only_keys_drives_every_hash_and_the_report():
+    """A change of an execution-only key keeps the checkpoint guard, the warm-up key and the
+    report cell; backend and threads change float bits, so the checkpoint guard sees them."""
+    from fl_core.config import EXECUTION_ONLY_KEYS, result_hash, set_dotted
+    from sweeper.report.load import NON_CELL_KEYS
+    from sweeper.warmup import _NOT_IN_KEY
+
+    changed = {"fl.workers": 3, "fl.checkpoint_every": 7, "fl.eval_every": 5, "fl.vectorized_chunk": 4}
+    assert set(changed) == set(EXECUTION_ONLY_KEYS) == set(_NOT_IN_KEY)
+    assert set(EXECUTION_ONLY_KEYS) < NON_CELL_KEYS
+    base = parse_config({})
+    for key, value in changed.items():
+        assert result_hash(parse_config(set_dotted({}, key, value))) == result_hash(base), key
+    assert result_hash(parse_config({"fl": {"rounds": 7}})) == result_hash(base)  # a resume may extend
+    for key, value in {"fl.backend": "vectorized", "fl.threads": 2}.items():
+        assert result_hash(parse_config(set_dotted({}, key, value))) != result_hash(base), key
