@@ -149,15 +149,18 @@ def test_constrain_and_scale_under_clipping_sends_at_most_m():
     assert float(sent.norm()) <= 40.0 * 0.005 * (1 + 1e-6)  # float32 rounding of the rescale
 
 
-@pytest.mark.parametrize("kind", ["neurotoxin", "constrain-and-scale", "dba"])
-def test_new_attacks_run_a_deterministic_simulation_and_resume_exactly(kind, tiny_data, tmp_path):
+@pytest.mark.parametrize("kind,backend", [("neurotoxin", "sequential"), ("constrain-and-scale", "sequential"),
+                                          ("dba", "sequential"), ("dba", "vectorized")])
+def test_new_attacks_run_a_deterministic_simulation_and_resume_exactly(kind, backend, tiny_data, tmp_path):
     """Through the engine (plan → attacker craft → clipping → FedAvg), twice, and with a
-    save/load in the middle: identical metrics and weights (torch.equal)."""
+    save/load in the middle: identical metrics and weights (torch.equal). With `vectorized`
+    the benign clients train batched, the attacker through its plug-in."""
     from fl_core.simulate import Simulation
     from fl_core.state import load_state, save_state
 
     cfg = parse_config({
-        "seed": 3, "fl": {"rounds": 4, "clients_per_round": 4, "local_epochs": 1, "batch_size": 5},
+        "seed": 3, "fl": {"rounds": 4, "clients_per_round": 4, "local_epochs": 1, "batch_size": 5,
+                          "backend": backend, "device": "cpu"},
         "attack": {"kind": kind, "fraction": 0.2, "frequency": 2, "num_tasks": 3, "pgd_iterations": 2},
         "defense": {"norm_bound": 2.0},
     })
@@ -174,6 +177,8 @@ def test_new_attacks_run_a_deterministic_simulation_and_resume_exactly(kind, tin
     assert sum(m["num_attackers"] for m in ma) == 2
     # the attacker's update passed clipping at M = 2 intact (it projects onto M/β)
     assert all(m["attacker_norm_pre"] <= 2.0 * (1 + 1e-5) for m in ma if m["num_attackers"])
+    # the trigger task (DBA's) has no held-out set; the semantic one does
+    assert all((m["backdoor_acc_heldout"] is None) == (kind == "dba") for m in ma)
 
 
 def test_the_report_labels_and_orders_attacks_from_the_registry():

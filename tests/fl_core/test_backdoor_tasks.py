@@ -166,30 +166,3 @@ def test_the_recipe_defaults_to_the_attacks_own():
     explicit = {"attack": {**pgd["attack"], "recipe": "reference"}, "defense": pgd["defense"]}
     assert parse_config(pgd).attack.recipe == "reference"
     assert config_hash(parse_config(pgd)) == config_hash(parse_config(explicit))
-
-
-@pytest.mark.slow  # three 4-round simulations on the vectorized backend
-def test_dba_on_the_vectorized_backend_is_deterministic_and_resumes_exactly(tiny_data, tmp_path):
-    """The benign clients train batched (`fl.backend: vectorized`), the DBA attacker through its
-    plug-in; twice, and with a save/load in the middle: identical metrics and weights."""
-    from fl_core.simulate import Simulation
-    from fl_core.state import load_state, save_state
-
-    cfg = parse_config({
-        "seed": 6, "fl": {"rounds": 4, "clients_per_round": 5, "local_epochs": 1, "batch_size": 5,
-                          "backend": "vectorized", "device": "cpu"},
-        "attack": {"kind": "dba", "fraction": 0.3, "schedule": "random-sampling"},
-        "defense": {"norm_bound": 2.0, "aggregator": "median"},
-    })
-    drop = {"round_seconds", "eval_seconds"}
-    strip = lambda ms: [{k: v for k, v in m.items() if k not in drop} for m in ms]  # noqa: E731
-    a = Simulation(cfg, data=tiny_data)
-    ma = a.run()
-    b = Simulation(cfg, data=tiny_data)
-    mb = [b.step(), b.step()]
-    save_state(tmp_path / "state.pt", b.state)
-    c = Simulation(cfg, data=tiny_data, state=load_state(tmp_path / "state.pt", cfg))
-    mb += c.run()
-    assert strip(ma) == strip(mb) and torch.equal(a.state.global_params, c.state.global_params)
-    assert sum(m["num_attackers"] for m in ma) >= 1
-    assert all(m["backdoor_acc_heldout"] is None and 0 <= m["backdoor_acc"] <= 1 for m in ma)

@@ -4,9 +4,6 @@ behind clipping, trained by two actors, equal the serial run bit for bit."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -18,21 +15,7 @@ from sweeper.actors import RayActorExecutor  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 TIMING = ("round_seconds", "eval_seconds")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old) if p)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, logging_level="WARNING")
-    yield
-    ray.shutdown()
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
 
 
 def _run(cfg, data, executor=None):
