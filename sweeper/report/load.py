@@ -581,6 +581,25 @@ def _seedless_warmups(runs: pd.DataFrame) -> pd.DataFrame:
     return runs
 
 
+# A key whose value follows from the cell's attack or aggregator (what `attack.kind: dba`
+# resolves `attack.backdoor`, its params and `attack.recipe` to) tells no cells apart; the
+# plug-ins' own parameters (`attack.params.*`, `defense.aggregator_params.*`) still label.
+_PLUGIN_NAMES = ("attack.kind", AGGREGATOR)
+
+
+def _drop_implied(runs: pd.DataFrame, keys: list[str]) -> list[str]:
+    """`keys` without those that a varied plug-in name determines (one value per name)."""
+    names = [k for k in _PLUGIN_NAMES if k in keys]
+    hashed = {k: runs[k].map(_hashable) for k in keys}
+
+    def implied(k: str) -> bool:
+        return any(pd.DataFrame({"n": hashed[n], "k": hashed[k]}).groupby("n", dropna=False)["k"]
+                   .nunique(dropna=False).max() <= 1 for n in names if n != k)
+
+    own = ("attack.params.", AGGREGATOR_PARAMS)  # a plug-in's own parameters label its cells
+    return [k for k in keys if k in names or k.startswith(own) or not implied(k)]
+
+
 def assign_cells(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Add `cell` and `cell_index`; return the frame and the keys that define cells."""
     out = runs
@@ -590,7 +609,7 @@ def assign_cells(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         c for c in config_cols
         if c not in NON_CELL_KEYS and runs[c].map(_hashable).nunique(dropna=False) > 1
     ]
-    keys = _ordered_keys(varied)
+    keys = _drop_implied(runs, _ordered_keys(varied))
     label_keys = keys or [k for k in ("attack.kind", "attack.fraction", "attack.schedule",
                                       "defense.norm_bound", "defense.noise_sigma")
                           if k in runs.columns]
