@@ -7,7 +7,7 @@ from __future__ import annotations
 from fl_core.aggregators import AGGREGATORS
 from fl_core.attacks import ATTACKS
 from fl_core.config import SimulationConfig
-from fl_core.defenses import make_defenses as _make_defenses
+from fl_core.defenses import make_defenses  # noqa: F401  (built here with the other plug-ins)
 from fl_core.errors import UnknownComponentError
 
 
@@ -18,11 +18,6 @@ def make_attack(config: SimulationConfig):
     except KeyError:
         raise UnknownComponentError("attack", config.attack.kind, ATTACKS) from None
     return spec.build(config, spec.params(**config.attack.params))
-
-
-def make_defenses(config: SimulationConfig) -> list:
-    """The defenses the config turns on (`fl_core.defenses`), in chain order."""
-    return _make_defenses(config)
 
 
 def make_aggregator(config: SimulationConfig):

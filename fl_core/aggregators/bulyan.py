@@ -28,6 +28,7 @@ from fl_core.aggregators.base import (
     pairwise_sq_dists,
     register,
 )
+from fl_core.aggregators.krum import nearest_sum
 from fl_core.errors import ConfigError
 
 
@@ -57,8 +58,7 @@ def select(updates: torch.Tensor, f: int) -> list[int]:
     for _ in range(n - 2 * f):
         r = len(remaining)
         k = min(max(r - f - 2, 1), r - 1)
-        sub = d[remaining][:, remaining]
-        scores = sub.sort(dim=1).values[:, 1 : 1 + k].sum(dim=1)  # skip the own 0
+        scores = nearest_sum(d[remaining][:, remaining], k)
         best = remaining[int(torch.argmin(scores))]  # first minimum: the lower key
         chosen.append(best)
         remaining.remove(best)

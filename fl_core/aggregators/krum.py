@@ -40,12 +40,15 @@ def check_f(f: int | None, cohort: int, key: str = "defense.aggregator_params.f"
         raise ConfigError("fl.clients_per_round", cohort, "at least 3 with a Krum aggregator")
 
 
+def nearest_sum(d: torch.Tensor, k: int) -> torch.Tensor:
+    """[n]: each row's sum of its k smallest off-diagonal entries of the squared-distance
+    matrix `d` (each row sorted ascending starts with its own 0 on the diagonal: skip it)."""
+    return d.sort(dim=1).values[:, 1 : 1 + k].sum(dim=1)
+
+
 def krum_scores(updates: torch.Tensor, f: int) -> torch.Tensor:
     """[n] float64: Σ of the squared distances to the n − f − 2 nearest other updates."""
-    n = updates.shape[0]
-    d = pairwise_sq_dists(updates)
-    # each row sorted ascending starts with its own 0 on the diagonal: skip one entry
-    return d.sort(dim=1).values[:, 1:n - f - 1].sum(dim=1)
+    return nearest_sum(pairwise_sq_dists(updates), updates.shape[0] - f - 2)
 
 
 class Krum:

@@ -144,17 +144,23 @@ def _functional_copy(model: nn.Module, device: torch.device) -> tuple[nn.Module,
 def _dropout_shapes(fmodel: nn.Module, names: list[str], device: torch.device) -> dict[str, tuple[int, ...]]:
     """Per-example input shape of each dropout (one forward of a blank image)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [
-        fmodel.get_submodule(n).register_forward_hook(lambda m, inp, out, n=n: shapes.__setitem__(n, tuple(inp[0].shape[1:])))
+    _blank_forward(fmodel, device, {
+        fmodel.get_submodule(n): (lambda m, inp, out, n=n: shapes.__setitem__(n, tuple(inp[0].shape[1:])))
         for n in names
-    ]
+    })
+    return shapes
+
+
+def _blank_forward(model: nn.Module, device: torch.device, hooks: dict) -> None:
+    """One no-grad forward of a blank 28×28 image with `hooks` (module → forward hook)
+    registered for its duration: how the backend measures shapes and sizes."""
+    handles = [m.register_forward_hook(h) for m, h in hooks.items()]
     try:
         with torch.no_grad():
-            fmodel(torch.zeros((1, 1, 28, 28), device=device, dtype=next(fmodel.parameters()).dtype))
+            model(torch.zeros((1, 1, 28, 28), device=device, dtype=next(model.parameters()).dtype))
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
-    return shapes
 
 
 def _vmap_step(fmodel: nn.Module):
@@ -253,14 +259,7 @@ def _activations_per_example(model: nn.Module, device: torch.device) -> int:
         nonlocal total
         total += out.numel()
 
-    leaves = [m for m in model.modules() if not list(m.children())]
-    hooks = [m.register_forward_hook(count) for m in leaves]
-    try:
-        with torch.no_grad():
-            model(torch.zeros((1, 1, 28, 28), device=device, dtype=next(model.parameters()).dtype))
-    finally:
-        for h in hooks:
-            h.remove()
+    _blank_forward(model, device, {m: count for m in model.modules() if not list(m.children())})
     return total
 
 
