@@ -9,7 +9,8 @@ process builds the data once and runs the cohort sizes in ascending order, each 
 --warmup untimed and --rounds timed rounds of `Simulation.step()`; a child that passes
 its --timeout is stopped and the table says at which cohort size.
 
-Per cell: seconds per round (median), of which client training (the executor's `map`,
+Per cell: seconds per round (median; wall time, and the child's CPU time, which other jobs on a
+shared machine slow down but do not inflate), of which client training (the executor's `map`,
 deltas back on the host included) and the server side (the rest: planning, clipping,
 the float64 aggregate, the update); seconds per client and per 1,000 training images;
 the per-client cost relative to the cohort of 30 (the slope: 1.00 = linear scaling);
@@ -152,23 +153,25 @@ def run_cell(args, data, clients: int) -> dict[str, Any]:
     startup = time.perf_counter() - t0
     for _ in range(args.warmup):
         sim.step()
-    rounds, train, images = [], [], []
+    rounds, cpu, train, images = [], [], [], []
     for _ in range(args.rounds):
         s0, i0 = ex.seconds, ex.images
         _sync(args.device)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         sim.step()
         _sync(args.device)
         rounds.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         train.append(ex.seconds - s0)
         images.append(ex.images - i0)
     peak, cur = _rss_mb()
-    r, t = statistics.median(rounds), statistics.median(train)
+    r, t, c = statistics.median(rounds), statistics.median(train), statistics.median(cpu)
     out = {
         "backend": args._child, "clients": clients, "population": args.population,
-        "startup_s": startup, "round_s": rounds, "train_s": train, "images": images,
+        "startup_s": startup, "round_s": rounds, "cpu_s": cpu, "train_s": train, "images": images,
         "s_per_round": r, "train_s_per_round": t, "server_s_per_round": r - t,
-        "s_per_client": r / clients, "s_per_1k_images": 1000 * r / statistics.mean(images),
+        "s_per_client": r / clients, "cpu_s_per_round": c, "cpu_s_per_client": c / clients,
+        "s_per_1k_images": 1000 * r / statistics.mean(images),
         "peak_rss_mb": peak, "rss_mb": cur,
     }
     if args.device == "cuda":
@@ -286,8 +289,10 @@ def collect(lines: list[str]) -> tuple[list[dict], int | None]:
 
 
 def add_slopes(cells: list[dict]) -> None:
-    """Per-client and per-image cost relative to the cohort of 30 (else the smallest), and
-    the growth of peak RSS per added client since the previous (smaller) cohort."""
+    """Per-client and per-image cost relative to the cohort of 30 (else the smallest), by
+    wall time and by the child's CPU time (process_time: what other jobs on a shared machine
+    cannot inflate, only slow down), and the growth of peak RSS per added client since the
+    previous (smaller) cohort."""
     good = [c for c in cells if "error" not in c]
     if not good:
         return
@@ -297,29 +302,34 @@ def add_slopes(cells: list[dict]) -> None:
     for c in good:
         c["ref_clients"] = ref["clients"]
         c["per_client_vs_ref"] = c["s_per_client"] / ref["s_per_client"]
+        if "cpu_s_per_client" in c and "cpu_s_per_client" in ref:
+            c["cpu_per_client_vs_ref"] = c["cpu_s_per_client"] / ref["cpu_s_per_client"]
         c["per_image_vs_ref"] = c["s_per_1k_images"] / ref["s_per_1k_images"]
 
 
 def table(result: dict) -> str:
     rows = [
         "| backend | clients/round | s/round | train s | server s | s/client | s/1k images "
-        "| per-client × ref | per-image × ref | peak RSS MB | Δ peak RSS MB/client | peak GPU MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| per-client × ref | per-image × ref | CPU ms/client | CPU per-client × ref | peak RSS MB "
+        "| Δ peak RSS MB/client | peak GPU MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in result["backends"].values():
         for c in b["cells"]:
             if "error" in c:
-                rows.append(f"| {c['backend']} | {c['clients']} | failed: {c['error']} |  |  |  |  |  |  |  |  |  |")
+                rows.append(f"| {c['backend']} | {c['clients']} | failed: {c['error']} |" + "  |" * 11)
                 continue
             gpu = f"{c['peak_gpu_mb']:,.0f}" if "peak_gpu_mb" in c else "-"
             per = f"{c['rss_mb_per_client']:.2f}" if "rss_mb_per_client" in c else "-"
+            cpu = f"{c['cpu_s_per_client'] * 1000:.2f}" if "cpu_s_per_client" in c else "-"
+            cpu_x = f"{c['cpu_per_client_vs_ref']:.3f}" if "cpu_per_client_vs_ref" in c else "-"
             rows.append(
                 f"| {c['backend']} | {c['clients']:,} | {c['s_per_round']:.3f} | {c['train_s_per_round']:.3f} "
                 f"| {c['server_s_per_round']:.3f} | {c['s_per_client'] * 1000:.2f} ms | {c['s_per_1k_images']:.3f} "
                 f"| {c.get('per_client_vs_ref', float('nan')):.3f} | {c.get('per_image_vs_ref', float('nan')):.3f} "
-                f"| {c['peak_rss_mb']:,.0f} | {per} | {gpu} |")
+                f"| {cpu} | {cpu_x} | {c['peak_rss_mb']:,.0f} | {per} | {gpu} |")
         if b.get("stopped"):
-            rows.append(f"| {b['backend']} | {b['stopped']} |  |  |  |  |  |  |  |  |  |  |")
+            rows.append(f"| {b['backend']} | {b['stopped']} |" + "  |" * 12)
     return "\n".join(rows)
 
 
@@ -331,7 +341,9 @@ def summary_lines(result: dict) -> list[str]:
         if len(good) >= 2:
             big = max(good, key=lambda c: c["clients"])
             out.append(f"- {name}: per-client cost at {big['clients']:,} clients = {big['per_client_vs_ref']:.3f}× "
-                       f"that at {big['ref_clients']} (per image {big['per_image_vs_ref']:.3f}×); target ≤ 1.05×")
+                       f"that at {big['ref_clients']} (per image {big['per_image_vs_ref']:.3f}×"
+                       + (f"; by CPU time {big['cpu_per_client_vs_ref']:.3f}×" if "cpu_per_client_vs_ref" in big else "")
+                       + "); target ≤ 1.05×")
             ref = next(c for c in good if c["clients"] == big["ref_clients"])
             if big is not ref:
                 grow = (big["peak_rss_mb"] - ref["peak_rss_mb"]) / (big["clients"] - ref["clients"])

@@ -92,3 +92,21 @@ def report(
         con.print(f"note: {n}", markup=False)
     con.print(f"report: {out_dir / 'report.md'} (and report.html, figures/, cells.csv"
               + (", claims.json" if claims else "") + f") in {time.monotonic() - t0:.1f} s")
+
+
+@app.command()
+def export(
+    sweeps: List[str] = typer.Argument(
+        ..., help="sweep names or directories, as `fl-sweep report` takes them"),
+    out: Path = typer.Option(..., "--out", help="directory to write <sweep name>/trial_<key>/ into"),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow store to read sweep names from"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="storage root of the sweeps (default $FL_SWEEP_STORAGE or ./sweeps)"),
+) -> None:
+    """Write each run's config and metrics as plain directories (no checkpoints, no store):
+    small enough to commit or copy off a cluster; `fl-sweep report DIR` reads them."""
+    from sweeper.report.export import export_sweep
+
+    for s in sweeps:
+        e = export_sweep(s, out, tracking_uri=tracking_uri, storage_root=storage)
+        states = ", ".join(f"{n} {k}" for k, n in sorted(e.statuses.items()))
+        typer.echo(f"{e.sweep}: {sum(e.statuses.values())} runs ({states}), {e.rounds} evaluated rounds → {e.path}")

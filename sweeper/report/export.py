@@ -1,0 +1,143 @@
+"""`fl-sweep export`: a sweep's runs as plain run directories (config.yaml + metrics.jsonl
++ status.json, the layout of `fl-sweep simulate --out`), without checkpoints or the MLflow
+store. Why: the results of a sweep are a few kB per trial, its storage (checkpoints, Tune's
+state, the sqlite store) hundreds of MB; an export can be committed, mailed or copied off a
+cluster, and `fl-sweep report` merges exported directories with live sweeps like any other
+source. A sweep too long for one machine's session is run in parts (subset grids, or seeds
+on different clusters), each part exported, and reported together.
+
+An exported run keeps its identity: the directory holds the run's resolved config, whose
+`config_hash` is the trial key of the MLflow run (checked on export), so the report
+deduplicates an exported run against the same run still in its store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from fl_core.config import config_hash, parse_config, set_dotted
+from fl_core.errors import ConfigError
+from sweeper.report.load import ReportError, _load_one
+
+STATUS_FILE = "status.json"
+
+
+@dataclass(frozen=True)
+class Exported:
+    """One exported sweep: where it went and how many runs of each status it holds."""
+
+    sweep: str
+    path: Path
+    statuses: dict[str, int]
+    rounds: int
+
+
+def _config_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested config of a loaded run (its dotted keys and the seed)."""
+    nested: dict[str, Any] = {}
+    for k, v in run.items():
+        if k == "seed" or "." in k:
+            set_dotted(nested, k, v)
+    return nested
+
+
+def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A metric row without the run id and without metrics this round did not log."""
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        if k == "run_id" or v is None or (isinstance(v, float) and math.isnan(v)):
+            continue
+        out[k] = int(v) if k == "round" else v
+    return out
+
+
+def _check_identity(run: Mapping[str, Any], nested: dict[str, Any]) -> None:
+    """The exported config must hash to the run's trial key, else a report would count the
+    exported run and the live one as two replicates."""
+    try:
+        key = config_hash(parse_config(nested, source=str(run.get("source"))))
+    except ConfigError:
+        return  # a run of another engine version: exported with its own keys, as loaded
+    if run.get("trial_key") and key != run["trial_key"]:
+        raise ReportError(
+            f"{run.get('source')}: its config hashes to {key[:12]}, not to its trial key "
+            f"{str(run['trial_key'])[:12]}; not exported (was it written by another engine version?)")
+
+
+def write_run_dir(d: Path, run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> None:
+    """config.yaml, metrics.jsonl (rounds ascending) and status.json of one run in `d`."""
+    from sweeper.jsonl import write_jsonl
+
+    nested = _config_of(run)
+    _check_identity(run, nested)
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump(nested, sort_keys=True))
+    write_jsonl(d / "metrics.jsonl", sorted((_clean_row(r) for r in rows), key=lambda r: r["round"]))
+    (d / STATUS_FILE).write_text(json.dumps(
+        {"status": run.get("status"), "sweep": run.get("sweep"), "source": run.get("source"),
+         "trial_key": run.get("trial_key")}, indent=2, sort_keys=True) + "\n")
+
+
+def _dir_name(run: Mapping[str, Any]) -> str:
+    """trial_<first 16 hex digits of the trial key>; a key that is not a hash (a run of
+    another engine version) is hashed first, so the name is stable across exports."""
+    key = str(run.get("trial_key") or run["run_id"])
+    if not (len(key) >= 16 and key.isalnum()):
+        key = hashlib.sha256(key.encode()).hexdigest()
+    return f"trial_{key[:16]}"
+
+
+def export_sweep(source: str, out: Path, tracking_uri: str | None = None,
+                 storage_root: str | None = None) -> Exported:
+    """Export every run of one sweep (a name or a directory, as `fl-sweep report` takes
+    them) that has at least one evaluated round to `out/<sweep name>/`.
+
+    The directory is built beside its destination and renamed into place, replacing an
+    earlier export of the same sweep: a crash leaves the earlier export or the new one,
+    never a mix.
+    """
+    runs, metrics, _parent, _notes = _load_one(source, tracking_uri, storage_root)
+    if not runs:
+        raise ReportError(f"`{source}`: the sweep has no runs yet")
+    name = str(runs[0]["sweep"])
+    by_run: dict[str, list[dict]] = {}
+    for m in metrics:
+        by_run.setdefault(m["run_id"], []).append(m)
+    # runs with an evaluated round, the longest first (of one trial twice, the longest is kept)
+    kept = sorted((r for r in runs if by_run.get(r["run_id"])), key=lambda r: -len(by_run[r["run_id"]]))
+    if not kept:
+        raise ReportError(f"`{source}`: no run has an evaluated round yet; nothing to export")
+    out.mkdir(parents=True, exist_ok=True)
+    dest = out / name
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    try:
+        statuses: dict[str, int] = {}
+        names: set[str] = set()
+        for r in kept:
+            dn = _dir_name(r)
+            if dn in names:
+                continue
+            names.add(dn)
+            write_run_dir(tmp / dn, r, by_run[r["run_id"]])
+            statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=out))
+            dest.rename(old / name)
+        tmp.rename(dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    rounds = sum(len(by_run[r["run_id"]]) for r in kept)
+    return Exported(name, dest, statuses, rounds)
