@@ -36,6 +36,8 @@ TABLE_COLUMNS = (
     ("backdoor_avg", "backdoor acc (avg)"),
     ("heldout_avg", "held-out backdoor (avg)"),
     ("collateral_avg", "collateral (avg)"),
+    ("flag_tpr_avg", "attackers flagged (TPR)"),
+    ("flag_fpr_avg", "benign flagged (FPR)"),
     ("lifespan", "backdoor lifespan (rounds)"),
     ("attacked_rounds", "rounds attacked"),
     ("benign_norm_p90_median", "benign norm p90 (median)"),
@@ -58,6 +60,10 @@ DEFINITIONS = """\
 - **collateral (avg)**: the share of NON-target writers' source-label test images predicted
   as the target label (`collateral_rate`), averaged like backdoor acc (avg): the backdoor's
   spill-over onto other writers; compare it with the unattacked cell's value.
+- **attackers flagged (TPR) / benign flagged (FPR)**: for aggregators that select or flag
+  clients (Krum, Multi-Krum, Bulyan, FLAME, FoolsGold: docs/ROBUSTNESS.md), the share of the
+  round's attackers (resp. benign clients) left out of the aggregate, averaged over the
+  evaluated rounds (TPR over those with an attacker); "–" for rules that flag nobody.
 - **backdoor lifespan**: with `attack.stop_round` = S, the rounds after the attack stops until
   backdoor acc is first below half its peak of the attack window (resolution `fl.eval_every`);
   "≥" marks a cell where some seed's run ended first (the value is then a lower bound).

@@ -155,6 +155,10 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
             # absent in runs made before these metrics existed: NaN, shown as "–"
             "clean_tail": _tail_mean(_col(g, "main_acc_clean"), tail),
             "collateral_avg": _late_mean(_col(g, "collateral_rate").loc[after], burn_in),
+            # aggregators that select or flag clients (fl_core/round.py): mean over the
+            # evaluated rounds that logged them (flag_tpr only where attackers took part)
+            "flag_tpr_avg": float(_col(g, "flag_tpr").mean()),
+            "flag_fpr_avg": float(_col(g, "flag_fpr").mean()),
             "lifespan": lifespan,
             "lifespan_censored": float(censored),
             "attacked_rounds": float(attacked.mean()),
@@ -176,7 +180,7 @@ def _col(g: pd.DataFrame, name: str) -> pd.Series:
 
 SUMMARY_COLUMNS = (
     "main_final", "main_tail", "clean_tail", "backdoor_final", "backdoor_avg", "heldout_avg",
-    "collateral_avg", "lifespan", "lifespan_censored",
+    "collateral_avg", "flag_tpr_avg", "flag_fpr_avg", "lifespan", "lifespan_censored",
     "attacked_rounds", "attackers_per_round", "benign_norm_p90_median",
 )
 

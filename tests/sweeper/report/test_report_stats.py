@@ -119,3 +119,23 @@ def test_lifespan_reaches_the_run_summary_and_the_table(tmp_path, run_writer):
     cells = cell_summary(data)
     row = table_rows(cells, [])[0]
     assert row[3 + [c for c, _ in TABLE_COLUMNS].index("lifespan")] == "3.0"
+
+
+def test_flag_rates_reach_the_run_summary_and_the_table(tmp_path, run_writer):
+    """flag_tpr is logged only in rounds with an attacker (None elsewhere), flag_fpr every
+    round: TPR = mean(1, 0) = 0.5 over the 2 attacked rounds, FPR = mean(0, 0.1, 0, 0.2)
+    = 0.075; a run of an aggregator that flags nobody has neither ("–")."""
+    from sweeper.report.page import TABLE_COLUMNS, table_rows
+
+    data = _one_run(tmp_path, run_writer,
+                    {"attack.kind": "model-replacement", "attack.fraction": 0.033, "defense.aggregator": "krum"},
+                    backdoor_acc=[0.0] * 4, main_acc=[0.5] * 4, num_attackers=[1, 0, 1, 0],
+                    flag_tpr=[1.0, None, 0.0, None], flag_fpr=[0.0, 0.1, 0.0, 0.2])
+    s = run_summary(data).iloc[0]
+    assert s["flag_tpr_avg"] == pytest.approx(0.5) and s["flag_fpr_avg"] == pytest.approx(0.075)
+    names = [c for c, _ in TABLE_COLUMNS]
+    row = table_rows(cell_summary(data), [])[0]
+    assert (row[3 + names.index("flag_tpr_avg")], row[3 + names.index("flag_fpr_avg")]) == ("0.500", "0.075")
+    plain = _one_run(tmp_path / "fedavg", run_writer, backdoor_acc=[0.0] * 4, main_acc=[0.5] * 4)
+    row = table_rows(cell_summary(plain), [])[0]
+    assert row[3 + names.index("flag_tpr_avg")] == "–" and math.isnan(run_summary(plain).iloc[0]["flag_fpr_avg"])
