@@ -292,7 +292,12 @@ def test_vectorized_client_result_does_not_depend_on_its_cohort(data, gp, monkey
     assert rel_err(reordered[0].delta, cohort[4].delta) <= bound[4]
     for x, y, b in zip(cohort, via_vmap, bound):
         assert rel_err(y.delta, x.delta) <= b
-    assert rel_err(plain.delta, alone.delta) > 1e-2 > 10 * bound[2]  # dropout: far beyond rounding
+    # dropout: far beyond rounding. The bound is measured, so it moves with the machine's
+    # kernels (under 1e-3 on the AMD EPYC of earlier runs, 6.8e-3 on an Intel Xeon, where
+    # the masks moved the update by 0.84): compare against it, not a constant, plus an
+    # absolute floor so that a vanishing mask cannot pass either.
+    dropout_effect = rel_err(plain.delta, alone.delta)
+    assert dropout_effect > 10 * bound[2] and dropout_effect > 1e-2, (dropout_effect, bound[2])
 
 
 @pytest.mark.slow  # two 3-round simulations
