@@ -104,9 +104,11 @@ def export(
 ) -> None:
     """Write each run's config and metrics as plain directories (no checkpoints, no store):
     small enough to commit or copy off a cluster; `fl-sweep report DIR` reads them."""
-    from sweeper.report.export import export_sweep
+    from sweeper.report.export import export_sweep, load_for_export
 
-    for s in sweeps:
-        e = export_sweep(s, out, tracking_uri=tracking_uri, storage_root=storage)
+    # read every sweep first: a bad name among several exits 2 before anything is written
+    loaded = [load_for_export(s, tracking_uri=tracking_uri, storage_root=storage) for s in sweeps]
+    for one in loaded:
+        e = export_sweep(one, out)
         states = ", ".join(f"{n} {k}" for k, n in sorted(e.statuses.items()))
         typer.echo(f"{e.sweep}: {sum(e.statuses.values())} runs ({states}), {e.rounds} evaluated rounds → {e.path}")

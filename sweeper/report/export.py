@@ -96,26 +96,42 @@ def _dir_name(run: Mapping[str, Any]) -> str:
     return f"trial_{key[:16]}"
 
 
-def export_sweep(source: str, out: Path, tracking_uri: str | None = None,
+@dataclass(frozen=True)
+class Loaded:
+    """One sweep read for export: its name, its runs with an evaluated round (the longest
+    first: of one trial twice, the longest is kept) and their metric rows by run id."""
+
+    name: str
+    runs: list[dict]
+    rows: dict[str, list[dict]]
+
+
+def load_for_export(source: str, tracking_uri: str | None = None,
+                    storage_root: str | None = None) -> Loaded:
+    """Read one sweep (a name or a directory, as `fl-sweep report` takes them)."""
+    runs, metrics, _parent, _notes = _load_one(source, tracking_uri, storage_root)
+    if not runs:
+        raise ReportError(f"`{source}`: the sweep has no runs yet")
+    by_run: dict[str, list[dict]] = {}
+    for m in metrics:
+        by_run.setdefault(m["run_id"], []).append(m)
+    kept = sorted((r for r in runs if by_run.get(r["run_id"])), key=lambda r: -len(by_run[r["run_id"]]))
+    if not kept:
+        raise ReportError(f"`{source}`: no run has an evaluated round yet; nothing to export")
+    return Loaded(str(runs[0]["sweep"]), kept, by_run)
+
+
+def export_sweep(source: str | Loaded, out: Path, tracking_uri: str | None = None,
                  storage_root: str | None = None) -> Exported:
-    """Export every run of one sweep (a name or a directory, as `fl-sweep report` takes
-    them) that has at least one evaluated round to `out/<sweep name>/`.
+    """Export every run of one sweep that has at least one evaluated round to
+    `out/<sweep name>/` (`source`: a name or directory, or what `load_for_export` read).
 
     The directory is built beside its destination and renamed into place, replacing an
     earlier export of the same sweep: a crash leaves the earlier export or the new one,
     never a mix.
     """
-    runs, metrics, _parent, _notes = _load_one(source, tracking_uri, storage_root)
-    if not runs:
-        raise ReportError(f"`{source}`: the sweep has no runs yet")
-    name = str(runs[0]["sweep"])
-    by_run: dict[str, list[dict]] = {}
-    for m in metrics:
-        by_run.setdefault(m["run_id"], []).append(m)
-    # runs with an evaluated round, the longest first (of one trial twice, the longest is kept)
-    kept = sorted((r for r in runs if by_run.get(r["run_id"])), key=lambda r: -len(by_run[r["run_id"]]))
-    if not kept:
-        raise ReportError(f"`{source}`: no run has an evaluated round yet; nothing to export")
+    loaded = source if isinstance(source, Loaded) else load_for_export(source, tracking_uri, storage_root)
+    name, kept, by_run = loaded.name, loaded.runs, loaded.rows
     out.mkdir(parents=True, exist_ok=True)
     dest = out / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))

@@ -77,3 +77,7 @@ def test_the_cli_exports_and_names_a_missing_sweep(tmp_path, mlflow_sweep, capsy
     assert main(["export", "no-such-sweep", "--storage", str(root), "--out", str(out)]) == 2
     assert "no-such-sweep" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["fig4b-mini"]
+    # a bad name after a good one: nothing is written, not even the good one
+    fresh = tmp_path / "fresh"
+    assert main(["export", "fig4b-mini", "no-such-sweep", "--storage", str(root), "--out", str(fresh)]) == 2
+    assert "no-such-sweep" in capsys.readouterr().err and not fresh.exists()
