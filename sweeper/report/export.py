@@ -135,9 +135,12 @@ def export_sweep(source: str | Loaded, out: Path, tracking_uri: str | None = Non
     out.mkdir(parents=True, exist_ok=True)
     dest = out / name
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would follow the export to a shared file system
+    old = None
     try:
         statuses: dict[str, int] = {}
         names: set[str] = set()
+        rounds = 0
         for r in kept:
             dn = _dir_name(r)
             if dn in names:
@@ -145,15 +148,16 @@ def export_sweep(source: str | Loaded, out: Path, tracking_uri: str | None = Non
             names.add(dn)
             write_run_dir(tmp / dn, r, by_run[r["run_id"]])
             statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
-        old = None
+            rounds += len(by_run[r["run_id"]])
         if dest.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=out))
             dest.rename(old / name)
         tmp.rename(dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not dest.exists():
+            (old / name).rename(dest)  # put the earlier export back
         raise
-    rounds = sum(len(by_run[r["run_id"]]) for r in kept)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return Exported(name, dest, statuses, rounds)

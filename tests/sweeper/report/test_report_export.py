@@ -57,6 +57,29 @@ def test_exporting_again_replaces_the_earlier_export_whole(tmp_path, mlflow_swee
     second = export_sweep(str(sweep_dir), out)
     assert second.path == first.path and not stray.exists()
     assert sorted(p.name for p in out.iterdir()) == ["fig4b-mini"]  # no temporary left
+    assert second.path.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
+
+
+def test_a_failed_export_leaves_the_earlier_one_in_place(tmp_path, mlflow_sweep, monkeypatch):
+    import sweeper.report.export as export
+
+    root, sweep_dir, uri, parent = mlflow_sweep
+    out = tmp_path / "exported"
+    first = export_sweep(str(sweep_dir), out)
+    before = sorted(p.name for p in first.path.iterdir())
+    calls = []
+
+    def fail_on_third(d, run, rows):  # a crash half-way through the new export
+        calls.append(d)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return write_run_dir(d, run, rows)
+
+    monkeypatch.setattr(export, "write_run_dir", fail_on_third)
+    with pytest.raises(OSError, match="disk full"):
+        export_sweep(str(sweep_dir), out)
+    assert sorted(p.name for p in first.path.iterdir()) == before
+    assert sorted(p.name for p in out.iterdir()) == ["fig4b-mini"]
 
 
 def test_a_config_that_does_not_hash_to_its_trial_key_is_refused(tmp_path):
