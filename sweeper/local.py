@@ -26,9 +26,9 @@ from fl_core.state import SimulationState, load_state, save_state
 from sweeper.configio import dump_config
 from sweeper.errors import SweeperError
 from sweeper.jsonl import append_row, read_jsonl, write_jsonl
+from sweeper.rundir import CONFIG, METRICS, STATE, STATUS  # noqa: F401 (re-exported)
 from sweeper.storage import atomic_write_text
 
-STATE, METRICS, CONFIG, STATUS = "state.pt", "metrics.jsonl", "config.yaml", "status.json"
 
 
 def truncate_metrics(path: Path, last_round: int) -> list[dict]:

@@ -26,9 +26,9 @@ import yaml
 
 from fl_core.config import config_hash, parse_config, set_dotted
 from fl_core.errors import ConfigError
+from sweeper.configio import dump_config
 from sweeper.report.load import ReportError, _load_one
-
-STATUS_FILE = "status.json"
+from sweeper.rundir import CONFIG, METRICS, STATUS
 
 
 @dataclass(frozen=True)
@@ -60,29 +60,33 @@ def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _check_identity(run: Mapping[str, Any], nested: dict[str, Any]) -> None:
-    """The exported config must hash to the run's trial key, else a report would count the
-    exported run and the live one as two replicates."""
+def _config_yaml(run: Mapping[str, Any]) -> str:
+    """The run's config.yaml, as `fl-sweep simulate` writes it (`dump_config`). It must hash
+    to the run's trial key, else a report would count the exported run and the live one as
+    two replicates. A run of another engine version (its config does not parse) is written
+    with its own keys, as loaded."""
+    nested = _config_of(run)
     try:
-        key = config_hash(parse_config(nested, source=str(run.get("source"))))
+        cfg = parse_config(nested, source=str(run.get("source")))
     except ConfigError:
-        return  # a run of another engine version: exported with its own keys, as loaded
+        return yaml.safe_dump(nested, sort_keys=True)
+    key = config_hash(cfg)
     if run.get("trial_key") and key != run["trial_key"]:
         raise ReportError(
             f"{run.get('source')}: its config hashes to {key[:12]}, not to its trial key "
             f"{str(run['trial_key'])[:12]}; not exported (was it written by another engine version?)")
+    return dump_config(cfg)
 
 
 def write_run_dir(d: Path, run: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> None:
     """config.yaml, metrics.jsonl (rounds ascending) and status.json of one run in `d`."""
     from sweeper.jsonl import write_jsonl
 
-    nested = _config_of(run)
-    _check_identity(run, nested)
+    config = _config_yaml(run)
     d.mkdir(parents=True)
-    (d / "config.yaml").write_text(yaml.safe_dump(nested, sort_keys=True))
-    write_jsonl(d / "metrics.jsonl", sorted((_clean_row(r) for r in rows), key=lambda r: r["round"]))
-    (d / STATUS_FILE).write_text(json.dumps(
+    (d / CONFIG).write_text(config)
+    write_jsonl(d / METRICS, sorted((_clean_row(r) for r in rows), key=lambda r: r["round"]))
+    (d / STATUS).write_text(json.dumps(
         {"status": run.get("status"), "sweep": run.get("sweep"), "source": run.get("source"),
          "trial_key": run.get("trial_key")}, indent=2, sort_keys=True) + "\n")
 
@@ -121,16 +125,14 @@ def load_for_export(source: str, tracking_uri: str | None = None,
     return Loaded(str(runs[0]["sweep"]), kept, by_run)
 
 
-def export_sweep(source: str | Loaded, out: Path, tracking_uri: str | None = None,
-                 storage_root: str | None = None) -> Exported:
-    """Export every run of one sweep that has at least one evaluated round to
-    `out/<sweep name>/` (`source`: a name or directory, or what `load_for_export` read).
+def export_sweep(loaded: Loaded, out: Path) -> Exported:
+    """Export the runs `load_for_export` read (those with an evaluated round) to
+    `out/<sweep name>/`.
 
     The directory is built beside its destination and renamed into place, replacing an
     earlier export of the same sweep: a crash leaves the earlier export or the new one,
     never a mix.
     """
-    loaded = source if isinstance(source, Loaded) else load_for_export(source, tracking_uri, storage_root)
     name, kept, by_run = loaded.name, loaded.runs, loaded.rows
     out.mkdir(parents=True, exist_ok=True)
     dest = out / name

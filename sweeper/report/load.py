@@ -32,6 +32,7 @@ import yaml
 from fl_core.config import EXECUTION_ONLY_KEYS, config_hash, flatten, parse_config, set_dotted
 from fl_core.errors import ConfigError
 from sweeper.errors import SweeperError
+from sweeper.rundir import CONFIG, METRICS, STATUS
 from sweeper.warmup import is_warmup_ref
 
 METRIC_KEYS = (
@@ -170,7 +171,7 @@ def find_simulate_dirs(root: Path, max_depth: int = 4) -> list[Path]:
     for dirpath, dirnames, filenames in os.walk(root):
         depth = len(Path(dirpath).relative_to(root).parts)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and depth < max_depth)
-        if "config.yaml" in filenames and "metrics.jsonl" in filenames:
+        if CONFIG in filenames and METRICS in filenames:
             found.append(Path(dirpath))
     return sorted(found)
 
@@ -187,21 +188,21 @@ def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def _load_simulate_dir(d: Path, sweep: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    raw = yaml.safe_load((d / "config.yaml").read_text()) or {}
+    raw = yaml.safe_load((d / CONFIG).read_text()) or {}
     if not isinstance(raw, dict):
-        raise ReportError(f"{d / 'config.yaml'}: not a mapping")
+        raise ReportError(f"{d / CONFIG}: not a mapping")
     try:
-        cfg = parse_config(raw, source=str(d / "config.yaml"))
+        cfg = parse_config(raw, source=str(d / CONFIG))
         flat = flatten(cfg)
         trial_key = config_hash(cfg)
     except ConfigError:
         flat = _flat_dict(raw)
         trial_key = json.dumps(flat, sort_keys=True, default=str)
-    rows = read_metrics_jsonl(d / "metrics.jsonl")
+    rows = read_metrics_jsonl(d / METRICS)
     last = max((int(r["round"]) for r in rows), default=0)
     rounds = flat.get("fl.rounds")
     status = "finished" if rounds is not None and last >= int(rounds) else "incomplete"
-    status_file = d / "status.json"  # written by `fl-sweep simulate` (sweeper/local.py)
+    status_file = d / STATUS  # written by `fl-sweep simulate` (sweeper/local.py) and `fl-sweep export`
     if status_file.exists():
         try:
             status = json.loads(status_file.read_text()).get("status", status)

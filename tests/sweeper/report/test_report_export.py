@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from sweeper.cli import main
-from sweeper.report.export import export_sweep, write_run_dir
+from sweeper.report.export import export_sweep, load_for_export, write_run_dir
 from sweeper.report.load import ReportError, load_sweeps
 from sweeper.report.stats import cell_summary
 
@@ -26,7 +26,7 @@ def _by_trial(data) -> pd.DataFrame:
 def test_an_export_reports_the_same_cells_and_numbers(tmp_path, mlflow_sweep):
     root, sweep_dir, uri, parent = mlflow_sweep
     live = load_sweeps([str(sweep_dir)])
-    e = export_sweep(str(sweep_dir), tmp_path / "exported")
+    e = export_sweep(load_for_export(str(sweep_dir)), tmp_path / "exported")
     assert e.sweep == "fig4b-mini" and e.statuses == {"finished": 4} and e.rounds == 20
     assert sorted(p.name for p in e.path.iterdir()) == sorted(
         f"trial_{k[:16]}" for k in live.runs["trial_key"])
@@ -42,7 +42,7 @@ def test_an_export_reports_the_same_cells_and_numbers(tmp_path, mlflow_sweep):
 
 def test_an_export_merged_with_its_live_sweep_counts_each_run_once(tmp_path, mlflow_sweep):
     root, sweep_dir, uri, parent = mlflow_sweep
-    e = export_sweep("fig4b-mini", tmp_path / "exported", storage_root=str(root))
+    e = export_sweep(load_for_export("fig4b-mini", storage_root=str(root)), tmp_path / "exported")
     both = load_sweeps([str(sweep_dir), str(e.path)])
     assert len(both.runs) == 4
     assert any("4 duplicate run(s)" in n for n in both.notes)
@@ -51,10 +51,10 @@ def test_an_export_merged_with_its_live_sweep_counts_each_run_once(tmp_path, mlf
 def test_exporting_again_replaces_the_earlier_export_whole(tmp_path, mlflow_sweep):
     root, sweep_dir, uri, parent = mlflow_sweep
     out = tmp_path / "exported"
-    first = export_sweep(str(sweep_dir), out)
+    first = export_sweep(load_for_export(str(sweep_dir)), out)
     stray = first.path / "trial_stale"
     stray.mkdir()  # as if the earlier export held a run the store no longer has
-    second = export_sweep(str(sweep_dir), out)
+    second = export_sweep(load_for_export(str(sweep_dir)), out)
     assert second.path == first.path and not stray.exists()
     assert sorted(p.name for p in out.iterdir()) == ["fig4b-mini"]  # no temporary left
     assert second.path.stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
@@ -65,7 +65,7 @@ def test_a_failed_export_leaves_the_earlier_one_in_place(tmp_path, mlflow_sweep,
 
     root, sweep_dir, uri, parent = mlflow_sweep
     out = tmp_path / "exported"
-    first = export_sweep(str(sweep_dir), out)
+    first = export_sweep(load_for_export(str(sweep_dir)), out)
     before = sorted(p.name for p in first.path.iterdir())
     calls = []
 
@@ -77,7 +77,7 @@ def test_a_failed_export_leaves_the_earlier_one_in_place(tmp_path, mlflow_sweep,
 
     monkeypatch.setattr(export, "write_run_dir", fail_on_third)
     with pytest.raises(OSError, match="disk full"):
-        export_sweep(str(sweep_dir), out)
+        export_sweep(load_for_export(str(sweep_dir)), out)
     assert sorted(p.name for p in first.path.iterdir()) == before
     assert sorted(p.name for p in out.iterdir()) == ["fig4b-mini"]
 
