@@ -130,8 +130,8 @@ def decode(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SyntaxProblem(f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); "
-                            "a binary or damaged file?") from None
+        raise SyntaxProblem(f"not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}: "
+                            "a binary or damaged file)") from None
 
 
 # --------------------------------------------------------------------------- JSON

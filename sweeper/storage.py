@@ -213,6 +213,7 @@ def list_sweeps(root: Path) -> list[tuple[Path, Manifest]]:
                 out.append((d, read_manifest(d)))
             except SweeperError as e:
                 problem = getattr(e, "problem", str(e))
-                out.append((d, Manifest({"grid_file": f"(damaged {MANIFEST}: {problem})"},
+                brief = problem.split("; expected ")[0]  # a table cell: the shape is in the docs
+                out.append((d, Manifest({"grid_file": f"(damaged {MANIFEST}: {brief})"},
                                         str(d / MANIFEST), problem)))
     return out
