@@ -48,30 +48,37 @@ def _error(file: str, problem: str) -> DatasetError:
 def _schemas() -> tuple[Any, Any]:
     """(file, writer) schemas: the file's top level, then each writer on its own (so that
     a validated copy of one writer's pixels, not of the whole file, exists at a time)."""
-    from pydantic import BaseModel, ConfigDict
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field
 
     class LeafFile(BaseModel):
         model_config = ConfigDict(strict=True, extra="allow")
-        user_data: dict[str, dict[str, Any]]
+        user_data: dict[Annotated[str, Field(min_length=1, max_length=256)], dict[str, Any]]
 
     class Writer(BaseModel):
         model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
         x: list[list[float]]
-        y: list[int]
+        y: list[Annotated[int, Field(ge=0, le=61)]]  # FEMNIST: 10 digits, 52 letters
 
     return LeafFile, Writer
 
 
-def _read_json(path: Path, parts: Parts) -> None:
-    """Append each writer's digits in `path` to `parts`."""
-    file_schema, writer_schema = _schemas()
-    file = str(path)
+def _read_file(path: Path) -> Any:
+    """One LEAF JSON file, bounded and its top level validated (writers are checked one
+    at a time by the caller)."""
     try:
-        blob = safeio.read_json(path, file_schema, max_bytes=MAX_BYTES, max_depth=MAX_DEPTH,
+        return safeio.read_json(path, _schemas()[0], max_bytes=MAX_BYTES, max_depth=MAX_DEPTH,
                                 expected=SHAPE, error=_error, what="a LEAF JSON file")
     except FileNotFoundError:  # listed a moment ago, gone now
-        raise _error(file, "no such file") from None
-    for w, d in blob.user_data.items():
+        raise _error(str(path), "no such file") from None
+
+
+def _read_json(path: Path, parts: Parts) -> None:
+    """Append each writer's digits in `path` to `parts`."""
+    _, writer_schema = _schemas()
+    file = str(path)
+    for w, d in _read_file(path).user_data.items():
         wd = safeio.validate(d, writer_schema, file, expected=SHAPE, error=_error,
                              where=f"user_data.{w}")
         y = np.asarray(wd.y, np.int64)
@@ -112,6 +119,16 @@ def read_leaf_dir(directory: Path) -> FederatedData:
     has_test = test_dir.is_dir()
     test = _read_split(test_dir) if has_test else {}
     return from_writer_arrays(train, test, f"leaf:{directory}" + ("" if has_test else " (no test/)"))
+
+
+def train_users(directory: Path) -> set[str]:
+    """The writer ids of `<directory>/train/*.json` (their `user_data` keys), each file read
+    by the guarded reader: for counting the population (K) without building the data, as
+    the report's privacy accounting does. DatasetError names a damaged file."""
+    users: set[str] = set()
+    for path in sorted((Path(directory).expanduser() / "train").glob("*.json")):
+        users.update(_read_file(path).user_data)
+    return users
 
 
 def load(cfg: DataConfig, seed: int) -> FederatedData:

@@ -293,6 +293,7 @@ LEAF = [  # (id, content, words)
     ("deep", DEEP, ["nested more than"]),
     ("label-as-text", {"user_data": {"w": {"x": [_image()], "y": ["3"]}}}, ["`user_data.w.y[0]`"]),
     ("label-as-bool", {"user_data": {"w": {"x": [_image()], "y": [True]}}}, ["`user_data.w.y[0]`"]),
+    ("label-huge", {"user_data": {"w": {"x": [_image()], "y": [10**30]}}}, ["`user_data.w.y[0]`"]),
     ("pixel-as-text", {"user_data": {"w": {"x": [["0.5"] * 784], "y": [3]}}}, ["`user_data.w.x[0][0]`"]),
     ("pixel-nan", b'{"user_data": {"w": {"x": [[NaN' + b", 1.0" * 783 + b']], "y": [3]}}}',
      ["`user_data.w.x[0][0]`"]),
