@@ -1,4 +1,6 @@
-"""The one YAML reader of the sweeper: grid files and `fl-sweep simulate --config`.
+"""The one YAML reader of the sweeper: grid files, `fl-sweep simulate --config`, and every
+config.yaml read back (a run directory being resumed, an exported run being reported or
+exported again: sweeper.report.load).
 
 A YAML file is user input and may be hostile or broken. This reader bounds what it
 costs before anything else sees the data:
@@ -14,8 +16,9 @@ costs before anything else sees the data:
   The expanded size (nodes and scalar characters) is computed on the composed node
   graph, before a single Python object is built, and refused above MAX_NODES / MAX_CHARS.
 
-Every problem is a GridError naming the file: exit 2. `short()` caps how much of a
-value an error message shows (reprlib), so no error line is megabytes long.
+Every problem is a GridError naming the file: exit 2. The file is read as a regular file
+only (fl_core.safeio.read_bytes: a FIFO would block). `short()` (fl_core.safeio's) caps how
+much of a value an error message shows, so no error line is megabytes long.
 """
 
 from __future__ import annotations
