@@ -442,6 +442,35 @@ def test_errors_of_the_warmup_task_pickle_intact():
         assert type(back) is type(e) and str(back) == str(e)
 
 
+def test_a_damaged_cache_found_inside_the_warmup_task_reaches_the_driver_as_one_line(tmp_path):
+    """If the cache is damaged between the driver's check and the task's (another sweep
+    sharing the storage), the task's error is re-raised as itself, not as Ray's wrapped
+    traceback. ray.get is replaced by what it raises for a task that failed."""
+    from types import SimpleNamespace
+
+    import ray
+    from ray.exceptions import RayTaskError
+
+    from sweeper import warmup
+
+    original = st.SweepFileError(str(tmp_path / "state.pt"), "not a usable checkpoint", "move it away")
+
+    def get(_ref):
+        raise RayTaskError("compute", "Traceback (most recent call last): ...", original,
+                           proctitle="ray::compute", pid=1, ip="127.0.0.1").as_instanceof_cause()
+
+    with pytest.raises(st.SweepFileError) as e:
+        warmup._get(SimpleNamespace(get=get, exceptions=ray.exceptions), "ref")
+    assert type(e.value) is st.SweepFileError and str(e.value) == str(original)
+    rc = RayTaskError("compute", "tb", ValueError("a bug"), proctitle="p", pid=1, ip="127.0.0.1")
+
+    def get_bug(_ref):
+        raise rc.as_instanceof_cause()
+
+    with pytest.raises(RayTaskError):  # a bug keeps its traceback
+        warmup._get(SimpleNamespace(get=get_bug, exceptions=ray.exceptions), "ref")
+
+
 # --------------------------------------------------------------------------- MLflow filters
 @pytest.mark.slow  # builds an MLflow store
 def test_sweep_names_with_quotes_are_found_exactly(tmp_path):
