@@ -5,58 +5,94 @@ Rows are appended one line at a time and fsynced, so a crash can cut the LAST li
 the file, so that a resume or a report goes on from the rows that were written whole; a
 bad line anywhere else means the file was damaged some other way and is a `JsonlError`
 (exit 2), never silently skipped.
+
+The file is read back like every file (fl_core.safeio): at most MAX_BYTES, each line
+strict UTF-8 JSON nested at most a few levels, and each row validated against its schema
+(by default a metrics row: an integer `round` and numbers or null for the metrics), so a
+string or an object where a number belongs is an error naming the line and the key, not a
+traceback deep inside a report. A complete line that is too deep or of the wrong shape is
+never taken for a cut-short one.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
 from pathlib import Path
 from typing import IO, Any, Iterable
 
+from fl_core import safeio
 from sweeper.errors import SweeperError
 from sweeper.storage import atomic_write_text
 
+MAX_BYTES = 256 << 20  # ~1 KB per evaluated round: 250,000 rounds
+MAX_DEPTH = 8          # a metrics row nests 1 level
+METRICS_SHAPE = ("one JSON object per line: `round` (an integer >= 0) and metrics (numbers "
+                 "or null), as `fl-sweep simulate` writes them")
+
 
 class JsonlError(SweeperError):
-    """A JSON Lines file has a bad line before its last one."""
+    """A JSON Lines file has a bad line before its last one, or a row of the wrong shape."""
 
 
 class TruncatedLineWarning(UserWarning):
     """The last line of a JSON Lines file was cut short (a crash mid-write) and is dropped."""
 
 
-def _row(raw: bytes) -> dict[str, Any]:
-    row = json.loads(raw.decode("utf-8"))
-    if not isinstance(row, dict):
-        raise ValueError("not a JSON object")
-    return row
+@functools.cache
+def metrics_row() -> type:
+    """The schema of a metrics row (built on first use: pydantic stays out of CLI start-up)."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class MetricsRow(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        # metric values may be NaN/inf (a diverged loss); a bool or a string is no metric
+        __pydantic_extra__: dict[str, float | None] = Field(init=False)
+
+        round: int = Field(ge=0, le=10**9)
+
+    return MetricsRow
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of `path` ([] when it does not exist); see the module docstring."""
+def _error(file: str, problem: str) -> JsonlError:
+    return JsonlError(f"{file}: {problem}")
+
+
+def read_jsonl(path: str | os.PathLike, schema: Any = None,
+               expected: str = "one JSON object per line") -> list[dict[str, Any]]:
+    """The rows of `path` ([] when it does not exist); see the module docstring.
+
+    Args:
+        schema: what each row must be (a pydantic model or type); None: a metrics row.
+        expected: the shape in words, for error messages (with a `schema`).
+    """
     path = Path(path)
+    if schema is None:
+        schema, expected = metrics_row(), METRICS_SHAPE
     try:
-        data = path.read_bytes()
+        data = safeio.read_bytes(path, max_bytes=MAX_BYTES, error=_error, what="a metrics.jsonl")
     except FileNotFoundError:
         return []
-    except OSError as e:
-        raise JsonlError(f"{path}: cannot read: {e.strerror or e}") from None
     lines = [(i, raw) for i, raw in enumerate(data.split(b"\n"), 1) if raw.strip()]
     rows = []
     for pos, (lineno, raw) in enumerate(lines):
         try:
-            rows.append(_row(raw))
-        except ValueError:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            row = safeio.loads(raw, max_depth=MAX_DEPTH)
+        except safeio.SyntaxProblem as e:
             if pos == len(lines) - 1:
                 warnings.warn(TruncatedLineWarning(
                     f"{path}: dropped its last line {lineno}, cut short ({len(raw)} bytes, not "
                     "JSON): the run that wrote it stopped mid-write"), stacklevel=2)
                 break
             raise JsonlError(
-                f"{path}: line {lineno} is not a JSON object; the file is damaged (only a cut-short "
-                "last line is dropped automatically)") from None
+                f"{path}: line {lineno} is not a JSON object ({e.problem}); the file is damaged "
+                "(only a cut-short last line is dropped automatically)") from None
+        except safeio.ParseError as e:
+            raise JsonlError(f"{path}: line {lineno}: {e.problem}; expected {expected}") from None
+        safeio.validate(row, schema, f"{path}: line {lineno}", expected=expected, error=_error)
+        rows.append(row)
     return rows
 
 

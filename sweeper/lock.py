@@ -14,11 +14,17 @@ flock alone is not enough on file systems where it is not shared between hosts (
 NFS set-ups lock per client): there a driver on another host with a fresh heartbeat
 (younger than STALE_S) still refuses the lock. A heartbeat older than STALE_S is a
 driver that died without its lock being released (a host that went down): taken over.
+
+driver.json is read back like every file (fl_core.safeio): bounded, and validated (a
+finite time, a pid the OS can hold); a damaged one is a one-line error naming it. A
+heartbeat more than FUTURE_S ahead of this host's clock cannot be judged (the hosts'
+clocks differ by more than that, or the file was edited): waiting would never make it
+stale, so the error says how to take over instead of "retry later".
 """
 
 from __future__ import annotations
 
-import json
+import functools
 import os
 import socket
 import threading
@@ -33,6 +39,10 @@ LOCK_FILE = "driver.lock"
 INFO_FILE = "driver.json"
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
+FUTURE_S = 300.0  # clocks of one cluster agree far better (NTP); beyond this: untrustworthy
+INFO_MAX_BYTES = 64 << 10
+INFO_SHAPE = ("the JSON object a driver writes: host (text), pid (integer 1..2^31-1), "
+              "command (text), since and heartbeat (seconds since 1970)")
 
 
 @dataclass(frozen=True)
@@ -48,8 +58,15 @@ class Holder:
     def describe(self, now: float | None = None) -> str:
         now = time.time() if now is None else now
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
-        return (f"`fl-sweep {self.command}` on host {self.host}, pid {self.pid}, since {since} "
-                f"(heartbeat {max(0.0, now - self.heartbeat):.0f}s ago)")
+        ahead = self.heartbeat - now
+        beat = (f"heartbeat {ahead:.0f}s in the future" if ahead > FUTURE_S
+                else f"heartbeat {max(0.0, -ahead):.0f}s ago")
+        return f"`fl-sweep {self.command}` on host {self.host}, pid {self.pid}, since {since} ({beat})"
+
+    def untrustworthy(self, now: float | None = None) -> bool:
+        """A heartbeat more than FUTURE_S ahead of this clock: it never goes stale."""
+        now = time.time() if now is None else now
+        return self.heartbeat - now > FUTURE_S
 
     def stale(self, now: float | None = None) -> bool:
         """No heartbeat for STALE_S, or (on this host) its process has ended."""
@@ -64,14 +81,48 @@ class Holder:
         return now - self.heartbeat > STALE_S
 
 
+@functools.cache
+def _info_schema() -> type:
+    """driver.json's schema, built on first use (pydantic stays out of CLI start-up)."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    printable = r"^[^\x00-\x1f\x7f]+$"
+
+    class DriverInfo(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow", allow_inf_nan=False)
+
+        host: str = Field(min_length=1, max_length=255, pattern=printable)
+        pid: int = Field(ge=1, le=2**31 - 1)
+        command: str = Field("?", min_length=1, max_length=64, pattern=printable)
+        # seconds since 1970, up to the year 2286: what time.localtime can show
+        since: float = Field(ge=0, le=1e10)
+        heartbeat: float = Field(ge=0, le=1e10)
+
+    return DriverInfo
+
+
 def read_holder(sweep_dir: Path) -> Holder | None:
-    """The last holder recorded in driver.json, or None (no file, or unreadable)."""
+    """The last holder recorded in driver.json, or None when there is none.
+
+    Raises:
+        SweepFileError: driver.json is damaged (not a file, not JSON, a pid or time out of
+            range); the message says how to go on.
+    """
+    from fl_core import safeio
+    from sweeper.storage import SweepFileError
+
+    p = Path(sweep_dir) / INFO_FILE
+
+    def error(file: str, problem: str) -> SweepFileError:
+        return SweepFileError(file, problem, f"if no `fl-sweep run`/`resume` drives this sweep, "
+                                             "move it away (the sweeper writes it anew) and retry")
+
     try:
-        d: dict[str, Any] = json.loads((Path(sweep_dir) / INFO_FILE).read_text(encoding="utf-8"))
-        return Holder(str(d["host"]), int(d["pid"]), str(d.get("command", "?")),
-                      float(d["since"]), float(d["heartbeat"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        info = safeio.read_json(p, _info_schema(), max_bytes=INFO_MAX_BYTES, expected=INFO_SHAPE,
+                                error=error, what="a driver.json")
+    except FileNotFoundError:
         return None
+    return Holder(info.host, info.pid, info.command, info.since, info.heartbeat)
 
 
 class SweepLock:
@@ -91,13 +142,26 @@ class SweepLock:
     def acquire(self) -> "SweepLock":
         import fcntl
 
-        fd = os.open(self.sweep_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        from sweeper.storage import SweepFileError
+
+        lock_path = self.sweep_dir / LOCK_FILE
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:  # a directory, a dangling or looping link, no permission
+            raise SweeperError(
+                f"{lock_path}: cannot open the sweep's lock file ({e.strerror or e}); it must be "
+                "a plain file the sweeper creates: move whatever is there away and retry") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            holder = read_holder(self.sweep_dir)
-            who = holder.describe() if holder else "another process (no driver.json yet)"
+            try:
+                holder = read_holder(self.sweep_dir)
+            except SweepFileError as e:
+                holder, unread = None, f" (its {INFO_FILE} is damaged: {e.problem})"
+            else:
+                unread = " (no driver.json yet)"
+            who = holder.describe() if holder else f"another process{unread}"
             raise SweeperError(
                 f"sweep {self.sweep_dir.name} is being driven by {who}; wait for it to end or "
                 "stop it (Ctrl-C) first — two drivers would run the same trials twice"
@@ -105,25 +169,40 @@ class SweepLock:
         except OSError as e:
             os.close(fd)
             raise SweeperError(f"{self.sweep_dir / LOCK_FILE}: cannot lock ({e.strerror})") from None
-        previous = read_holder(self.sweep_dir)
-        me = socket.gethostname()
-        if previous is not None and previous.host != me and not previous.stale():
-            # flock is not shared across hosts on this file system: trust the heartbeat
+        try:
+            self.taken_over = self._check_previous()
+            self._since = time.time()
+            self._write()
+        except BaseException:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-            raise SweeperError(
-                f"sweep {self.sweep_dir.name} is being driven by {previous.describe()}; wait "
-                f"for it to end, or if that host is down, retry after {STALE_S:.0f}s without "
-                "a heartbeat"
-            )
-        if previous is not None and previous.pid != os.getpid():
-            self.taken_over = previous
+            raise
         self._fd = fd
-        self._since = time.time()
-        self._write()
         self._thread = threading.Thread(target=self._beat, name="sweep-lock-heartbeat", daemon=True)
         self._thread.start()
         return self
+
+    def _check_previous(self) -> Holder | None:
+        """The previous holder we take over (None: none, or this process), once we hold the
+        flock; SweeperError when driver.json says another host may still drive the sweep."""
+        previous = read_holder(self.sweep_dir)
+        if previous is not None and previous.host != socket.gethostname():
+            # flock may not be shared across hosts on this file system: trust the heartbeat
+            info = self.sweep_dir / INFO_FILE
+            if previous.untrustworthy():
+                raise SweeperError(
+                    f"sweep {self.sweep_dir.name}: {info} names {previous.describe()}: more than "
+                    f"{FUTURE_S:.0f}s ahead of this host's clock (the hosts' clocks differ, or the "
+                    "file was edited), so it never goes stale; if no `fl-sweep` drives this sweep "
+                    f"on {previous.host}, move {info} away and retry"
+                )
+            if not previous.stale():
+                raise SweeperError(
+                    f"sweep {self.sweep_dir.name} is being driven by {previous.describe()}; wait "
+                    f"for it to end, or if that host is down, retry after {STALE_S:.0f}s without "
+                    "a heartbeat"
+                )
+        return previous if previous is not None and previous.pid != os.getpid() else None
 
     def _write(self) -> None:
         from sweeper.storage import write_json

@@ -3,6 +3,8 @@
 Reads only (no Ray): the trial table comes from the manifest, each trial's state,
 round and accuracies from its MLflow child run, the driver from `driver.json`. A sweep
 whose sqlite store is missing is reported as such; opening it would create an empty one.
+sweep.json and driver.json are read by the guarded readers (sweeper.storage, sweeper.lock):
+a damaged one is one line naming it, exit 2.
 """
 
 from __future__ import annotations
@@ -72,12 +74,15 @@ def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
     """Read a sweep's state from its manifest and MLflow store (no Ray needed).
 
     Raises:
-        SweeperError: no such sweep, or its sqlite store is missing (never re-created here).
+        SweeperError: no such sweep, its sweep.json or driver.json is damaged, or its sqlite
+            store is missing (never re-created here).
     """
     from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker, sqlite_path
 
     sweep_dir = st.resolve_sweep(ref, storage)
     man = st.read_manifest(sweep_dir)
+    trials = man["trials"]  # its files first: a damaged one is named before MLflow starts
+    driver = read_holder(sweep_dir)
     db = sqlite_path(man["tracking_uri"])
     if db is not None and not db.is_file():
         raise SweeperError(
@@ -91,7 +96,7 @@ def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
             if r.data.tags.get(ROLE) == "trial"}
     parent = tracker.get_run(man["parent_run_id"])
     out = []
-    for t in man["trials"]:
+    for t in trials:
         r = runs.get(t["trial_key"])
         if r is None:
             out.append(TrialStatus(t["index"], t["trial_key"], t["overrides"], "pending", 0, t["rounds"]))
@@ -102,4 +107,4 @@ def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
             int(m.get("round", 0)), t["rounds"], m.get("main_acc"), m.get("backdoor_acc"),
             r.info.run_id, m.get("round_seconds"),
         ))
-    return SweepStatus(sweep_dir, man, out, parent.data.tags.get(STATUS), read_holder(sweep_dir))
+    return SweepStatus(sweep_dir, man, out, parent.data.tags.get(STATUS), driver)

@@ -17,6 +17,14 @@ it; an interrupted one resumes from its checkpoint. Each trial of seed s gets
 where the storage lives; the trainable passes the root as `initial_state(init_root=...)`) and continues from the warm-up's round: `attack.start_round` keeps
 counting from round 0 of the warm-up. Everything random derives from (seed, round, client),
 so a trial is bit-identical whether its warm-up was computed in this sweep or reused.
+
+A cache is read back as untrusted (`cache_state`): its status.json through the guarded
+reader, its state.pt through `fl_core.state.load_state`, in the driver before any warm-up
+task or trial starts. The sweeper writes both atomically, so one that is damaged (cut in
+half, edited) was damaged by something else: the sweep stops with one line naming the
+file (exit 2) instead of six trials failing with unpickling tracebacks, and nothing is
+deleted or recomputed over it; moving the directory away makes the next run compute it
+again. A cache that is merely incomplete (an interrupted warm-up) resumes as before.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
-import json
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -33,6 +41,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from fl_core.config import EXECUTION_ONLY_KEYS, SimulationConfig, config_hash, parse_config, set_dotted
 
 WARMUP_DIR = "warmups"
+STATUS_MAX_BYTES = 64 << 10
+STATUS_SHAPE = ("the status.json a warm-up writes: a JSON object with status (running, "
+                "finished or diverged), round and rounds (integers >= 0)")
 #: keys that never change a warm-up's weights, left out of its cache key (fl.rounds is IN it)
 _NOT_IN_KEY = EXECUTION_ONLY_KEYS
 
@@ -84,13 +95,81 @@ def warmup_dir(storage_root: Path, key: str) -> Path:
     return Path(storage_root) / WARMUP_DIR / key
 
 
-def is_finished(d: Path, rounds: int) -> bool:
-    """A warm-up directory whose run reached `rounds` and ended (its state.pt is final)."""
+@functools.cache
+def _status_schema() -> type:
+    """A warm-up's status.json (sweeper.local writes it), built on first use."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class WarmupStatus(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+
+        status: Literal["running", "finished", "diverged"]
+        round: int = Field(ge=0, le=10**9)
+        rounds: int = Field(None, ge=0, le=10**9)
+        message: str = Field(None, max_length=1 << 16)
+
+    return WarmupStatus
+
+
+def cache_state(d: Path, rounds: int) -> str:
+    """What warm-up directory `d` holds for a warm-up of `rounds` rounds: `missing`,
+    `incomplete` (interrupted or diverged: compute resumes it from its state.pt, if any) or
+    `finished` (status.json says so and state.pt is a readable checkpoint of that round).
+
+    Raises:
+        SweepFileError: its status.json or state.pt is damaged (see the module docstring).
+    """
+    from sweeper.rundir import STATE, STATUS
+    from sweeper.storage import SweepFileError, read_json
+
+    d = Path(d)
+    remedy = (f"the sweeper writes its caches atomically, so something else changed this; move "
+              f"{d} away (the warm-up is then computed again) or restore it from a copy")
+    if not d.is_dir():
+        if d.exists() or d.is_symlink():
+            raise SweepFileError(str(d), "is not a directory (a warm-up cache is one)", remedy)
+        return "missing"
     try:
-        status = json.loads((d / "status.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return status.get("status") == "finished" and status.get("round") == rounds and (d / "state.pt").is_file()
+        status = read_json(d / STATUS, _status_schema(), max_bytes=STATUS_MAX_BYTES,
+                           expected=STATUS_SHAPE, what="a status.json")
+    except FileNotFoundError:
+        status = None
+    except SweepFileError as e:
+        raise SweepFileError(e.file, e.problem, remedy) from None
+    state = d / STATE
+    if not state.is_file():
+        if state.exists() or state.is_symlink():
+            raise SweepFileError(str(state), "is not a file", remedy)
+        return "incomplete"
+    held = _checkpoint_round(state, remedy)
+    if status is not None and status.status == "finished" and status.round == rounds:
+        if held != rounds:
+            raise SweepFileError(str(state), f"holds round {held}, but status.json says the "
+                                 f"warm-up finished round {rounds}", remedy)
+        return "finished"
+    return "incomplete"
+
+
+def _checkpoint_round(path: Path, remedy: str) -> int:
+    """The round a warm-up checkpoint holds, read with fl_core's own checks (a truncated or
+    foreign file is an error here, in the driver, not in every trial)."""
+    from fl_core.errors import FLCoreError
+    from fl_core.state import load_state
+    from sweeper.storage import SweepFileError
+
+    try:
+        return load_state(path).round_idx
+    except FLCoreError as e:
+        problem = getattr(e, "problem", None) or str(e)
+        raise SweepFileError(str(path), f"not a usable checkpoint ({problem})", remedy) from None
+
+
+def is_finished(d: Path, rounds: int) -> bool:
+    """A warm-up directory whose run reached `rounds` and ended (its state.pt is final);
+    SweepFileError when the cache is damaged."""
+    return cache_state(d, rounds) == "finished"
 
 
 @contextlib.contextmanager
@@ -135,19 +214,20 @@ def ensure(
     Raises:
         SweeperError: a warm-up diverged (its trials cannot start).
     """
-    import ray
-
     from sweeper.errors import SweeperError
 
+    # every cache is checked here, in the driver, before any task or trial starts
     todo = {k: c for k, c in warmups.items() if not is_finished(warmup_dir(storage_root, k), c.fl.rounds)}
     got = {k: "reused" for k in warmups if k not in todo}
     if todo:
+        import ray
+
         echo(f"warm-up: {len(todo)} to compute ({', '.join(todo)}), {len(got)} reused")
         task = ray.remote(num_cpus=cpus)(compute)
         refs = {k: task.remote(c.model_dump(mode="json"), str(warmup_dir(storage_root, k)), launch_cwd)
                 for k, c in todo.items()}
         for k, ref in refs.items():
-            got[k] = ray.get(ref)
+            got[k] = _get(ray, ref)
     elif warmups:
         echo(f"warm-up: all {len(warmups)} reused from {Path(storage_root) / WARMUP_DIR}")
     bad = {k: s for k, s in got.items() if s not in ("reused", "finished")}
@@ -158,6 +238,20 @@ def ensure(
             "the warmup section"
         )
     return got
+
+
+def _get(ray, ref) -> str:
+    """ray.get, with the task's own error re-raised when it is one of ours (a damaged cache
+    found by the task, bad data): its one line, not Ray's wrapped traceback."""
+    from fl_core.errors import FLCoreError
+    from sweeper.errors import SweeperError
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        if isinstance(e.cause, (FLCoreError, SweeperError)):
+            raise e.cause from None
+        raise
 
 
 def log_to_mlflow(tracker, experiment_id: str, parent_run: str, sweep: str, key: str,

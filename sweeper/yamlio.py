@@ -1,4 +1,6 @@
-"""The one YAML reader of the sweeper: grid files and `fl-sweep simulate --config`.
+"""The one YAML reader of the sweeper: grid files, `fl-sweep simulate --config`, and every
+config.yaml read back (a run directory being resumed, an exported run being reported or
+exported again: sweeper.report.load).
 
 A YAML file is user input and may be hostile or broken. This reader bounds what it
 costs before anything else sees the data:
@@ -14,37 +16,26 @@ costs before anything else sees the data:
   The expanded size (nodes and scalar characters) is computed on the composed node
   graph, before a single Python object is built, and refused above MAX_NODES / MAX_CHARS.
 
-Every problem is a GridError naming the file: exit 2. `short()` caps how much of a
-value an error message shows (reprlib), so no error line is megabytes long.
+Every problem is a GridError naming the file: exit 2. The file is read as a regular file
+only (fl_core.safeio.read_bytes: a FIFO would block). `short()` (fl_core.safeio's) caps how
+much of a value an error message shows, so no error line is megabytes long.
 """
 
 from __future__ import annotations
 
-import reprlib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fl_core import safeio
+from fl_core.safeio import short  # noqa: F401 (re-exported: the one capped repr)
 from sweeper.errors import GridError
 
 MAX_BYTES = 1 << 20          # a grid or config file is a few KiB; 1 MiB is generous
 MAX_DEPTH = 64               # configs nest 3 levels; grids 4
 MAX_NODES = 100_000          # expanded YAML nodes (mappings, lists, scalars)
 MAX_CHARS = 4 * MAX_BYTES    # expanded scalar characters
-
-SHORT_CHARS = 200
-_repr = reprlib.Repr()
-_repr.maxstring = _repr.maxother = 60
-_repr.maxlist = _repr.maxtuple = _repr.maxset = _repr.maxdict = 6
-_repr.maxlevel = 2
-
-
-def short(value: Any) -> str:
-    """A repr of `value` capped to about a line (for error messages)."""
-    r = _repr.repr(value)
-    return r if len(r) <= SHORT_CHARS else r[: SHORT_CHARS - 3] + "..."
-
 
 class _Shown:
     """A value whose repr is `short(value)`: lets errors that format `{value!r}` (fl_core's
@@ -146,21 +137,18 @@ def _mark(mark: Any) -> str:
 
 
 def read_text(path: str | Path) -> str:
-    """The file's text: UTF-8, at most MAX_BYTES; else a GridError naming the file."""
-    p = Path(path)
+    """The file's text: a regular file (a FIFO would block), UTF-8, at most MAX_BYTES;
+    else a GridError naming the file."""
     file = str(path)
+
+    def error(f: str, problem: str) -> GridError:
+        return GridError(f, "(file)", problem)
+
     try:
-        with open(p, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+        data = safeio.read_bytes(path, max_bytes=MAX_BYTES, error=error,
+                                 what="a grid or config file (small YAML files)")
     except FileNotFoundError:
         raise GridError(file, "(file)", "no such file; give the path of a YAML file") from None
-    except IsADirectoryError:
-        raise GridError(file, "(file)", "is a directory; give the path of a YAML file") from None
-    except OSError as e:
-        raise GridError(file, "(file)", f"cannot read it: {e.strerror or e}") from None
-    if len(data) > MAX_BYTES:
-        raise GridError(file, "(file)", f"larger than {MAX_BYTES:,} bytes; grid and config "
-                        "files are small YAML files")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -19,6 +19,7 @@ that appears twice (same config, same seed: e.g. the M = 10 cell shared by fig 2
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -27,7 +28,6 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
-import yaml
 
 from fl_core.config import EXECUTION_ONLY_KEYS, config_hash, flatten, parse_config, set_dotted
 from fl_core.errors import ConfigError
@@ -187,10 +187,54 @@ def read_metrics_jsonl(path: Path) -> list[dict[str, Any]]:
         raise ReportError(str(e)) from None
 
 
-def _load_simulate_dir(d: Path, sweep: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    raw = yaml.safe_load((d / CONFIG).read_text()) or {}
+STATUS_MAX_BYTES = 64 << 10
+STATUS_SHAPE = ("the status.json `fl-sweep simulate` or `fl-sweep export` writes: a JSON object "
+                "whose `status` is a lower-case word (finished, diverged, ...)")
+
+
+@functools.cache
+def _status_schema() -> type:
+    """A run directory's status.json (sweeper.local, sweeper.report.export); only `status`
+    is read, the rest is kept as written."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    class RunStatus(BaseModel):
+        model_config = ConfigDict(strict=True, extra="allow")
+        status: str | None = Field(None, pattern=r"^[a-z][a-z_-]{0,31}$")
+
+    return RunStatus
+
+
+def _run_status(path: Path) -> str | None:
+    """The `status` of a run directory's status.json (None: no file, or none recorded);
+    a damaged or foreign one is a ReportError naming it (sweeper.storage.read_json)."""
+    from sweeper.storage import SweepFileError, read_json
+
+    try:
+        return read_json(path, _status_schema(), max_bytes=STATUS_MAX_BYTES, expected=STATUS_SHAPE,
+                         what="a status.json").status
+    except FileNotFoundError:
+        return None
+    except SweepFileError as e:
+        raise ReportError(str(e)) from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A run's config.yaml, read by the sweeper's one bounded YAML reader (sweeper.yamlio:
+    alias bombs, depth, size, non-UTF-8 and tags refused with the file named)."""
+    from sweeper import yamlio
+
+    raw, _ = yamlio.read_yaml(path)
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
-        raise ReportError(f"{d / CONFIG}: not a mapping")
+        raise ReportError(f"{path}: holds {type(raw).__name__}, not a mapping of config keys "
+                          "(seed, data, fl, attack, defense)")
+    return raw
+
+
+def _load_simulate_dir(d: Path, sweep: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    raw = _read_config(d / CONFIG)
     try:
         cfg = parse_config(raw, source=str(d / CONFIG))
         flat = flatten(cfg)
@@ -199,15 +243,12 @@ def _load_simulate_dir(d: Path, sweep: str) -> tuple[dict[str, Any], list[dict[s
         flat = _flat_dict(raw)
         trial_key = json.dumps(flat, sort_keys=True, default=str)
     rows = read_metrics_jsonl(d / METRICS)
-    last = max((int(r["round"]) for r in rows), default=0)
+    last = max((r["round"] for r in rows), default=0)
     rounds = flat.get("fl.rounds")
-    status = "finished" if rounds is not None and last >= int(rounds) else "incomplete"
-    status_file = d / STATUS  # written by `fl-sweep simulate` (sweeper/local.py) and `fl-sweep export`
-    if status_file.exists():
-        try:
-            status = json.loads(status_file.read_text()).get("status", status)
-        except json.JSONDecodeError:
-            pass
+    known = isinstance(rounds, int) and not isinstance(rounds, bool)  # another version's may not be
+    status = "finished" if known and last >= rounds else "incomplete"
+    # written by `fl-sweep simulate` (sweeper/local.py) and `fl-sweep export`
+    status = _run_status(d / STATUS) or status
     run = {"run_id": f"dir:{d}", "sweep": sweep, "source": str(d), "status": status,
            "trial_key": trial_key, **flat}
     return run, [{"run_id": run["run_id"], **r} for r in rows]
@@ -278,6 +319,27 @@ def _search_all(client, exp_ids: list[str], filter_string: str) -> list:
     return search_all(client, exp_ids, filter_string)
 
 
+def tag_equals(key: str, value: str) -> str:
+    """An MLflow filter clause selecting runs whose tag `key` is `value`, whatever `value`
+    holds. MLflow's grammar has no escapes: a string constant is the text between its
+    quotes, single or double (and in single quotes a backslash still ends it early). So
+    `value` goes in double quotes when it has no `"`, in single quotes when it has neither
+    `'` nor a backslash; otherwise the clause is a LIKE with `_` (any one character) in
+    place of those, which matches a superset: callers keep only runs whose tag equals
+    `value` exactly (`keep_tag_equal`)."""
+    if '"' not in value:
+        return f'tags.`{key}` = "{value}"'
+    if "'" not in value and "\\" not in value:
+        return f"tags.`{key}` = '{value}'"
+    pattern = value.replace("'", "_").replace("\\", "_")
+    return f"tags.`{key}` LIKE '{pattern}'"
+
+
+def keep_tag_equal(runs: list, key: str, value: str) -> list:
+    """The runs whose tag `key` is exactly `value` (after a `tag_equals` search)."""
+    return [r for r in runs if r.data.tags.get(key) == value]
+
+
 def find_parent_runs(uri: str, sweep: str | None = None) -> list:
     """Parent runs (tag fl_sweep.role=parent) in the store, optionally of one sweep name,
     newest first."""
@@ -287,10 +349,12 @@ def find_parent_runs(uri: str, sweep: str | None = None) -> list:
     exp_ids = [e.experiment_id for e in _retry(client.search_experiments)]
     if not exp_ids:
         return []
-    filt = f"tags.`{ROLE}` = 'parent'"
+    filt = tag_equals(ROLE, "parent")
     if sweep is not None:
-        filt += f" and tags.`{SWEEP}` = '{sweep}'"
+        filt += " and " + tag_equals(SWEEP, sweep)
     runs = _search_all(client, exp_ids, filt)
+    if sweep is not None:
+        runs = keep_tag_equal(runs, SWEEP, sweep)
     return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
 
 
@@ -325,8 +389,9 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
                          f"store; reporting the newest ({parent.info.run_id})")
     name = parent.data.tags.get(SWEEP, sweep or parent.info.run_name)
     client = _client(uri)
-    children = _search_all(client, [parent.info.experiment_id],
-                           f"tags.`{PARENT}` = '{parent.info.run_id}'")
+    children = keep_tag_equal(
+        _search_all(client, [parent.info.experiment_id], tag_equals(PARENT, parent.info.run_id)),
+        PARENT, parent.info.run_id)
     # a shared warm-up is logged as a child too (role `warmup`): it is where the trials
     # start, not a cell of the sweep
     children = [c for c in children if c.data.tags.get(ROLE) != "warmup"]

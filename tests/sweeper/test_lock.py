@@ -46,6 +46,7 @@ def _sweep(tmp_path: Path, name: str = "s1") -> Path:
     d = tmp_path / name
     d.mkdir()
     st.write_json(d / st.MANIFEST, {"name": name, "tracking_uri": "sqlite:///" + str(d / "mlflow.db"),
+                                    "experiment_id": "1", "parent_run_id": "0" * 32,
                                     "trials": [], "num_trials": 0})
     return d
 

@@ -84,10 +84,10 @@ def test_no_train_directory(tmp_path):
 @pytest.mark.parametrize(
     "user_data, message",
     [
-        ({"w": {"x": [[0.5] * 783], "y": [1]}}, r"expected \(n, 784\)"),
+        ({"w": {"x": [[0.5] * 783], "y": [1]}}, "a digit image has 783 pixels"),
         ({"w": {"x": [_image(1)], "y": [1, 2]}}, "1 images but 2 labels"),
         ({"w": {"x": [[2.0] * 784], "y": [1]}}, r"outside \[0, 1\]"),
-        ({"w": {"y": [1]}}, "KeyError"),
+        ({"w": {"y": [1]}}, "`user_data.w.x`: Field required"),
     ],
 )
 def test_malformed_json(tmp_path, user_data, message):
@@ -100,5 +100,18 @@ def test_malformed_json(tmp_path, user_data, message):
 def test_not_json(tmp_path):
     (tmp_path / "train").mkdir()
     (tmp_path / "train" / "x.json").write_text("{not json")
-    with pytest.raises(DatasetError, match="not a LEAF FEMNIST JSON"):
+    with pytest.raises(DatasetError, match="not valid JSON at line 1, column 2.*LEAF FEMNIST JSON"):
         read_leaf_dir(tmp_path)
+
+
+def test_train_users_counts_writers_through_the_guarded_reader(tmp_path):
+    """What the report's privacy accounting counts as K, without building the data; a
+    damaged file is a DatasetError naming it, not a RecursionError."""
+    from fl_core.data.leaf import train_users
+
+    _write(tmp_path / "train" / "a.json", {"w1": {"x": [_image(1)], "y": [3]}, "w2": {"x": [], "y": []}})
+    _write(tmp_path / "train" / "b.json", {"w1": {"x": [_image(2)], "y": [4]}, "w3": {"x": [], "y": []}})
+    assert train_users(tmp_path) == {"w1", "w2", "w3"}
+    (tmp_path / "train" / "c.json").write_bytes(b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(DatasetError, match="c.json: nested more than 16 levels"):
+        train_users(tmp_path)
