@@ -40,7 +40,7 @@ from fl_core.config import (
     parse_config,
     set_dotted,
 )
-from fl_core.errors import ConfigError, FLCoreError
+from fl_core.errors import ConfigError, FLCoreError, UnknownKeyError
 from sweeper import yamlio
 from sweeper.errors import GridError
 from sweeper.warmup import WarmupSpec, init_ref, warmup_key, warmup_raw
@@ -50,7 +50,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    """As fl_core's config models: frozen, unknown keys refused, no NaN/inf, strict types
+    (`seeds: true` or `max_concurrent_trials: "2"` is refused, not read as 1 or 2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Resources(_Strict):
@@ -429,7 +432,7 @@ def _check_base_keys(file: str, base: dict[str, Any]) -> None:
     try:
         parse_config(base, source=file)
     except ConfigError as e:
-        if e.path not in all_keys():  # a misspelt key (or a plug-in's parameter name)
+        if isinstance(e, UnknownKeyError):  # a misspelt key (or a plug-in's parameter name)
             raise GridError(file, f"base.{e.path}", f"unknown key; {e.allowed}") from None
         # A value error in the base is reported now only if it is not a cross-field rule
         # that a grid axis could satisfy (e.g. `attack.fraction` swept for an attack kind).

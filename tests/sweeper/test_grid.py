@@ -192,6 +192,38 @@ BAD = {
     "cuda-without-gpu-share": (
         f"name: x\n{BASE_OK}\ngrid: {{fl.device: [cuda]}}\n",
         "`resources.gpus_per_trial`", "needs a GPU share"),
+    # strict types: YAML's true is not 1, a quoted "1" is not a number
+    "rounds-true": (
+        "name: x\nbase: {fl: {rounds: true}}\nseeds: 1\n",
+        "`base.fl.rounds`", "invalid value True; allowed: Input should be a valid integer"),
+    "seeds-true": (
+        f"name: x\n{BASE_OK}\nseeds: true\n",
+        "`seeds`", "invalid value True: expected a list of integer seeds"),
+    "seed-axis-true": (
+        f"name: x\n{BASE_OK}\ngrid: {{seed: [0, true]}}\n",
+        "`grid.seed`", "Input should be a valid integer"),
+    "rounds-axis-true": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [2, true]}}\n",
+        "`grid.fl.rounds`", "invalid value True: Input should be a valid integer"),
+    "krum-f-true": (
+        "name: x\nbase: {defense: {aggregator: krum, aggregator_params: {f: true}}}\nseeds: 1\n",
+        "`base.defense.aggregator_params.f`", "invalid value True; allowed: Input should be a valid integer"),
+    "krum-f-string": (
+        "name: x\nbase: {defense: {aggregator: krum, aggregator_params: {f: '1'}}}\nseeds: 1\n",
+        "`base.defense.aggregator_params.f`", "invalid value '1'; allowed: Input should be a valid integer"),
+    "trimmed-mean-beta-string": (
+        "name: x\nbase: {defense: {aggregator: trimmed-mean}}\ngrid: {defense.aggregator_params.beta: ['0.2']}\n",
+        "`grid.defense.aggregator_params.beta`", "Input should be a valid number"),
+    "workers-true": (
+        f"name: x\n{BASE_OK}\nseeds: 1\nresources: {{workers: true}}\n",
+        "`resources.workers`", "Input should be a valid integer"),
+    # .inf in a plug-in's parameters is a bad value, not an unknown key
+    "inf-in-attack-params": (
+        "name: x\nbase: {attack: {kind: neurotoxin, fraction: 0.1, params: {top_k: .inf}}}\nseeds: 1\n",
+        "`base.attack.params.top_k`", "invalid value inf; allowed: Input should be a finite number"),
+    "misspelt-attack-param": (
+        "name: x\nbase: {attack: {kind: neurotoxin, fraction: 0.1, params: {top_kk: 0.1}}}\nseeds: 1\n",
+        "`base.attack.params.top_kk`", "unknown key; did you mean `top_k`?"),
 }
 
 
@@ -280,6 +312,24 @@ def test_cli_validate_and_dry_run_print_the_trial_table(tmp_path):
 def test_shipped_grids_are_valid(path):
     g = load_grid(REPO / path)
     assert g.trials and len({t.trial_key for t in g.trials}) == len(g.trials)
+
+
+DOC_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("config.yaml"))
+
+
+def test_committed_run_configs_still_parse_to_their_trial_keys():
+    """Every config.yaml committed under docs/ (exported runs the reports are built from)
+    parses under today's schema (strict types included) and still hashes to the trial key
+    its status.json records: no committed result silently changes cell or replicate."""
+    from fl_core.config import parse_config
+    from sweeper.yamlio import read_yaml
+
+    assert len(DOC_CONFIGS) > 100
+    for rel in DOC_CONFIGS:
+        raw, _ = read_yaml(REPO / rel)
+        cfg = parse_config(raw, source=rel)
+        status = json.loads((REPO / rel).with_name("status.json").read_text())
+        assert config_hash(cfg) == status["trial_key"], rel
 
 
 def test_smoke_grid_is_small():
