@@ -120,8 +120,10 @@ def run(
         None, "--object-store-mb", min=80, help="local cluster only: object store size"),
 ) -> None:
     """Run a sweep on Ray Tune, tracked in MLflow."""
-    from sweeper.grid import load_grid
+    from sweeper.grid import load_grid, name_problem
 
+    if name is not None and name_problem(name):  # the grid's `name:` follows the same rule
+        raise SweeperError(f"--name: {name_problem(name)}")
     g = load_grid(grid, allow_large=allow_large)
     if dry_run:
         print_trial_table(g)

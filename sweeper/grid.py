@@ -25,6 +25,7 @@ import difflib
 import functools
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,7 +47,19 @@ from sweeper.errors import GridError
 from sweeper.warmup import WarmupSpec, init_ref, warmup_key, warmup_raw
 from sweeper.yamlio import short
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
+#: THE rule for sweep names, the grid's `name:` and `run --name` alike: the name is a
+#: directory under the storage root and appears in commands and MLflow filters, so no
+#: separator, no dot-only name, no quote, space or control character. (\Z, not $: Python's
+#: `$` also matches before a final newline, which let `--name $'x\n'` through.)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}\Z"
+NAME_RULE = "1 to 80 characters out of letters, digits, _ . - starting with a letter or digit"
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` is not a valid sweep name (None if it is)."""
+    if isinstance(name, str) and re.match(NAME_PATTERN, name):
+        return None
+    return f"invalid sweep name {short(name)}; allowed: {NAME_RULE}"
 
 
 class _Strict(BaseModel):
@@ -88,7 +101,7 @@ class Tracking(_Strict):
 
 
 class GridFile(_Strict):
-    name: str = Field(pattern=NAME_PATTERN, description="sweep name: letters, digits, _ . -")
+    name: str = Field(description=f"sweep name: {NAME_RULE}")
     description: str = Field("", description="free text, shown in status and MLflow")
     base: dict[str, Any] = Field(default_factory=dict, description="a partial SimulationConfig")
     grid: dict[str, list[Any]] = Field(
@@ -283,6 +296,9 @@ def load_grid(path: str | Path, allow_large: bool = False) -> Grid:
     except ValidationError as e:
         raise _grid_file_error(file, e) from None
 
+    problem = name_problem(spec.name)
+    if problem:
+        raise GridError(file, "name", problem)
     grid = dict(spec.grid or {})
     seeds = _seeds(file, spec, allow_large)
     if not grid and seeds is None:

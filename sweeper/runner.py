@@ -25,8 +25,7 @@ from typing import Any, Callable
 from fl_core.config import parse_config
 from sweeper import storage as st
 from sweeper.errors import SweeperError
-from sweeper.grid import NAME_PATTERN, Grid, bundles, trial_rows
-from sweeper.yamlio import short
+from sweeper.grid import Grid, bundles, name_problem, trial_rows
 
 Echo = Callable[[str], None]
 
@@ -229,14 +228,13 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
               tracking_uri: str | None = None, ray_opts: RayOptions | None = None,
               echo: Echo = _echo) -> SweepOutcome:
     """Start a new sweep of `grid`. See the module docstring."""
-    import re
-
     from sweeper.lock import SweepLock
     from sweeper.tracking import default_uri, normalize_uri, split_credentials
 
     name = name or grid.name
-    if not re.match(NAME_PATTERN, name):
-        raise SweeperError(f"--name {short(name)}: use letters, digits, _ . - (at most 80)")
+    problem = name_problem(name)
+    if problem:
+        raise SweeperError(f"--name: {problem}")
     root = st.storage_root(storage)
     sweep_dir = root / name
     if sweep_dir.exists():

@@ -217,3 +217,22 @@ def test_status_of_a_sweep_whose_store_is_missing_reports_it_and_creates_nothing
 # -- umask: atomic writes create their temp file with mode 0666 and let the kernel apply the
 # umask, so nothing reads (and so briefly sets) the process umask any more; tested in
 # tests/fl_core/test_state_files.py::test_atomic_write_applies_the_umask_without_changing_it
+
+
+# -- sweep names -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x\n", "a b", "../up", ".", "x'y", "é", "a" * 81, ""])
+def test_run_name_follows_the_grid_name_rule(tmp_path, name):
+    """`run --name` with a newline used to pass (`re.match` with `$`) and create a directory
+    that `status` cannot find: `--name` and the grid's `name:` now share one rule. (Should a
+    name pass, the run stops at the --address/--num-cpus conflict before starting Ray.)"""
+    grid = write(tmp_path, "g.yaml", "name: ok\n" + OK_BASE + "seeds: 1\n")
+    storage = tmp_path / "sweeps"
+    rc, out, err = cli("run", str(grid), "--name", name, "--storage", str(storage),
+                       "--address", "127.0.0.1:9", "--num-cpus", "1")
+    assert rc == 2, (out, err)
+    line = err.strip()
+    assert "\n" not in line and line.startswith("fl-sweep: error: --name: invalid sweep name"), err
+    assert "letters, digits, _ . -" in line
+    assert not storage.exists()

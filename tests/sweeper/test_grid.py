@@ -182,7 +182,13 @@ BAD = {
         "- just\n- a list\n", "`(top level)`", "expected a mapping"),
     "bad-name": (
         f"name: ../escape\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\n",
-        "`name`", "should match pattern"),
+        "`name`", "invalid sweep name '../escape'; allowed: 1 to 80 characters out of letters, digits"),
+    "name-with-newline": (
+        f"name: \"a\\n\"\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\n",
+        "`name`", "invalid sweep name 'a\\n'; allowed: 1 to 80 characters"),
+    "name-too-long": (
+        f"name: {'a' * 81}\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\n",
+        "`name`", "invalid sweep name"),
     "duplicate-trials": (
         f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [2, 2]}}\n",
         "`grid`", "have the same config"),
