@@ -481,54 +481,31 @@ def _parse_trial(
 
 
 @functools.lru_cache(maxsize=32)
-def known_num_writers(data: DataConfig) -> int | None:
-    """K for sources where it can be known without reading user files; None otherwise.
+def data_summary(data: DataConfig, seed: int):
+    """`fl_core.data.describe_data`, once per data config (metadata only: no pixels, no
+    torch). Raises what it raises (DatasetError for missing or malformed files)."""
+    from fl_core.data import describe_data
 
-    synthetic: `num_writers` (capped by `max_writers`); embedded: asks fl_core.data
-    (cheap: the embedded sample ships in the package). tff-h5/leaf: None (the trial
-    checks when it loads the files).
-    """
-    cap = data.max_writers
-    if data.source == "synthetic":
-        k = data.num_writers
-    elif data.source == "embedded":
-        k = _embedded_num_writers(data)
-    else:
-        return None
-    if k is None:
-        return cap
-    return min(k, cap) if cap is not None else k
-
-
-def _embedded_num_writers(data: DataConfig) -> int | None:
-    try:
-        import fl_core.data as fld
-    except ImportError:
-        return None
-    helper = getattr(fld, "num_writers", None)
-    if callable(helper):
-        try:
-            return helper(data)
-        except FLCoreError:
-            return None
-    loader = getattr(fld, "load_data", None)
-    if not callable(loader):
-        return None
-    try:
-        # the embedded sample is a small file shipped in the package: loading it is cheap
-        return loader(data.model_copy(update={"max_writers": None}), 0).num_writers
-    except FLCoreError:
-        return None
+    return describe_data(data, seed)
 
 
 def _check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) -> None:
-    k = known_num_writers(cfg.data)
-    if k is None:
-        return
+    """The data source exists and the trial fits it: enough writers for N targets and the
+    cohort, and the engine's own population checks (target writers need a source-label
+    image; ε·K must give ≥ 1 attacker; attackers exclude targets) on the writers' labels,
+    all before anything runs."""
 
     def where(key: str) -> str:
         return f"grid.{key}" if key in overrides else f"base.{key}"
 
+    try:
+        summary = data_summary(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
+    except FLCoreError as e:  # a DatasetError (missing/malformed files) or an unknown source
+        key = "data.path" if cfg.data.path else "data.source"
+        raise GridError(file, where(key), str(e)) from None
+    k = summary.num_writers
+    if k is None:  # LEAF: the layout is checked; K needs every example (the trial checks)
+        return
     src = f"data.source = {cfg.data.source}" + (
         f", data.max_writers = {cfg.data.max_writers}" if cfg.data.max_writers else ""
     )
@@ -544,41 +521,19 @@ def _check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any])
             f"{cfg.fl.clients_per_round} clients per round drawn without replacement from "
             f"K = {k} writers ({src}); allowed: 1..{k}",
         )
-    # The engine's own population checks (target writers need a source-label image; ε·K
-    # must give ≥ 1 attacker; attackers exclude targets), run now rather than when the
-    # trial starts, wherever the data are cheap to get.
+    if summary.labels is None:  # lazy or large: the trial checks when it walks the writers
+        return
     from fl_core.data.backdoor import select_backdoor
     from fl_core.sampling import attacker_pool
 
     try:
-        data = _cheap_data(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
-        reserved = select_backdoor(cfg, data).reserved if data is not None else ()
+        reserved = select_backdoor(cfg, summary.labels).reserved
         attacker_pool(cfg, k, reserved)
     except ConfigError as e:
         raise GridError(
             file, where(e.path), f"invalid value {short(e.value)} in the trial {short(overrides)}; "
             f"allowed: {e.allowed}",
         ) from None
-
-
-CHEAP_SYNTHETIC_WRITERS = 1000
-
-
-@functools.lru_cache(maxsize=8)
-def _cheap_data(data: DataConfig, seed: int):
-    """The data, when getting them takes about a second: the embedded sample, or a small
-    synthetic population. None otherwise (the trial checks when it loads them)."""
-    k = known_num_writers(data)
-    if data.source == "synthetic" and k is not None and k <= CHEAP_SYNTHETIC_WRITERS:
-        pass
-    elif data.source != "embedded":
-        return None
-    from fl_core.data import load_data
-
-    try:
-        return load_data(data, seed)
-    except FLCoreError:
-        return None
 
 
 def _check_resources(file: str, cfg: SimulationConfig, res: Resources) -> None:
