@@ -77,6 +77,15 @@ GRID_PROBES = [
      "validate", ["base.attack.kind", "invalid value", "did you mean `neurotoxin`"]),
     ("bad-attack-param", "name: k\nbase: {attack: {kind: neurotoxin, fraction: 0.03, params: {top_k: 2}}}\n"
      "seeds: 1\n", "validate", ["attack.params.top_k", "less than 1"]),
+    ("rounds-true", "name: t\nbase: {fl: {rounds: true}}\nseeds: 1\n", "validate",
+     ["`base.fl.rounds`", "invalid value True", "valid integer"]),
+    ("krum-f-quoted", "name: k\nbase: {defense: {aggregator: krum, aggregator_params: {f: '1'}}}\nseeds: 1\n",
+     "validate", ["`base.defense.aggregator_params.f`", "invalid value '1'", "valid integer"]),
+    ("attack-param-inf", "name: k\nbase: {attack: {kind: neurotoxin, fraction: 0.03, params: {top_k: .inf}}}\n"
+     "seeds: 1\n", "validate", ["`base.attack.params.top_k`", "invalid value inf", "finite number"]),
+    ("data-path-missing", "name: d\nbase: {data: {source: tff-h5, path: /nonexistent/h19}}\nseeds: 1\n", "validate",
+     ["`base.data.path`", "dataset at /nonexistent/h19: directory does not exist", "fl-sweep data download"]),
+    ("name-newline", 'name: "x\\n"\nseeds: 1\n', "validate", ["`name`", "invalid sweep name", "letters, digits"]),
     ("not-a-mapping", "- 1\n- 2\n", "validate", ["expected a mapping"]),
     ("empty-file", "", "validate", ["the file is empty"]),
     ("too-large-file", "name: big\n#" + "x" * (1 << 20) + "\n", "validate", ["larger than"]),
