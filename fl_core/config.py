@@ -17,11 +17,15 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from fl_core.errors import ConfigError
+from fl_core.errors import ConfigError, UnknownKeyError
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    """Frozen, unknown keys refused, no NaN/inf, and strict types: a number field takes a
+    number (an integer where a float is expected), never `true` or the string "1"; a
+    boolean takes only true/false. YAML's `true` for `fl.rounds` would otherwise run 1 round."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class DataConfig(_Frozen):
@@ -137,7 +141,7 @@ def validate_params(where: str, name: str, model: type[BaseModel], params: Any) 
         if key not in fields:
             near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
             hint = f"did you mean `{near[0]}`? " if near else ""
-            raise ConfigError(f"{where}.{key}", params[key], f"{hint}{described()}")
+            raise UnknownKeyError(f"{where}.{key}", params[key], f"{hint}{described()}")
     try:
         return model.model_validate(dict(params)).model_dump(mode="json")
     except ValidationError as e:
@@ -153,7 +157,7 @@ class AttackConfig(_Frozen):
     @classmethod
     def _removed_keys(cls, raw: Any) -> Any:
         if isinstance(raw, Mapping) and "pgd_pass" in raw:
-            raise ConfigError(
+            raise UnknownKeyError(
                 "attack.pgd_pass", raw["pgd_pass"],
                 "nothing: the key was replaced by `attack.recipe` (reference | union | mixed); "
                 "pgd_pass: original → recipe: reference (now fl.local_epochs epochs per pass, as the "
@@ -499,9 +503,8 @@ def parse_config(raw: Mapping[str, Any] | None, source: str | None = None) -> Si
     """
     try:
         return SimulationConfig.model_validate(dict(raw or {}))
-    except ConfigError as e:
-        e.source = source
-        raise ConfigError(e.path, e.value, e.allowed, source) from None
+    except ConfigError as e:  # the same class (UnknownKeyError stays one), now naming the file
+        raise type(e)(e.path, e.value, e.allowed, source) from None
     except ValidationError as e:
         err = e.errors()[0]
         path = ".".join(str(p) for p in err["loc"])
@@ -509,10 +512,10 @@ def parse_config(raw: Mapping[str, Any] | None, source: str | None = None) -> Si
             keys = all_keys()
             near = difflib.get_close_matches(path, keys, n=1, cutoff=0.6)
             hint = f"did you mean `{near[0]}`? " if near else ""
-            raise ConfigError(path, err.get("input"), f"{hint}known keys: {', '.join(keys)}", source) from None
+            raise UnknownKeyError(path, err.get("input"), f"{hint}known keys: {', '.join(keys)}", source) from None
         inner = err.get("ctx", {}).get("error")
         if isinstance(inner, ConfigError):
-            raise ConfigError(inner.path, inner.value, inner.allowed, source) from None
+            raise type(inner)(inner.path, inner.value, inner.allowed, source) from None
         raise ConfigError(path, err.get("input"), _allowed(err, path), source) from None
 
 

@@ -1,13 +1,43 @@
 """The one exception hierarchy of fl_core; every message says what failed, the
-offending value, and what to do next. The CLI catches these (exit code 2)."""
+offending value, and what to do next. The CLI catches these (exit code 2).
+
+Every error survives pickling intact (type, message, attributes): raised inside a Ray
+trial or actor, it reaches the driver as itself, so the sweep can print its one line.
+Python's default pickling rebuilds an exception by calling its class with `self.args`
+(the one formatted message), which fails for classes whose `__init__` takes several
+parts; `__reduce__` here rebuilds without calling `__init__` at all.
+
+Every FLCoreError is deterministic: the same input fails the same way on every try
+(`transient = False`), so a sweep does not retry a trial that raised one.
+"""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, ClassVar, Iterable
 
 
-class FLCoreError(Exception):
+def rebuild_error(cls: type[BaseException], args: tuple, state: dict[str, Any]) -> BaseException:
+    """Unpickle an exception without calling its `__init__` (see the module docstring)."""
+    err = cls.__new__(cls, *args)
+    err.args = args
+    err.__dict__.update(state)
+    return err
+
+
+class PicklableError(Exception):
+    """An exception whose pickle holds its class, message args and attributes, whatever
+    its `__init__` takes. Base of FLCoreError and of the sweeper's SweeperError."""
+
+    def __reduce__(self):
+        return (rebuild_error, (type(self), self.args, dict(self.__dict__)))
+
+
+class FLCoreError(PicklableError):
     """Base of every error fl_core raises on purpose."""
+
+    #: whether retrying the same input may succeed (False: a bad config or data set fails
+    #: again, so a sweep does not retry the trial)
+    transient: ClassVar[bool] = False
 
 
 class ConfigError(FLCoreError):
@@ -17,6 +47,12 @@ class ConfigError(FLCoreError):
         self.path, self.value, self.allowed, self.source = path, value, allowed, source
         where = f"{source}: " if source else ""
         super().__init__(f"{where}invalid value for `{path}`: {value!r}; allowed: {allowed}")
+
+
+class UnknownKeyError(ConfigError):
+    """A config key that does not exist (misspelt, or not a parameter of the chosen
+    plug-in): a ConfigError whose `allowed` lists the keys there are. Kept apart from a
+    bad value of a known key, so that callers name the two differently."""
 
 
 class UnknownComponentError(FLCoreError):

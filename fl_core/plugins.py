@@ -22,9 +22,11 @@ S = TypeVar("S")
 
 
 class Params(BaseModel):
-    """Base of every plug-in's own parameters: frozen, unknown keys refused, no NaN/inf."""
+    """Base of every plug-in's own parameters: frozen, unknown keys refused, no NaN/inf,
+    strict types (as `fl_core.config`'s models: Krum's `f: true` or `f: "1"` is refused,
+    an integer for a float parameter is taken)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Registry(Mapping[str, S], Generic[S]):

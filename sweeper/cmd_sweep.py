@@ -120,8 +120,10 @@ def run(
         None, "--object-store-mb", min=80, help="local cluster only: object store size"),
 ) -> None:
     """Run a sweep on Ray Tune, tracked in MLflow."""
-    from sweeper.grid import load_grid
+    from sweeper.grid import load_grid, name_problem
 
+    if name is not None and name_problem(name):  # the grid's `name:` follows the same rule
+        raise SweeperError(f"--name: {name_problem(name)}")
     g = load_grid(grid, allow_large=allow_large)
     if dry_run:
         print_trial_table(g)
@@ -178,6 +180,8 @@ def print_outcome(out) -> None:
     total = sum(counts.values())
     typer.echo(f"sweep {name}: {total} trials: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
                + f" ({out.seconds:.0f}s)")
+    for label, message in out.failures:  # the original error, one line each (tracebacks: error.txt)
+        typer.echo(f"  failed: {label}: {message}")
     print_cells(out.sweep_dir / "report" / "cells.csv")
     storage_opt = "" if out.sweep_dir.parent == st.storage_root(None) else f" --storage {out.sweep_dir.parent}"
     typer.echo(f"  status:    fl-sweep status {name}{storage_opt}")

@@ -25,6 +25,7 @@ import difflib
 import functools
 import itertools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,17 +41,32 @@ from fl_core.config import (
     parse_config,
     set_dotted,
 )
-from fl_core.errors import ConfigError, FLCoreError
+from fl_core.errors import ConfigError, FLCoreError, UnknownKeyError
 from sweeper import yamlio
 from sweeper.errors import GridError
 from sweeper.warmup import WarmupSpec, init_ref, warmup_key, warmup_raw
 from sweeper.yamlio import short
 
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$"
+#: THE rule for sweep names, the grid's `name:` and `run --name` alike: the name is a
+#: directory under the storage root and appears in commands and MLflow filters, so no
+#: separator, no dot-only name, no quote, space or control character. (\Z, not $: Python's
+#: `$` also matches before a final newline, which let `--name $'x\n'` through.)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}\Z"
+NAME_RULE = "1 to 80 characters out of letters, digits, _ . - starting with a letter or digit"
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` is not a valid sweep name (None if it is)."""
+    if isinstance(name, str) and re.match(NAME_PATTERN, name):
+        return None
+    return f"invalid sweep name {short(name)}; allowed: {NAME_RULE}"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    """As fl_core's config models: frozen, unknown keys refused, no NaN/inf, strict types
+    (`seeds: true` or `max_concurrent_trials: "2"` is refused, not read as 1 or 2)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class Resources(_Strict):
@@ -85,7 +101,7 @@ class Tracking(_Strict):
 
 
 class GridFile(_Strict):
-    name: str = Field(pattern=NAME_PATTERN, description="sweep name: letters, digits, _ . -")
+    name: str = Field(description=f"sweep name: {NAME_RULE}")
     description: str = Field("", description="free text, shown in status and MLflow")
     base: dict[str, Any] = Field(default_factory=dict, description="a partial SimulationConfig")
     grid: dict[str, list[Any]] = Field(
@@ -280,6 +296,9 @@ def load_grid(path: str | Path, allow_large: bool = False) -> Grid:
     except ValidationError as e:
         raise _grid_file_error(file, e) from None
 
+    problem = name_problem(spec.name)
+    if problem:
+        raise GridError(file, "name", problem)
     grid = dict(spec.grid or {})
     seeds = _seeds(file, spec, allow_large)
     if not grid and seeds is None:
@@ -429,7 +448,7 @@ def _check_base_keys(file: str, base: dict[str, Any]) -> None:
     try:
         parse_config(base, source=file)
     except ConfigError as e:
-        if e.path not in all_keys():  # a misspelt key (or a plug-in's parameter name)
+        if isinstance(e, UnknownKeyError):  # a misspelt key (or a plug-in's parameter name)
             raise GridError(file, f"base.{e.path}", f"unknown key; {e.allowed}") from None
         # A value error in the base is reported now only if it is not a cross-field rule
         # that a grid axis could satisfy (e.g. `attack.fraction` swept for an attack kind).
@@ -462,54 +481,31 @@ def _parse_trial(
 
 
 @functools.lru_cache(maxsize=32)
-def known_num_writers(data: DataConfig) -> int | None:
-    """K for sources where it can be known without reading user files; None otherwise.
+def data_summary(data: DataConfig, seed: int):
+    """`fl_core.data.describe_data`, once per data config (metadata only: no pixels, no
+    torch). Raises what it raises (DatasetError for missing or malformed files)."""
+    from fl_core.data import describe_data
 
-    synthetic: `num_writers` (capped by `max_writers`); embedded: asks fl_core.data
-    (cheap: the embedded sample ships in the package). tff-h5/leaf: None (the trial
-    checks when it loads the files).
-    """
-    cap = data.max_writers
-    if data.source == "synthetic":
-        k = data.num_writers
-    elif data.source == "embedded":
-        k = _embedded_num_writers(data)
-    else:
-        return None
-    if k is None:
-        return cap
-    return min(k, cap) if cap is not None else k
-
-
-def _embedded_num_writers(data: DataConfig) -> int | None:
-    try:
-        import fl_core.data as fld
-    except ImportError:
-        return None
-    helper = getattr(fld, "num_writers", None)
-    if callable(helper):
-        try:
-            return helper(data)
-        except FLCoreError:
-            return None
-    loader = getattr(fld, "load_data", None)
-    if not callable(loader):
-        return None
-    try:
-        # the embedded sample is a small file shipped in the package: loading it is cheap
-        return loader(data.model_copy(update={"max_writers": None}), 0).num_writers
-    except FLCoreError:
-        return None
+    return describe_data(data, seed)
 
 
 def _check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) -> None:
-    k = known_num_writers(cfg.data)
-    if k is None:
-        return
+    """The data source exists and the trial fits it: enough writers for N targets and the
+    cohort, and the engine's own population checks (target writers need a source-label
+    image; ε·K must give ≥ 1 attacker; attackers exclude targets) on the writers' labels,
+    all before anything runs."""
 
     def where(key: str) -> str:
         return f"grid.{key}" if key in overrides else f"base.{key}"
 
+    try:
+        summary = data_summary(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
+    except FLCoreError as e:  # a DatasetError (missing/malformed files) or an unknown source
+        key = "data.path" if cfg.data.path else "data.source"
+        raise GridError(file, where(key), str(e)) from None
+    k = summary.num_writers
+    if k is None:  # LEAF: the layout is checked; K needs every example (the trial checks)
+        return
     src = f"data.source = {cfg.data.source}" + (
         f", data.max_writers = {cfg.data.max_writers}" if cfg.data.max_writers else ""
     )
@@ -525,41 +521,19 @@ def _check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any])
             f"{cfg.fl.clients_per_round} clients per round drawn without replacement from "
             f"K = {k} writers ({src}); allowed: 1..{k}",
         )
-    # The engine's own population checks (target writers need a source-label image; ε·K
-    # must give ≥ 1 attacker; attackers exclude targets), run now rather than when the
-    # trial starts, wherever the data are cheap to get.
+    if summary.labels is None:  # lazy or large: the trial checks when it walks the writers
+        return
     from fl_core.data.backdoor import select_backdoor
     from fl_core.sampling import attacker_pool
 
     try:
-        data = _cheap_data(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
-        reserved = select_backdoor(cfg, data).reserved if data is not None else ()
+        reserved = select_backdoor(cfg, summary.labels).reserved
         attacker_pool(cfg, k, reserved)
     except ConfigError as e:
         raise GridError(
             file, where(e.path), f"invalid value {short(e.value)} in the trial {short(overrides)}; "
             f"allowed: {e.allowed}",
         ) from None
-
-
-CHEAP_SYNTHETIC_WRITERS = 1000
-
-
-@functools.lru_cache(maxsize=8)
-def _cheap_data(data: DataConfig, seed: int):
-    """The data, when getting them takes about a second: the embedded sample, or a small
-    synthetic population. None otherwise (the trial checks when it loads them)."""
-    k = known_num_writers(data)
-    if data.source == "synthetic" and k is not None and k <= CHEAP_SYNTHETIC_WRITERS:
-        pass
-    elif data.source != "embedded":
-        return None
-    from fl_core.data import load_data
-
-    try:
-        return load_data(data, seed)
-    except FLCoreError:
-        return None
 
 
 def _check_resources(file: str, cfg: SimulationConfig, res: Resources) -> None:

@@ -25,8 +25,7 @@ from typing import Any, Callable
 from fl_core.config import parse_config
 from sweeper import storage as st
 from sweeper.errors import SweeperError
-from sweeper.grid import NAME_PATTERN, Grid, bundles, trial_rows
-from sweeper.yamlio import short
+from sweeper.grid import Grid, bundles, name_problem, trial_rows
 
 Echo = Callable[[str], None]
 
@@ -48,10 +47,14 @@ class RayOptions:
 
 @dataclass
 class SweepOutcome:
+    """How a run/resume ended. `failures`: (trial label, the error's one-line message) of
+    every failed trial, the original message carried across Ray (not its traceback)."""
+
     sweep_dir: Path
     counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     name: str = ""
+    failures: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -68,7 +71,8 @@ def connect(opts: RayOptions) -> bool:
     A local cluster is token-protected (see `_protect_local_cluster`): its GCS, raylet
     and workers listen on all interfaces (Ray 2.60 offers no bind address for them:
     `_node_ip_address="127.0.0.1"` is rewritten to the host's address), so the token is
-    what keeps other hosts out.
+    what keeps other hosts out. Its metrics are off (`_no_metrics_export`): a Prometheus
+    port answers without the token.
     """
     import ray
 
@@ -81,7 +85,14 @@ def connect(opts: RayOptions) -> bool:
                                "cluster, not with --address or inside `ray job submit`")
         ray.init(address=existing, logging_level="WARNING")
     else:
+        _no_metrics_export()
         _protect_local_cluster()
+        # Ray caches its config (auth mode, metrics) when first imported: re-read the
+        # environment, as ray's own `enable_token_auth_by_default` does
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
         # address="local": always a new cluster; plain ray.init() would silently attach to
         # any `ray start` cluster on this machine (/tmp/ray/ray_current_cluster)
         kw: dict[str, Any] = {"address": "local", "include_dashboard": False,
@@ -118,12 +129,34 @@ def _protect_local_cluster() -> None:
         import secrets
 
         os.environ[AUTH_TOKEN_ENV] = secrets.token_hex(32)
-    # Ray caches its config (the auth mode) when first imported: re-read the environment,
-    # as ray's own `enable_token_auth_by_default` does
-    from ray._raylet import AuthenticationTokenLoader, Config
 
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
+
+METRICS_ENV = "RAY_enable_metrics_collection"
+#: the fixed Prometheus ports of the head's autoscaler monitor and dashboard head (Ray's
+#: AUTOSCALER_METRIC_PORT / DASHBOARD_METRIC_PORT, read from the environment)
+METRICS_PORT_ENVS = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
+
+
+def _no_metrics_export() -> None:
+    """No Prometheus port on the local cluster this driver starts: they answer anyone who
+    reaches the machine, without the token, and nothing here reads them (progress comes
+    from Tune, results from MLflow).
+
+    - Each node's dashboard agent exports on a port bound to all interfaces: Ray's
+      `enable_metrics_collection` flag (read from the environment, which the cluster's
+      processes inherit) turns it off.
+    - The autoscaler monitor (44217) and the dashboard head (44227) serve theirs on
+      0.0.0.0 too: Ray 2.60 binds them to loopback only when the node's IP is loopback,
+      which `ray.init` rewrites to the host's address, and has no switch for them. Their
+      port comes from the environment; a port no socket can have (-1) makes the bind fail,
+      which Ray catches and logs in monitor.log/dashboard.log, serving nothing.
+
+    Explicit settings of these variables (e.g. for a Prometheus that scrapes this machine)
+    are respected. tests/sweeper/test_trial_errors.py lists what the cluster listens on.
+    """
+    os.environ.setdefault(METRICS_ENV, "0")
+    for name in METRICS_PORT_ENVS:
+        os.environ.setdefault(name, "-1")
 
 
 def cluster_gpus() -> float:
@@ -163,16 +196,19 @@ def check_fits(per_trial: list[tuple[str, list[dict[str, float]]]]) -> None:
 
 def _quiet_tune() -> None:
     """Our Progress callback (sweeper.progress) shows the sweep; Tune's banner/tables and its warning about
-    frequent experiment snapshots (forced by num_to_keep, cheap here) would drown it."""
+    frequent experiment snapshots (forced by num_to_keep, cheap here) would drown it. A failed
+    trial's traceback goes to its error.txt only: the end of the run prints one line per failed
+    trial with the original message (`SweepOutcome.failures`)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
 
 
 def _tune_configs(sweep_dir: Path, max_concurrent: int | None, total: int):
     from ray import tune
 
     from sweeper.progress import Progress
-    from sweeper.trainable import trial_name
+    from sweeper.trainable import NoRetryOnBadInput, trial_name
 
     tune_config = tune.TuneConfig(
         max_concurrent_trials=max_concurrent,
@@ -186,11 +222,11 @@ def _tune_configs(sweep_dir: Path, max_concurrent: int | None, total: int):
         name=st.TUNE_NAME,
         storage_path=str(sweep_dir),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        # one automatic retry (from the last checkpoint) for a crashed trial process;
-        # deterministic errors then stay errored until `fl-sweep resume`
+        # one automatic retry (from the last checkpoint) for a crashed trial process; none
+        # for bad input (NoRetryOnBadInput); errored trials wait for `fl-sweep resume`
         failure_config=tune.FailureConfig(max_failures=1),
         verbose=0,
-        callbacks=[Progress(total)],
+        callbacks=[NoRetryOnBadInput(), Progress(total)],
     )
     return tune_config, run_config
 
@@ -229,14 +265,13 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
               tracking_uri: str | None = None, ray_opts: RayOptions | None = None,
               echo: Echo = _echo) -> SweepOutcome:
     """Start a new sweep of `grid`. See the module docstring."""
-    import re
-
     from sweeper.lock import SweepLock
     from sweeper.tracking import default_uri, normalize_uri, split_credentials
 
     name = name or grid.name
-    if not re.match(NAME_PATTERN, name):
-        raise SweeperError(f"--name {short(name)}: use letters, digits, _ . - (at most 80)")
+    problem = name_problem(name)
+    if problem:
+        raise SweeperError(f"--name: {problem}")
     root = st.storage_root(storage)
     sweep_dir = root / name
     if sweep_dir.exists():
@@ -409,9 +444,11 @@ def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results,
     """Count the trials' ends, summarise the sweep on its parent run (the dashboard's landing
     page and the report) and close it; the end-of-run text is the CLI's job."""
     counts = {"finished": 0, "diverged": 0, "failed": 0, "interrupted": 0}
+    failures: list[tuple[str, str]] = []
     for r in results:
         if r.error is not None:
             counts["failed"] += 1
+            failures.append((_trial_label(r), error_line(r.error, r.metrics)))
         else:
             s = (r.metrics or {}).get("fl_status")
             counts[s if s in ("finished", "diverged") else "interrupted"] += 1
@@ -426,4 +463,33 @@ def _conclude(sweep_dir: Path, manifest: dict[str, Any], tracker, results,
         tracker.finish(parent, "failed")
     elif not counts["interrupted"]:
         tracker.finish(parent, "finished")
-    return SweepOutcome(sweep_dir, counts, seconds, manifest["name"])
+    return SweepOutcome(sweep_dir, counts, seconds, manifest["name"], sorted(failures))
+
+
+def _trial_label(result) -> str:
+    t = ((result.config or {}).get("trial") or {})
+    name = t.get("name") or str(t.get("trial_key", "?"))[:8]
+    return f"trial {t.get('index', '?')} [{name}]"
+
+
+MAX_ERROR_LINE = 1000
+
+
+def error_line(error: BaseException, metrics: dict[str, Any] | None = None) -> str:
+    """The one line that says why a trial failed: the original exception's message, not the
+    Ray traceback around it. Tune hands over a RayTaskError whose `cause` is what the
+    trainable raised (intact: fl_core's and the sweeper's errors pickle whole); the project's
+    own errors are printed as they are, anything else as `Type: first line`."""
+    from fl_core.errors import FLCoreError
+
+    cause = getattr(error, "cause", None)
+    e = cause if isinstance(cause, BaseException) else error
+    if isinstance(e, (FLCoreError, SweeperError)):
+        text = str(e)
+    elif (metrics or {}).get("error"):  # what the trainable reported before raising
+        text = str(metrics["error"])
+    else:
+        text = f"{type(e).__name__}: {e}"
+    lines = [x for x in text.splitlines() if x.strip()] or [type(e).__name__]
+    line = lines[0]
+    return line if len(line) <= MAX_ERROR_LINE else line[: MAX_ERROR_LINE - 3] + "..."

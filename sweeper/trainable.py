@@ -15,6 +15,11 @@ checkpoint replays the same rounds bit-identically; MLflow gets only the rounds 
 not already hold (see `sweeper.tracking`). A trial whose weights become NaN/inf ends as
 `diverged` (a normal end for Tune: the sweep goes on); any other exception marks the run
 `failed` and errors the trial, which `fl-sweep resume` retries from its last checkpoint.
+Tune retries an errored trial once by itself (`sweeper.runner`), which helps with a
+crashed process but never with bad input: a trial that raises a deterministic error (an
+FLCoreError or SweeperError that is not `transient`: a bad config or data set) first
+reports `fl_status: failed` with the one-line message, and the driver's `NoRetryOnBadInput`
+callback then takes the trial's automatic retry away.
 
 `config` (Tune's param space for one trial) is `{"trial": {...}, "sweep": {...}}`, built
 by `sweeper.runner.param_space`.
@@ -34,14 +39,16 @@ import ray
 from ray import tune
 
 from fl_core.config import SimulationConfig, flatten, parse_config
-from fl_core.errors import DivergedError
+from fl_core.errors import DivergedError, FLCoreError
 from fl_core.loop import DIVERGED, FINISHED, run_loop
 from sweeper.actors import RayActorExecutor, set_determinism
+from sweeper.errors import SweeperError
 from sweeper.jsonl import jsonl_text, read_jsonl
 from sweeper.storage import atomic_write_text
 from sweeper.tracking import Tracker
 
 STATE, PROGRESS, METRICS = "state.pt", "progress.json", "metrics.jsonl"
+FAILED = "failed"  # fl_status of a trial ended by bad input (reported just before it raises)
 
 
 def trial_resources(config: dict[str, Any]) -> tune.PlacementGroupFactory:
@@ -166,8 +173,39 @@ class TrialSink:
             tune.report(self._report(history[-1] if history else {"round": state.round_idx}, FINISHED))
 
 
+class NoRetryOnBadInput(tune.Callback):
+    """Driver side: takes the automatic retry away from a trial that reported `fl_status:
+    failed`: it is about to raise a deterministic error (bad config or data), which a retry
+    would only repeat. Tune retries every trial error up to FailureConfig.max_failures and
+    offers no per-exception choice; the trial's own `max_failures` is what its recovery
+    decision reads. (`fl-sweep resume` still runs errored trials again, e.g. once the data
+    are back.)"""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("fl_status") == FAILED:
+            trial.max_failures = 0
+
+
+def is_bad_input(e: BaseException) -> bool:
+    """A deterministic error: the same input fails the same way on every try."""
+    return isinstance(e, (FLCoreError, SweeperError)) and not e.transient
+
+
 def train_trial(config: dict[str, Any]) -> None:
     """Run (or continue) one trial. See the module docstring."""
+    try:
+        _train_trial(config)
+    except (FLCoreError, SweeperError) as e:
+        if is_bad_input(e):
+            try:  # tells the driver not to retry (runner.NoRetryOnBadInput); then the error
+                tune.report({"fl_status": FAILED, "error": f"{e}"[:4000],
+                             "rounds_total": config["trial"]["config"].get("fl", {}).get("rounds")})
+            except Exception:  # noqa: BLE001 - the error itself is what must reach the driver
+                pass
+        raise
+
+
+def _train_trial(config: dict[str, Any]) -> None:
     from fl_core.data import load_data
     from fl_core.simulate import Simulation
     from fl_core.state import load_state
@@ -206,15 +244,16 @@ def train_trial(config: dict[str, Any]) -> None:
     title = f"{sweep['name']} trial {spec['index']}: " + ", ".join(
         f"{k}={v}" for k, v in spec.get("overrides", {}).items())
 
-    data = load_data(_resolve_data(cfg, sweep.get("launch_cwd")), cfg.seed)
     executor = None
-    if res["executor"] == "actors":
-        gpu_share = spec["bundles"][-1].get("GPU", 0.0)
-        executor = RayActorExecutor(
-            cfg, ray.put(data), cfg.fl.workers, res["cpus_per_worker"], gpu_share,
-            device=device,
-        )
     try:
+        # inside the try: a data set that fails to load marks the MLflow run failed too
+        data = load_data(_resolve_data(cfg, sweep.get("launch_cwd")), cfg.seed)
+        if res["executor"] == "actors":
+            gpu_share = spec["bundles"][-1].get("GPU", 0.0)
+            executor = RayActorExecutor(
+                cfg, ray.put(data), cfg.fl.workers, res["cpus_per_worker"], gpu_share,
+                device=device,
+            )
         if executor is not None:
             tracker.set_tags(run_id, {"fl_sweep.worker_nodes": ",".join(n for _, n in executor.where())})
         if state is None and cfg.fl.init != "random":

@@ -3,22 +3,27 @@
 `load_data(cfg.data, seed)` looks `cfg.source` up in a read-only registry and returns a
 `WriterPopulation` (`fl_core.data.population`): an eager `FederatedData`, or for a large
 synthetic population a lazy one that makes writers on demand, optionally cut to its
-first `max_writers` writers. Adding a source takes one module with a `load(cfg, seed)`
-function and one line in `SOURCES`.
+first `max_writers` writers. `describe_data(cfg.data, seed)` says what `load_data` would
+return (K, image counts, labels) from metadata only: no pixels, no torch, so a grid is
+checked against its data before anything runs. Adding a source takes one module with a
+`load(cfg, seed)` and a `describe(cfg, seed)` function and one line in `SOURCES` and
+`DESCRIBERS`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
 
 from fl_core.config import DataConfig
 from fl_core.data import embedded, leaf, synthetic, tff_h5
-from fl_core.data.base import FederatedData
+from fl_core.data.base import DataSummary, FederatedData
 from fl_core.data.population import WriterPopulation
-from fl_core.errors import UnknownComponentError
+from fl_core.errors import DatasetError, UnknownComponentError
 
 Loader = Callable[[DataConfig, int], WriterPopulation]
+Describer = Callable[[DataConfig, int], DataSummary]
 
 SOURCES: Mapping[str, Loader] = MappingProxyType({
     "embedded": embedded.load,
@@ -27,7 +32,30 @@ SOURCES: Mapping[str, Loader] = MappingProxyType({
     "leaf": leaf.load,
 })
 
-__all__ = ["FederatedData", "SOURCES", "WriterPopulation", "first_writers", "load_data"]
+
+
+def _describe_leaf(cfg: DataConfig, seed: int) -> DataSummary:
+    """LEAF keeps its labels inside the JSON next to the pixels: without reading every
+    example only the layout can be checked (`leaf.read_leaf_dir`'s first checks); K is
+    left unknown."""
+    if not cfg.path:
+        raise DatasetError("data.path", "not set", leaf.HOW_TO_PREPARE)
+    directory = Path(cfg.path).expanduser()
+    train_dir = directory / "train"
+    if not train_dir.is_dir() or not any(train_dir.glob("*.json")):
+        raise DatasetError(str(directory), "no train/*.json", leaf.HOW_TO_PREPARE)
+    return DataSummary(f"leaf:{directory}", None)
+
+
+DESCRIBERS: Mapping[str, Describer] = MappingProxyType({
+    "embedded": embedded.describe,
+    "synthetic": synthetic.describe,
+    "tff-h5": tff_h5.describe,
+    "leaf": _describe_leaf,
+})
+
+__all__ = ["DESCRIBERS", "DataSummary", "FederatedData", "SOURCES", "WriterPopulation", "describe_data",
+           "first_writers", "load_data"]
 
 
 def first_writers(data: WriterPopulation, n: int) -> WriterPopulation:
@@ -72,3 +100,25 @@ def load_data(cfg: DataConfig, seed: int) -> WriterPopulation:
         raise UnknownComponentError("data source", cfg.source, SOURCES)
     data = loader(cfg, seed)
     return data if cfg.max_writers is None else first_writers(data, cfg.max_writers)
+
+
+def describe_data(cfg: DataConfig, seed: int = 0) -> DataSummary:
+    """How many writers and images the data `cfg` names has, from metadata only.
+
+    Reads the h5 layout and label arrays (tff-h5, embedded), the synthetic config and its
+    counts, or checks the LEAF layout; never pixels, never torch. The answer describes what
+    `load_data(cfg, seed)` returns (the same writers, after `max_writers`).
+
+    Args:
+        cfg: `data.*` of the simulation config.
+        seed: the simulation seed; only `synthetic` uses it.
+
+    Raises:
+        UnknownComponentError: `cfg.source` is not registered.
+        DatasetError: the source's files are missing or their layout is malformed (what
+            `load_data` would raise before reading pixels).
+    """
+    describe = DESCRIBERS.get(cfg.source)
+    if describe is None:
+        raise UnknownComponentError("data source", cfg.source, DESCRIBERS)
+    return describe(cfg, seed).first(cfg.max_writers)

@@ -114,3 +114,65 @@ def from_writer_arrays(
 def float_pixels_to_uint8(pixels: np.ndarray) -> np.ndarray:
     """TFF/LEAF float32 pixels (exactly k/255) → uint8 k."""
     return np.clip(np.rint(np.asarray(pixels, np.float64) * 255.0), 0, 255).astype(np.uint8)
+
+
+def labels_only(
+    writer_ids: tuple[str, ...],
+    train_labels: np.ndarray,
+    train_offsets: np.ndarray,
+    test_labels: np.ndarray,
+    test_offsets: np.ndarray,
+    name: str = "",
+) -> FederatedData:
+    """A FederatedData of labels alone: its pixel arrays are read-only zero-stride views of
+    one blank image (no memory, nothing read from disk). For checks that read writers and
+    labels only (the backdoor targets, the attacker pool), never for training."""
+    blank = np.zeros((1, 28, 28), np.uint8)
+    data = FederatedData(
+        tuple(writer_ids),
+        np.broadcast_to(blank, (len(train_labels), 28, 28)),
+        np.asarray(train_labels, np.int64), np.asarray(train_offsets, np.int64),
+        np.broadcast_to(blank, (len(test_labels), 28, 28)),
+        np.asarray(test_labels, np.int64), np.asarray(test_offsets, np.int64),
+        name,
+    )
+    data.validate()
+    return data
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What a data source holds, read from its metadata: the h5 layout and label arrays,
+    the synthetic config. No pixels are read and torch is not imported, so `fl-sweep
+    validate` can check a grid against its data in a second (`fl_core.data.describe_data`).
+
+    Attributes:
+        name: provenance, as `load_data` names the data.
+        num_writers: K after `data.max_writers` (writers without train images dropped, as
+            `load_data` does); None when the source cannot tell without reading every
+            example (LEAF JSON).
+        num_train, num_test: images of those writers (None with num_writers).
+        lazy: `load_data` returns a lazy population (writers made on demand).
+        labels: the same writers' labels in `load_data`'s order (`labels_only`), for the
+            population checks; None for a lazy population (its checks walk writers on
+            demand) or when the labels cost more than a metadata read (large synthetic).
+    """
+
+    name: str
+    num_writers: int | None
+    num_train: int | None = None
+    num_test: int | None = None
+    lazy: bool = False
+    labels: FederatedData | None = None
+
+    def first(self, n: int | None) -> "DataSummary":
+        """The summary of the first `n` writers (`data.max_writers`; None keeps all)."""
+        if n is None or self.num_writers is None or n >= self.num_writers:
+            return self
+        lab = self.labels
+        if lab is None:
+            return DataSummary(self.name, n, None, None, self.lazy, None)
+        tr, te = int(lab.train_offsets[n]), int(lab.test_offsets[n])
+        cut = labels_only(lab.writer_ids[:n], lab.train_labels[:tr], lab.train_offsets[: n + 1],
+                          lab.test_labels[:te], lab.test_offsets[: n + 1], f"{lab.name} (first {n} writers)")
+        return DataSummary(cut.name, n, tr, te, self.lazy, cut)

@@ -14,8 +14,8 @@ import hashlib
 from pathlib import Path
 
 from fl_core.config import DataConfig
-from fl_core.data.base import FederatedData
-from fl_core.data.tff_h5 import align, read_split
+from fl_core.data.base import DataSummary, FederatedData
+from fl_core.data.tff_h5 import align, read_label_split, read_split
 from fl_core.errors import DatasetError
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
@@ -43,12 +43,20 @@ def verify(directory: Path = EMBEDDED_DIR) -> None:
             )
 
 
-def read_embedded(directory: Path = EMBEDDED_DIR) -> FederatedData:
-    """Verify, then read the embedded pair."""
+def read_embedded(directory: Path = EMBEDDED_DIR, pixels: bool = True) -> FederatedData:
+    """Verify, then read the embedded pair (without `pixels`: its labels only)."""
     verify(directory)
-    train = read_split(directory / EMBEDDED_FILES[0])
-    test = read_split(directory / EMBEDDED_FILES[1])
+    read = read_split if pixels else read_label_split
+    train = read(directory / EMBEDDED_FILES[0])
+    test = read(directory / EMBEDDED_FILES[1])
     return align(train, test, f"embedded:{len(train.writer_ids)} LEAF/NIST writers")
+
+
+def describe(cfg: DataConfig, seed: int) -> DataSummary:
+    """Registry entry of `fl_core.data.describe_data` for `data.source=embedded`: the
+    verified files' layout and labels, no pixels."""
+    view = read_embedded(pixels=False)
+    return DataSummary(view.name, view.num_writers, len(view.train_labels), len(view.test_labels), False, view)
 
 
 def load(cfg: DataConfig, seed: int) -> FederatedData:

@@ -27,7 +27,7 @@ from functools import lru_cache
 import numpy as np
 
 from fl_core.config import DataConfig
-from fl_core.data.base import FederatedData
+from fl_core.data.base import DataSummary, FederatedData, labels_only
 from fl_core.rng import Stream, numpy_rng
 
 SDF_RES = 96            # distance-field cells per side over glyph space [-1, 1]²
@@ -43,6 +43,7 @@ _KEY_COUNTS = 2**40
 _COUNT_BLOCK = 2**16
 LAZY_ABOVE = 20_000   # `load` makes a lazy population above this many writers
 CACHE_WRITERS = 128   # lazy: writer splits kept rendered (LRU; ~10 MB at 100 images)
+LABEL_WRITERS = 5000  # `describe` indexes the labels up to this many writers (~0.15 s per 1000)
 
 
 # -- glyphs -----------------------------------------------------------------------------
@@ -341,6 +342,27 @@ class SyntheticPopulation:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return entry
+
+
+def describe(cfg: DataConfig, seed: int) -> DataSummary:
+    """Registry entry of `fl_core.data.describe_data` for `data.source=synthetic`: K from
+    the config, the image counts from `train_counts` (writer k's count does not depend on
+    K), and the labels from the writers' plans (nothing rendered) up to LABEL_WRITERS
+    writers of an eager population."""
+    k = cfg.num_writers if cfg.max_writers is None else min(cfg.num_writers, cfg.max_writers)
+    counts = train_counts(seed, k, cfg.examples_per_writer)
+    num_test = int(np.maximum(1, np.rint(counts * TEST_SHARE)).sum())  # test_count, vectorised
+    name = _name(cfg.num_writers, cfg.examples_per_writer, seed)
+    lazy = k > LAZY_ABOVE
+    view = None
+    if not lazy and k <= LABEL_WRITERS:
+        plans = [plan_writer(seed, w, int(counts[w])) for w in range(k)]
+        tr = [p[0].labels for p in plans]
+        te = [p[1].labels for p in plans]
+        off = [np.concatenate([[0], np.cumsum([len(x) for x in part])]) for part in (tr, te)]
+        view = labels_only(tuple(writer_id(w) for w in range(k)), np.concatenate(tr), off[0],
+                           np.concatenate(te), off[1], name)
+    return DataSummary(name, k, int(counts.sum()), num_test, lazy, view)
 
 
 def load(cfg: DataConfig, seed: int) -> FederatedData | SyntheticPopulation:

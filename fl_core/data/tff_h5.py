@@ -26,7 +26,7 @@ import h5py
 import numpy as np
 
 from fl_core.config import DataConfig
-from fl_core.data.base import FederatedData, float_pixels_to_uint8
+from fl_core.data.base import DataSummary, FederatedData, float_pixels_to_uint8, labels_only
 from fl_core.errors import DatasetError
 
 # (train, test, keep only labels 0..9 instead of requiring them); first match wins.
@@ -46,7 +46,7 @@ class Split:
     """One split as read from disk: writers in sorted order and their rows."""
 
     writer_ids: tuple[str, ...]
-    pixels: np.ndarray   # uint8 (N, 28, 28)
+    pixels: np.ndarray | None  # uint8 (N, 28, 28); None: labels only (`read_label_split`)
     labels: np.ndarray   # int64 (N,)
     offsets: np.ndarray  # int64 (len(writer_ids) + 1,)
 
@@ -108,13 +108,24 @@ def read_split(path: Path, filter_letters: bool = False) -> Split:
         filter_letters: keep only labels 0..9 (digits+letters files); otherwise a label
             outside 0..9 is a DatasetError.
     """
+    return _with_file(path, filter_letters, _read_entries)
+
+
+def read_label_split(path: Path, filter_letters: bool = False) -> Split:
+    """`read_split` without the pixels: the layout, every dataset's shape and the label
+    arrays (a few bytes per image), with the same checks and errors; `pixels` is None."""
+    return _with_file(path, filter_letters, lambda f, p, fl: _read_entries(f, p, fl, pixels=False))
+
+
+def _with_file(path: Path, filter_letters: bool, read) -> Split:
+    """`read(f, path, filter_letters)` on the open file, h5py's errors as DatasetErrors."""
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         raise DatasetError(str(path), f"not a readable HDF5 file ({e})", HOW_TO_PREPARE) from None
     with f:
         try:
-            return _read_entries(f, path, filter_letters)
+            return read(f, path, filter_letters)
         except DatasetError:
             raise
         except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -124,11 +135,12 @@ def read_split(path: Path, filter_letters: bool = False) -> Split:
                                HOW_TO_PREPARE) from None
 
 
-def _read_entries(f: h5py.File, path: Path, filter_letters: bool) -> Split:
-    """`read_split` without the translation of h5py's errors."""
+def _read_entries(f: h5py.File, path: Path, filter_letters: bool, pixels: bool = True) -> Split:
+    """`read_split` (or with `pixels=False` `read_label_split`) without the translation of
+    h5py's errors."""
     entries = _writer_datasets(f, path)
     total = sum(lab.shape[0] for _, lab, _ in entries)
-    pixels = np.empty((total, 28, 28), np.uint8)
+    block = np.empty((total, 28, 28), np.uint8) if pixels else None
     labels = np.empty((total,), np.int64)
     ids: list[str] = []
     counts: list[int] = []
@@ -139,11 +151,12 @@ def _read_entries(f: h5py.File, path: Path, filter_letters: bool) -> Split:
         if not filter_letters and not keep.all():
             bad = sorted(set(lab[~keep].tolist()))[:5]
             raise DatasetError(str(path), f"writer {w!r}: labels outside 0..9 ({bad})", HOW_TO_PREPARE)
-        px = _to_uint8(px_ds[()], w, path)
         if filter_letters:
-            lab, px = lab[keep], px[keep]
+            lab = lab[keep]
         n = len(lab)
-        pixels[at : at + n] = px
+        if block is not None:
+            px = _to_uint8(px_ds[()], w, path)
+            block[at : at + n] = px[keep] if filter_letters else px
         labels[at : at + n] = lab
         at += n
         ids.append(w)
@@ -151,7 +164,7 @@ def _read_entries(f: h5py.File, path: Path, filter_letters: bool) -> Split:
     offsets = np.zeros(len(ids) + 1, np.int64)
     offsets[1:] = np.cumsum(counts)
     # A digits+letters file shrinks when filtered: drop the unused tail.
-    return Split(tuple(ids), pixels[:at], labels[:at], offsets)
+    return Split(tuple(ids), None if block is None else block[:at], labels[:at], offsets)
 
 
 def _check_convention(split: Split, path: Path) -> None:
@@ -167,8 +180,9 @@ def _check_convention(split: Split, path: Path) -> None:
         )
 
 
-def _gather(split: Split, order: list[int | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rows of `split`'s writers in `order` (None: a writer with no rows) and their offsets."""
+def _gather(split: Split, order: list[int | None]) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Rows of `split`'s writers in `order` (None: a writer with no rows) and their offsets
+    (pixels None for a labels-only split)."""
     counts = [0 if k is None else int(split.offsets[k + 1] - split.offsets[k]) for k in order]
     offsets = np.zeros(len(order) + 1, np.int64)
     offsets[1:] = np.cumsum(counts)
@@ -176,16 +190,21 @@ def _gather(split: Split, order: list[int | None]) -> tuple[np.ndarray, np.ndarr
     idx = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if len(idx) == len(split.labels) and np.array_equal(idx, np.arange(len(idx))):
         return split.pixels, split.labels, offsets  # already in order: no copy
-    return split.pixels[idx], split.labels[idx], offsets
+    return None if split.pixels is None else split.pixels[idx], split.labels[idx], offsets
 
 
 def align(train: Split, test: Split, name: str) -> FederatedData:
     """Combine two splits keyed by the train writers (sorted). Writers without train rows
-    are dropped (they could never be a client); test rows follow the train order."""
+    are dropped (they could never be a client); test rows follow the train order. Two
+    labels-only splits give a labels-only FederatedData (`base.labels_only`)."""
     keep = [k for k in range(len(train.writer_ids)) if train.offsets[k + 1] > train.offsets[k]]
     ids = tuple(train.writer_ids[k] for k in keep)
     test_pos = {w: j for j, w in enumerate(test.writer_ids)}
-    data = FederatedData(ids, *_gather(train, keep), *_gather(test, [test_pos.get(w) for w in ids]), name)
+    trp, trl, tro = _gather(train, keep)
+    tep, tel, teo = _gather(test, [test_pos.get(w) for w in ids])
+    if trp is None or tep is None:
+        return labels_only(ids, trl, tro, tel, teo, name)
+    data = FederatedData(ids, trp, trl, tro, tep, tel, teo, name)
     data.validate()
     return data
 
@@ -289,6 +308,29 @@ class TffH5Population:
         if self._paths[2]:
             px = px[(raw_labels >= 0) & (raw_labels < 10)]
         return np.ascontiguousarray(px), self._labels[split][k]
+
+
+def describe_dir(directory: Path, name: str, lazy: bool = False) -> DataSummary:
+    """The pair in `directory` from its metadata (`read_label_split`): K, the image counts
+    and the labels in `read_tff_dir`'s order; raises the same DatasetErrors for a missing
+    directory, a missing file, a broken layout or labels outside 0..9."""
+    train_path, test_path, filter_letters = find_pair(directory)
+    train = read_label_split(train_path, filter_letters)
+    if len(train.labels) == 0:
+        raise DatasetError(str(train_path), "no training images", HOW_TO_PREPARE)
+    view = align(train, read_label_split(test_path, filter_letters), name)
+    return DataSummary(name, view.num_writers, len(view.train_labels), len(view.test_labels), lazy,
+                       None if lazy else view)
+
+
+def describe(cfg: DataConfig, seed: int) -> DataSummary:
+    """Registry entry of `fl_core.data.describe_data` for `data.source=tff-h5`."""
+    if not cfg.path:
+        raise DatasetError("data.path", "not set", HOW_TO_PREPARE)
+    directory = Path(cfg.path).expanduser()
+    train, test, _ = find_pair(directory)
+    lazy = train.stat().st_size + test.stat().st_size > LAZY_BYTES
+    return describe_dir(directory, f"tff-h5:{directory}", lazy)
 
 
 def load(cfg: DataConfig, seed: int) -> FederatedData | TffH5Population:

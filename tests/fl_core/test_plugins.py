@@ -65,3 +65,78 @@ def test_one_list_of_execution_only_keys_drives_every_hash_and_the_report():
     assert result_hash(parse_config({"fl": {"rounds": 7}})) == result_hash(base)  # a resume may extend
     for key, value in {"fl.backend": "vectorized", "fl.threads": 2}.items():
         assert result_hash(parse_config(set_dotted({}, key, value))) != result_hash(base), key
+
+
+# -- strict types ------------------------------------------------------------------------
+
+
+def _number_fields(model):
+    """(name, python type) of every int or float field of a pydantic model."""
+    import typing
+
+    for name, f in model.model_fields.items():
+        kinds = {a for a in (typing.get_args(f.annotation) or (f.annotation,)) if a in (int, float)}
+        if kinds:
+            yield name, (float if float in kinds else int)
+
+
+def _config_sections():
+    from fl_core.config import SimulationConfig
+
+    for section, f in SimulationConfig.model_fields.items():
+        if isinstance(f.annotation, type) and hasattr(f.annotation, "model_fields"):
+            yield section, f.annotation
+
+
+@pytest.mark.parametrize("bad", [True, False, "1", "0.2"], ids=["true", "false", "str-int", "str-float"])
+def test_every_number_of_the_config_refuses_booleans_and_strings(bad):
+    """YAML `true` is not 1, nor "1" a number: every int/float key of every section (and
+    the seed) is checked, so a key added later is too."""
+    keys = [("seed", None)] + [(f"{s}.{n}", None) for s, m in _config_sections() for n, _ in _number_fields(m)]
+    assert len(keys) > 20
+    from fl_core.config import set_dotted
+
+    for key, _ in keys:
+        with pytest.raises(ConfigError) as e:
+            parse_config(set_dotted({}, key, bad))
+        assert e.value.path == key and e.value.value == bad, (key, str(e.value))
+
+
+@pytest.mark.parametrize("bad", [True, "1", "0.2"], ids=["true", "str-int", "str-float"])
+def test_every_plugin_parameter_refuses_booleans_and_strings(bad):
+    """Krum's `f: true` or `"1"`, trimmed mean's β `"0.2"`: refused for every number
+    parameter of every registered attack, aggregator and backdoor task."""
+    from fl_core.config import validate_params
+
+    checked = 0
+    for family in (ATTACKS, AGGREGATORS, BACKDOORS):
+        for name, spec in family.items():
+            for param, _ in _number_fields(spec.params):
+                with pytest.raises(ConfigError) as e:
+                    validate_params("x.params", name, spec.params, {param: bad})
+                assert e.value.path == f"x.params.{param}", str(e.value)
+                checked += 1
+    assert checked >= 8
+
+
+def test_an_integer_is_taken_where_a_float_is_expected():
+    cfg = parse_config({"fl": {"client_lr": 1}, "defense": {"norm_bound": 3, "aggregator": "trimmed-mean",
+                                                             "aggregator_params": {"beta": 0}}})
+    assert cfg.fl.client_lr == 1.0 and isinstance(cfg.fl.client_lr, float)
+    assert cfg.defense.norm_bound == 3.0 and cfg.defense.aggregator_params == {"beta": 0.0}
+
+
+def test_inf_in_plugin_params_is_an_invalid_value_not_an_unknown_key():
+    """`attack.params.top_k: .inf` used to be reported as an unknown key (the grid took any
+    ConfigError whose key is not a core key for a misspelling); now only a key that does not
+    exist raises UnknownKeyError."""
+    from fl_core.errors import UnknownKeyError
+
+    with pytest.raises(ConfigError) as e:
+        parse_config({"attack": {"kind": "neurotoxin", "fraction": 0.1, "params": {"top_k": float("inf")}}})
+    assert not isinstance(e.value, UnknownKeyError) and "finite number" in e.value.allowed
+    with pytest.raises(UnknownKeyError) as e:
+        parse_config({"attack": {"kind": "neurotoxin", "fraction": 0.1, "params": {"top_kk": 0.1}}})
+    assert "did you mean `top_k`" in e.value.allowed
+    with pytest.raises(UnknownKeyError):
+        parse_config({"fl": {"roundz": 3}}, source="x.yaml")

@@ -77,6 +77,15 @@ GRID_PROBES = [
      "validate", ["base.attack.kind", "invalid value", "did you mean `neurotoxin`"]),
     ("bad-attack-param", "name: k\nbase: {attack: {kind: neurotoxin, fraction: 0.03, params: {top_k: 2}}}\n"
      "seeds: 1\n", "validate", ["attack.params.top_k", "less than 1"]),
+    ("rounds-true", "name: t\nbase: {fl: {rounds: true}}\nseeds: 1\n", "validate",
+     ["`base.fl.rounds`", "invalid value True", "valid integer"]),
+    ("krum-f-quoted", "name: k\nbase: {defense: {aggregator: krum, aggregator_params: {f: '1'}}}\nseeds: 1\n",
+     "validate", ["`base.defense.aggregator_params.f`", "invalid value '1'", "valid integer"]),
+    ("attack-param-inf", "name: k\nbase: {attack: {kind: neurotoxin, fraction: 0.03, params: {top_k: .inf}}}\n"
+     "seeds: 1\n", "validate", ["`base.attack.params.top_k`", "invalid value inf", "finite number"]),
+    ("data-path-missing", "name: d\nbase: {data: {source: tff-h5, path: /nonexistent/h19}}\nseeds: 1\n", "validate",
+     ["`base.data.path`", "dataset at /nonexistent/h19: directory does not exist", "fl-sweep data download"]),
+    ("name-newline", 'name: "x\\n"\nseeds: 1\n', "validate", ["`name`", "invalid sweep name", "letters, digits"]),
     ("not-a-mapping", "- 1\n- 2\n", "validate", ["expected a mapping"]),
     ("empty-file", "", "validate", ["the file is empty"]),
     ("too-large-file", "name: big\n#" + "x" * (1 << 20) + "\n", "validate", ["larger than"]),
@@ -217,3 +226,22 @@ def test_status_of_a_sweep_whose_store_is_missing_reports_it_and_creates_nothing
 # -- umask: atomic writes create their temp file with mode 0666 and let the kernel apply the
 # umask, so nothing reads (and so briefly sets) the process umask any more; tested in
 # tests/fl_core/test_state_files.py::test_atomic_write_applies_the_umask_without_changing_it
+
+
+# -- sweep names -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["x\n", "a b", "../up", ".", "x'y", "é", "a" * 81, ""])
+def test_run_name_follows_the_grid_name_rule(tmp_path, name):
+    """`run --name` with a newline used to pass (`re.match` with `$`) and create a directory
+    that `status` cannot find: `--name` and the grid's `name:` now share one rule. (Should a
+    name pass, the run stops at the --address/--num-cpus conflict before starting Ray.)"""
+    grid = write(tmp_path, "g.yaml", "name: ok\n" + OK_BASE + "seeds: 1\n")
+    storage = tmp_path / "sweeps"
+    rc, out, err = cli("run", str(grid), "--name", name, "--storage", str(storage),
+                       "--address", "127.0.0.1:9", "--num-cpus", "1")
+    assert rc == 2, (out, err)
+    line = err.strip()
+    assert "\n" not in line and line.startswith("fl-sweep: error: --name: invalid sweep name"), err
+    assert "letters, digits, _ . -" in line
+    assert not storage.exists()

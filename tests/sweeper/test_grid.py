@@ -182,7 +182,19 @@ BAD = {
         "- just\n- a list\n", "`(top level)`", "expected a mapping"),
     "bad-name": (
         f"name: ../escape\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\n",
-        "`name`", "should match pattern"),
+        "`name`", "invalid sweep name '../escape'; allowed: 1 to 80 characters out of letters, digits"),
+    "data-path-missing": (
+        "name: x\nbase: {data: {source: tff-h5, path: /nonexistent/fl-sweep-data}}\nseeds: 1\n",
+        "`base.data.path`", "dataset at /nonexistent/fl-sweep-data: directory does not exist; run `fl-sweep data download`"),
+    "data-path-missing-on-an-axis": (
+        "name: x\nbase: {data: {source: leaf}}\ngrid: {data.path: [/nonexistent/leaf]}\n",
+        "`grid.data.path`", "dataset at /nonexistent/leaf: no train/*.json"),
+    "name-with-newline": (
+        f"name: \"a\\n\"\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\n",
+        "`name`", "invalid sweep name 'a\\n'; allowed: 1 to 80 characters"),
+    "name-too-long": (
+        f"name: {'a' * 81}\n{BASE_OK}\ngrid: {{fl.rounds: [1]}}\n",
+        "`name`", "invalid sweep name"),
     "duplicate-trials": (
         f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [2, 2]}}\n",
         "`grid`", "have the same config"),
@@ -192,6 +204,38 @@ BAD = {
     "cuda-without-gpu-share": (
         f"name: x\n{BASE_OK}\ngrid: {{fl.device: [cuda]}}\n",
         "`resources.gpus_per_trial`", "needs a GPU share"),
+    # strict types: YAML's true is not 1, a quoted "1" is not a number
+    "rounds-true": (
+        "name: x\nbase: {fl: {rounds: true}}\nseeds: 1\n",
+        "`base.fl.rounds`", "invalid value True; allowed: Input should be a valid integer"),
+    "seeds-true": (
+        f"name: x\n{BASE_OK}\nseeds: true\n",
+        "`seeds`", "invalid value True: expected a list of integer seeds"),
+    "seed-axis-true": (
+        f"name: x\n{BASE_OK}\ngrid: {{seed: [0, true]}}\n",
+        "`grid.seed`", "Input should be a valid integer"),
+    "rounds-axis-true": (
+        f"name: x\n{BASE_OK}\ngrid: {{fl.rounds: [2, true]}}\n",
+        "`grid.fl.rounds`", "invalid value True: Input should be a valid integer"),
+    "krum-f-true": (
+        "name: x\nbase: {defense: {aggregator: krum, aggregator_params: {f: true}}}\nseeds: 1\n",
+        "`base.defense.aggregator_params.f`", "invalid value True; allowed: Input should be a valid integer"),
+    "krum-f-string": (
+        "name: x\nbase: {defense: {aggregator: krum, aggregator_params: {f: '1'}}}\nseeds: 1\n",
+        "`base.defense.aggregator_params.f`", "invalid value '1'; allowed: Input should be a valid integer"),
+    "trimmed-mean-beta-string": (
+        "name: x\nbase: {defense: {aggregator: trimmed-mean}}\ngrid: {defense.aggregator_params.beta: ['0.2']}\n",
+        "`grid.defense.aggregator_params.beta`", "Input should be a valid number"),
+    "workers-true": (
+        f"name: x\n{BASE_OK}\nseeds: 1\nresources: {{workers: true}}\n",
+        "`resources.workers`", "Input should be a valid integer"),
+    # .inf in a plug-in's parameters is a bad value, not an unknown key
+    "inf-in-attack-params": (
+        "name: x\nbase: {attack: {kind: neurotoxin, fraction: 0.1, params: {top_k: .inf}}}\nseeds: 1\n",
+        "`base.attack.params.top_k`", "invalid value inf; allowed: Input should be a finite number"),
+    "misspelt-attack-param": (
+        "name: x\nbase: {attack: {kind: neurotoxin, fraction: 0.1, params: {top_kk: 0.1}}}\nseeds: 1\n",
+        "`base.attack.params.top_kk`", "unknown key; did you mean `top_k`?"),
 }
 
 
@@ -276,10 +320,158 @@ def test_cli_validate_and_dry_run_print_the_trial_table(tmp_path):
     assert not (tmp_path / "sweeps").exists()
 
 
+TFF_DIGITS_WRITERS = 3383  # writers of TFF's fed_emnist_digitsonly pair (the paper's K)
+
+
+def write_tff_pair(directory: Path, writers: int, pixel_value: float = 1.0, per_writer: int = 2) -> Path:
+    """A TFF-layout h5 pair (examples/<writer>/{label, pixels}): each writer owns a 7 and
+    other digits, float32 pixels all `pixel_value` (2.0 is out of range: reading the pixels
+    raises a DatasetError, so a check that passes has not read them)."""
+    import h5py
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "test"):
+        with h5py.File(directory / f"fed_emnist_digitsonly_{split}.h5", "w") as f:
+            ex = f.create_group("examples")
+            for k in range(writers):
+                g = ex.create_group(f"f{k:04d}")
+                g.create_dataset("label", data=np.asarray([7, 1, 3, 5][:per_writer], np.int32))
+                g.create_dataset("pixels", data=np.full((per_writer, 28, 28), pixel_value, np.float32))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def download_dir(tmp_path_factory):
+    """A directory where `data/fed_emnist_digitsonly` (the paper grids' relative data.path,
+    where `fl-sweep data download --dest data` unpacks) holds a stand-in pair with the real
+    pair's number of writers: the grids are checked against their data's metadata."""
+    root = tmp_path_factory.mktemp("launch")
+    write_tff_pair(root / "data" / "fed_emnist_digitsonly", TFF_DIGITS_WRITERS, per_writer=1)
+    return root
+
+
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "grids").rglob("*.yaml")))
-def test_shipped_grids_are_valid(path):
+def test_shipped_grids_are_valid(path, download_dir, monkeypatch):
+    monkeypatch.chdir(download_dir)  # relative data paths resolve where the sweep is launched
     g = load_grid(REPO / path)
     assert g.trials and len({t.trial_key for t in g.trials}) == len(g.trials)
+
+
+DOC_CONFIGS = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").rglob("config.yaml"))
+
+
+def test_committed_run_configs_still_parse_to_their_trial_keys():
+    """Every config.yaml committed under docs/ (exported runs the reports are built from)
+    parses under today's schema (strict types included) and still hashes to the trial key
+    its status.json records: no committed result silently changes cell or replicate."""
+    from fl_core.config import parse_config
+    from sweeper.yamlio import read_yaml
+
+    assert len(DOC_CONFIGS) > 100
+    for rel in DOC_CONFIGS:
+        raw, _ = read_yaml(REPO / rel)
+        cfg = parse_config(raw, source=rel)
+        status = json.loads((REPO / rel).with_name("status.json").read_text())
+        assert config_hash(cfg) == status["trial_key"], rel
+
+
+# -- the data source, from its metadata ------------------------------------------------------
+
+DATA_GRID = """\
+name: {name}
+base:
+  data: {{source: tff-h5, path: {path}}}
+  fl: {{rounds: 2, clients_per_round: {cohort}}}
+  attack: {{kind: model-replacement, fraction: 0.4, num_tasks: 1, max_tasks: 1}}
+seeds: 1
+"""
+
+
+def test_validate_and_run_check_the_data_from_metadata_without_torch(tmp_path):
+    """`validate` used to say ok for a data.path that does not exist, and `run` then started
+    Ray. Now both check the source and the fit (K = 5 writers here) from the h5 layout and
+    labels: the pixels are out of range (reading them would fail), yet the fitting grid is
+    ok, so they were not read; torch, Ray and MLflow are never imported."""
+    data = write_tff_pair(tmp_path / "digits", 5, pixel_value=2.0)
+    grids = {
+        "fits": DATA_GRID.format(name="fits", path=data, cohort=5),
+        "cohort": DATA_GRID.format(name="cohort", path=data, cohort=6),
+        "missing": DATA_GRID.format(name="missing", path=tmp_path / "gone", cohort=2),
+    }
+    files = {k: str(write(tmp_path, v, f"{k}.yaml")) for k, v in grids.items()}
+    storage = tmp_path / "sweeps"
+    script = textwrap.dedent(f"""
+        import contextlib, io, json, sys
+        from sweeper.cli import main
+        files = json.loads({json.dumps(json.dumps(files))})
+        out = {{}}
+        for case, path in files.items():
+            for argv in (["validate", path], ["run", path, "--storage", {str(storage)!r}]):
+                if case == "fits" and argv[0] == "run":
+                    continue  # it would launch
+                so, se = io.StringIO(), io.StringIO()
+                with contextlib.redirect_stderr(se), contextlib.redirect_stdout(so):
+                    rc = main(argv)
+                out[f"{{case}} {{argv[0]}}"] = [rc, so.getvalue(), se.getvalue()]
+        out["_modules"] = [m for m in ("torch", "ray", "mlflow") if m in sys.modules]
+        print(json.dumps(out))
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out.pop("_modules") == []
+    rc, so, se = out.pop("fits validate")
+    assert rc == 0 and "ok: 1 trials" in so, se
+    for cmd in ("validate", "run"):
+        rc, _, se = out[f"cohort {cmd}"]
+        assert rc == 2 and se.count("\n") == 1, se
+        assert (f"{files['cohort']}: `base.fl.clients_per_round`: 6 clients per round drawn without "
+                "replacement from K = 5 writers (data.source = tff-h5)") in se
+        rc, _, se = out[f"missing {cmd}"]
+        assert rc == 2 and se.count("\n") == 1, se
+        assert f"{files['missing']}: `base.data.path`: dataset at {tmp_path / 'gone'}: directory does not exist" in se
+    assert not storage.exists()
+
+
+@pytest.mark.parametrize("data", [
+    {"source": "embedded"}, {"source": "embedded", "max_writers": 7},
+    {"source": "synthetic", "num_writers": 30, "examples_per_writer": 20},
+    {"source": "synthetic", "num_writers": 30, "examples_per_writer": 20, "max_writers": 9},
+], ids=["embedded", "embedded-max", "synthetic", "synthetic-max"])
+def test_describe_data_says_what_load_data_returns(data, tmp_path):
+    """The metadata answer the grid checks against equals the loaded data: writers, image
+    counts and every label in the same order (so the population checks agree)."""
+    import numpy as np
+
+    from fl_core.config import DataConfig
+    from fl_core.data import describe_data, load_data
+
+    from fl_core.data import DESCRIBERS, SOURCES
+
+    assert set(DESCRIBERS) == set(SOURCES)  # every source answers from its metadata
+    cfg = DataConfig(**data)
+    s, d = describe_data(cfg, 3), load_data(cfg, 3)
+    assert (s.num_writers, s.num_train, s.num_test, s.lazy) == (d.num_writers, len(d.train_labels),
+                                                                len(d.test_labels), False)
+    assert s.labels.writer_ids == d.writer_ids
+    for a in ("train_labels", "train_offsets", "test_labels", "test_offsets"):
+        assert np.array_equal(getattr(s.labels, a), getattr(d, a)), a
+
+
+def test_describe_data_of_an_h5_pair_reads_no_pixels(tmp_path):
+    from fl_core.config import DataConfig
+    from fl_core.data import describe_data, load_data
+    from fl_core.errors import DatasetError
+
+    cfg = DataConfig(source="tff-h5", path=str(write_tff_pair(tmp_path / "d", 4, pixel_value=2.0, per_writer=3)))
+    s = describe_data(cfg)
+    assert (s.num_writers, s.num_train, s.num_test) == (4, 12, 12)
+    assert s.labels.train_labels.tolist() == [7, 1, 3] * 4
+    with pytest.raises(DatasetError, match="pixel values outside"):
+        load_data(cfg, 0)  # the pixels themselves are checked when a trial loads them
 
 
 def test_smoke_grid_is_small():
