@@ -44,8 +44,6 @@ class UntrustedFileError(FLCoreError):
         self.path, self.problem = path, problem
         super().__init__(f"{path}: {problem}")
 
-    def __reduce__(self):  # pickles with its own arguments (errors cross Ray intact)
-        return (type(self), (self.path, self.problem))
 
 
 ErrorFactory = Callable[[str, str], Exception]

@@ -46,8 +46,6 @@ class SweepFileError(SweeperError):
         self.file, self.problem, self.remedy = file, problem, remedy
         super().__init__(f"{file}: {problem}" + (f"; {remedy}" if remedy else ""))
 
-    def __reduce__(self):  # pickles with its own arguments (errors cross Ray intact)
-        return (type(self), (self.file, self.problem, self.remedy))
 
 
 def read_json(path: Path, schema: Any, *, max_bytes: int, expected: str, what: str) -> Any:
@@ -142,7 +140,8 @@ def _manifest_schema() -> type:
         cpus_per_trial: float = Field(None, gt=0, le=1024)
 
     class ManifestSchema(_Open):
-        name: str = Field(pattern=NAME_PATTERN)
+        # pydantic's (Rust) regex has no \Z; its $ already means the end of the text only
+        name: str = Field(pattern=NAME_PATTERN.removesuffix(r"\Z") + "$")
         tracking_uri: str = Field(min_length=1, max_length=4096)
         experiment_id: str = Field(min_length=1, max_length=256)
         parent_run_id: str = Field(min_length=1, max_length=256, pattern=r"^[0-9A-Za-z_-]+$")
