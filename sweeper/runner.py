@@ -277,12 +277,20 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
     if sweep_dir.exists():
         from sweeper.lock import read_holder
 
-        holder = read_holder(sweep_dir)
+        try:
+            holder = read_holder(sweep_dir)
+        except SweeperError:  # a damaged driver.json: the sweep exists all the same
+            holder = None
         live = f" and is being driven by {holder.describe()}" if holder and not holder.stale() else ""
         raise SweeperError(
             f"sweep {name!r} already exists at {sweep_dir}{live}; `fl-sweep resume {name}` "
             "continues it, `--name NEW` starts another"
         )
+    # a damaged warm-up cache stops the run before Ray starts or the sweep directory exists
+    from sweeper import warmup
+
+    for key, wcfg in grid.warmups.items():
+        warmup.cache_state(warmup.warmup_dir(root, key), wcfg.fl.rounds)
     uri = default_uri(sweep_dir)
     if tracking_uri:
         # credentials never reach sweep.json, Tune's state or the log: they travel in

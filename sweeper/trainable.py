@@ -35,6 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import TypedDict  # pydantic validates this one on Python < 3.12
+
 import ray
 from ray import tune
 
@@ -44,7 +46,7 @@ from fl_core.loop import DIVERGED, FINISHED, run_loop
 from sweeper.actors import RayActorExecutor, set_determinism
 from sweeper.errors import SweeperError
 from sweeper.jsonl import jsonl_text, read_jsonl
-from sweeper.storage import atomic_write_text
+from sweeper.storage import atomic_write_text, read_json
 from sweeper.tracking import Tracker
 
 STATE, PROGRESS, METRICS = "state.pt", "progress.json", "metrics.jsonl"
@@ -117,6 +119,14 @@ def _finalize(tracker: Tracker, run_id: str, cfg: SimulationConfig, history, sta
         for f in files:
             tracker.log_artifact(run_id, f)
     tracker.finish(run_id, status)
+
+
+class Progress(TypedDict):
+    """progress.json of a trial's checkpoint (read back: untrusted, so checked)."""
+
+    round: int
+    run_id: str
+    trial_key: str
 
 
 def _save_checkpoint(d: Path, state, run_id: str, trial_key: str, history) -> None:
@@ -225,7 +235,8 @@ def _train_trial(config: dict[str, Any]) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = load_state(Path(d) / STATE, cfg)
-            progress = json.loads((Path(d) / PROGRESS).read_text())
+            progress = read_json(Path(d) / PROGRESS, Progress, max_bytes=1 << 16, what="progress",
+                                 expected="{round, run_id, trial_key} as the trial writes it")
             history = [h for h in read_jsonl(Path(d) / METRICS) if h["round"] <= state.round_idx]
 
     import torch

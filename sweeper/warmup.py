@@ -49,7 +49,7 @@ _NOT_IN_KEY = EXECUTION_ONLY_KEYS
 
 
 class WarmupSpec(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
     rounds: int = Field(ge=1, le=1_000_000, description="clean FedAvg rounds of the shared warm-up")
     overrides: dict[str, Any] = Field(

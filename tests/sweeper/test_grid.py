@@ -208,6 +208,9 @@ BAD = {
     "rounds-true": (
         "name: x\nbase: {fl: {rounds: true}}\nseeds: 1\n",
         "`base.fl.rounds`", "invalid value True; allowed: Input should be a valid integer"),
+    "warmup-rounds-true": (
+        "name: x\nbase: {fl: {rounds: 4}}\nseeds: 1\nwarmup: {rounds: true}\n",
+        "`warmup.rounds`", "valid integer"),
     "seeds-true": (
         f"name: x\n{BASE_OK}\nseeds: true\n",
         "`seeds`", "invalid value True: expected a list of integer seeds"),

@@ -496,3 +496,19 @@ def test_sweep_names_with_quotes_are_found_exactly(tmp_path):
         assert p.data.tags["fl_sweep.sweep"] == name
         data = load_sweeps([name], tracking_uri=uri)
         assert data.name == name and data.runs["seed"].tolist() == [i]
+
+
+def test_run_with_a_damaged_warmup_cache_exits_2_before_the_sweep_exists(cache_copy, tmp_path):
+    """`fl-sweep run` checks the warm-up caches the grid will reuse before it starts Ray or
+    creates the sweep directory: a damaged cache leaves no half-made sweep behind."""
+    import ray
+
+    storage, key, cfg, d = cache_copy
+    _cut_in_half(d / "state.pt")
+    grid = tmp_path / "w.yaml"
+    grid.write_text(WARMUP_GRID)
+    before = sorted(p.name for p in storage.iterdir())
+    rc, _, err = cli("run", str(grid), "--storage", str(storage))
+    assert rc == 2 and str(d / "state.pt") in err and "Traceback" not in err, err
+    assert sorted(p.name for p in storage.iterdir()) == before  # no sweep directory
+    assert not ray.is_initialized()
