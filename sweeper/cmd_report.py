@@ -149,7 +149,9 @@ def export(
     storage: Optional[str] = typer.Option(None, "--storage", help="storage root of the sweeps (default $FL_SWEEP_STORAGE or ./sweeps)"),
 ) -> None:
     """Write each run's config and metrics as plain directories (no checkpoints, no store):
-    small enough to commit or copy off a cluster; `fl-sweep report DIR` reads them."""
+    small enough to commit or copy off a cluster; `fl-sweep report DIR` reads them.
+    OUT/<sweep> replaces only an earlier export of the same sweep; two sweeps of one name
+    need different --out directories."""
     from sweeper import outputs
     from sweeper.report.export import export_dest, export_sweep, load_for_export
     from sweeper.storage import storage_root

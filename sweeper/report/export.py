@@ -149,7 +149,7 @@ def export_dest(loaded: Loaded, out: Path) -> Path:
         OutputError: see above; nothing is written.
     """
     if not outputs.safe_name(loaded.name):
-        raise ReportError(f"{loaded.origin}: its sweep name {loaded.name!r} cannot name a "
+        raise ReportError(f"{loaded.origin or 'export'}: its sweep name {loaded.name!r} cannot name a "
                           "directory (a path separator, a leading '.', or a control character)")
     dest = outputs.check_out(out, "--out") / loaded.name
     outputs.check_replaceable(dest, "--out", "export", loaded.origin)
