@@ -3,7 +3,8 @@
 The embedded sample (439 real writers) needs no download; this is for the paper's full
 population. The work (streaming, sha256 check, atomic unpack) is in
 `fl_core.data.download`; this module adds the options, a rich progress bar and the
-`--set` lines to use the result.
+`--set` lines to use the result. `--dest` follows the one rule for outputs
+(`fl_core.outputs`): a directory of the user's named like the archive is never replaced.
 """
 
 from __future__ import annotations
@@ -59,10 +60,11 @@ def download(
     sha256: Optional[str] = typer.Option(None, "--sha256", help="expected sha256 of --url"),
 ) -> None:
     """Download, verify (sha256) and unpack a Federated EMNIST h5 pair."""
-    from fl_core.data.download import download_archive, find_h5_pair
+    from fl_core.data.download import download_archive, download_target, find_h5_pair
 
     src_url, src_sha = _source(variant, url, sha256)
     target = dest if dest is not None else default_dest()
+    download_target(src_url, src_sha, target, "--dest")  # refused before the first line is printed
     typer.echo(f"downloading {src_url}\n  into {target}", err=True)
     progress = None
     callback = None
@@ -79,7 +81,7 @@ def download(
             progress.update(bar, completed=done, total=total, description=note)
 
     try:
-        unpacked = download_archive(src_url, src_sha, target, progress=callback)
+        unpacked = download_archive(src_url, src_sha, target, progress=callback, option="--dest")
     finally:
         if progress is not None:
             progress.stop()

@@ -1,5 +1,12 @@
 """`fl-sweep report SWEEP... [--out DIR] [--claims]`: figures, summary page, the paper's
-claims and the privacy of weak DP for one or more sweeps (see sweeper/report/)."""
+claims and the privacy of weak DP for one or more sweeps (see sweeper/report/); and
+`fl-sweep export`.
+
+Both take the same care as `run`: credentials in `--tracking-uri` are moved into MLflow's
+variables at the entry (nothing downstream, printed or written, ever holds them), and
+`--out` follows the one rule for outputs (`sweeper.outputs`), checked before anything is
+read, computed or written.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +17,7 @@ from typing import List, Optional
 import typer
 
 from sweeper.cli import app
+from sweeper.cmd_sweep import escape
 
 # The report's modules (pandas, matplotlib, MLflow) are imported by the command itself:
 # `fl-sweep --help` and the other commands do not pay for them.
@@ -33,6 +41,28 @@ def _thresholds(items: list[str]):
         raise ReportError(f"--threshold: {e}") from None
 
 
+def _tracking_uri(uri: str | None) -> str | None:
+    """`--tracking-uri` without its credentials, which go into MLFLOW_TRACKING_USERNAME /
+    PASSWORD / TOKEN (as `run` does; variables already set win): the URI is printed in
+    notes and errors and written into an export's status.json. An http(s)
+    $MLFLOW_TRACKING_URI (read when a sweep name is not found under the storage root) is
+    cleaned the same way."""
+    import os
+
+    from sweeper.tracking import normalize_uri, split_credentials
+
+    def clean(u: str) -> str:
+        bare, secrets = split_credentials(u)
+        for k, v in secrets.items():
+            os.environ.setdefault(k, v)
+        return bare
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and env.lower().startswith(("http://", "https://")):
+        os.environ["MLFLOW_TRACKING_URI"] = clean(env)
+    return normalize_uri(clean(uri)) if uri else uri
+
+
 @app.command()
 def report(
     sweeps: List[str] = typer.Argument(
@@ -53,37 +83,53 @@ def report(
     from rich.console import Console
     from rich.table import Table
 
+    from sweeper import outputs
     from sweeper.report.claims import format_check
-    from sweeper.report.load import load_sweeps
+    from sweeper.report.load import ReportError, load_sweeps
     from sweeper.report.page import build_report, log_to_mlflow
     from sweeper.report.privacy import DEFAULT_DELTA
+    from sweeper.storage import storage_root
 
+    tracking_uri = _tracking_uri(tracking_uri)
+    root = storage_root(storage)
+    if out is not None:  # before anything is read or computed
+        outputs.check_replaceable(outputs.check_out(out, "--out", storage_root=root, sources=sweeps),
+                                  "--out", "report")
     delta = DEFAULT_DELTA if delta is None else delta
     th = _thresholds(threshold)
     t0 = time.monotonic()
     data = load_sweeps(sweeps, tracking_uri=tracking_uri, storage_root=storage)
+    if out is None and not outputs.safe_name(data.name):
+        raise ReportError(f"the sweep name {data.name!r} cannot name the default report "
+                          "directory reports/<name>; pass --out DIR")
     out_dir = out or Path("reports") / data.name
-    rep = build_report(data, out_dir, claims=claims, thresholds=th, delta=delta,
-                       population=population,
-                       backdoor_metric="backdoor_acc_heldout" if heldout else "backdoor_acc")
+    dest = outputs.check_out(out_dir, "--out", storage_root=root, sources=sweeps)
+    # built beside and swapped in whole: a crash (or a bad figure) leaves the earlier report
+    with outputs.building(dest, "--out", "report") as staging:
+        rep = build_report(data, staging, claims=claims, thresholds=th, delta=delta,
+                           population=population,
+                           backdoor_metric="backdoor_acc_heldout" if heldout else "backdoor_acc")
+    rep.files = [dest / f.relative_to(staging) for f in rep.files]
+    rep.out_dir = dest
     if data.parents and not no_log:
         rep.notes += log_to_mlflow(data, rep)
     con = Console(soft_wrap=True, width=max(100, Console().width))
-    con.print(f"[bold]{data.name}[/bold]: {len(data.runs)} runs, {len(data.cells())} cells")
+    # every user string (names, cell labels, paths) is escaped: `[/bold]` in a label is text
+    con.print(f"[bold]{escape(data.name)}[/bold]: {len(data.runs)} runs, {len(data.cells())} cells")
     table = Table(show_edge=False, pad_edge=False)
     for h in ("cell", "seeds", "rounds", "main (tail)", "backdoor (avg)", "backdoor (final)"):
         table.add_column(h, justify="left" if h == "cell" else "right")
     for _, r in rep.cells.iterrows():
-        table.add_row(r["cell"], str(r["seeds"]), str(r["rounds_max"]), f"{r['main_tail']:.3f}",
+        table.add_row(escape(str(r["cell"])), str(r["seeds"]), str(r["rounds_max"]), f"{r['main_tail']:.3f}",
                       f"{r['backdoor_avg']:.3f}", f"{r['backdoor_final']:.3f}")
     con.print(table)
     for p in rep.privacy:
-        con.print(f"DP [{p.cell}]: z = {p.noise_multiplier:.4g}, q = {p.sampling_rate:.4g}, "
+        con.print(f"DP {escape('[' + str(p.cell) + ']')}: z = {p.noise_multiplier:.4g}, q = {p.sampling_rate:.4g}, "
                   f"{p.rounds} rounds → ε = {p.epsilon:.4g} at δ = {p.delta:g}: {p.verdict}")
     if rep.claims is not None:
         for c in rep.claims:
             style = VERDICT_STYLE[c.verdict]
-            con.print(f"[{style}]{c.verdict:>4}[/{style}] claim {c.number}: {c.claim}")
+            con.print(f"[{style}]{c.verdict:>4}[/{style}] claim {c.number}: {escape(c.claim)}")
             for ch in c.checks:
                 con.print(f"       {format_check(ch)}", markup=False)
             if c.note:
@@ -91,7 +137,7 @@ def report(
     for n in rep.notes:
         con.print(f"note: {n}", markup=False)
     con.print(f"report: {out_dir / 'report.md'} (and report.html, figures/, cells.csv"
-              + (", claims.json" if claims else "") + f") in {time.monotonic() - t0:.1f} s")
+              + (", claims.json" if claims else "") + f") in {time.monotonic() - t0:.1f} s", markup=False)
 
 
 @app.command()
@@ -103,11 +149,26 @@ def export(
     storage: Optional[str] = typer.Option(None, "--storage", help="storage root of the sweeps (default $FL_SWEEP_STORAGE or ./sweeps)"),
 ) -> None:
     """Write each run's config and metrics as plain directories (no checkpoints, no store):
-    small enough to commit or copy off a cluster; `fl-sweep report DIR` reads them."""
-    from sweeper.report.export import export_sweep, load_for_export
+    small enough to commit or copy off a cluster; `fl-sweep report DIR` reads them.
+    OUT/<sweep> replaces only an earlier export of the same sweep; two sweeps of one name
+    need different --out directories."""
+    from sweeper import outputs
+    from sweeper.report.export import export_dest, export_sweep, load_for_export
+    from sweeper.storage import storage_root
 
-    # read every sweep first: a bad name among several exits 2 before anything is written
+    tracking_uri = _tracking_uri(tracking_uri)
+    outputs.check_out(out, "--out", storage_root=storage_root(storage), sources=sweeps)
+    # read every sweep and check every destination first: a bad name or a refused
+    # destination among several exits 2 before anything is written
     loaded = [load_for_export(s, tracking_uri=tracking_uri, storage_root=storage) for s in sweeps]
+    seen: dict = {}
+    for s, one in zip(sweeps, loaded):
+        dest = export_dest(one, out)
+        if dest in seen:
+            raise outputs.OutputError(
+                f"--out {out}: `{seen[dest]}` and `{s}` are both sweeps named {one.name!r}, so both "
+                f"would be exported to {dest}; export them into different --out directories")
+        seen[dest] = s
     for one in loaded:
         e = export_sweep(one, out)
         states = ", ".join(f"{n} {k}" for k, n in sorted(e.statuses.items()))

@@ -7,13 +7,16 @@ and paths that escape the directory) into a temporary directory, which is then r
 into place. An interrupted or corrupt download therefore never leaves a partial archive or
 a half-unpacked directory that a later run could mistake for real data. Progress goes
 to an optional callback; fl_core imports no progress-bar library (the CLI passes one).
+
+`dest_dir/<archive name>/` is an output like any other (`fl_core.outputs`): it replaces
+only an earlier download (marked), never a directory of the user's that happens to have
+the archive's name; that is refused before anything is downloaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tarfile
 import tempfile
 import urllib.error
@@ -23,6 +26,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
 
+from fl_core import outputs
 from fl_core.errors import DatasetError
 
 # progress(bytes_done, bytes_total or None if the server sent no Content-Length)
@@ -113,7 +117,32 @@ def _unpack(archive: Path, into: Path, url: str) -> None:
         raise DatasetError(url, f"the archive could not be unpacked ({e})", "retry the download") from None
 
 
-def download_archive(url: str, sha256: str, dest_dir: Path | str, *, progress: Progress | None = None) -> Path:
+def _marked_sha(d: Path) -> str | None:
+    """The sha256 an earlier download recorded in `d` (read bounded: `d` may be anyone's)."""
+    try:
+        with open(d / _MARKER, "rb") as fh:
+            return fh.read(200).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+
+
+def download_target(url: str, sha256: str, dest_dir: Path | str, option: str = "dest_dir") -> Path:
+    """`dest_dir/<archive name>`, resolved: where `download_archive` unpacks `url`.
+
+    Raises:
+        DatasetError: the URL names no archive file.
+        OutputError: `dest_dir` is a file, under a file or unresolvable, or the archive's
+            directory exists and is neither this archive's download (kept as is) nor an
+            earlier download that may be replaced (`fl_core.outputs.check_replaceable`).
+    """
+    final = outputs.resolve_dir(dest_dir, option) / archive_dir_name(url)
+    if _marked_sha(final) != sha256.strip().lower():
+        outputs.check_replaceable(final, option, "download")
+    return final
+
+
+def download_archive(url: str, sha256: str, dest_dir: Path | str, *, progress: Progress | None = None,
+                     option: str = "dest_dir") -> Path:
     """Download a tar archive, verify it and unpack it to `dest_dir/<archive name>/`.
 
     Args:
@@ -122,6 +151,7 @@ def download_archive(url: str, sha256: str, dest_dir: Path | str, *, progress: P
         dest_dir: created if needed. Temporary files live here too, so the final rename is
             atomic (same filesystem).
         progress: called with (bytes done, total bytes or None) while downloading.
+        option: how errors name `dest_dir` (the CLI passes `--dest`).
 
     Returns:
         The directory holding the unpacked files. If it already exists with a marker for
@@ -130,19 +160,20 @@ def download_archive(url: str, sha256: str, dest_dir: Path | str, *, progress: P
     Raises:
         DatasetError: the download failed, the checksum differs (expected and actual hash
             are named; nothing is left behind), or the archive is not a valid tar.
+        OutputError: `dest_dir` is a file, under a file or unresolvable, or
+            `dest_dir/<archive name>` exists and is not an earlier download (a user's
+            directory is never replaced); raised before anything is downloaded.
     """
     sha256 = sha256.strip().lower()
-    dest_dir = Path(dest_dir).expanduser()
-    final = dest_dir / archive_dir_name(url)  # validated before anything is touched
-    marker = final / _MARKER
-    if marker.is_file() and marker.read_text().strip() == sha256:
+    final = download_target(url, sha256, dest_dir, option)  # checked before anything is touched
+    if _marked_sha(final) == sha256:
         return final
+    dest_dir = final.parent
     created = not dest_dir.exists()
     dest_dir.mkdir(parents=True, exist_ok=True)
     fd, part_name = tempfile.mkstemp(dir=dest_dir, prefix=f".{final.name}.", suffix=".part")
     os.close(fd)
     part = Path(part_name)
-    staging: Path | None = None
     try:
         actual = _fetch(url, part, progress)
         if actual != sha256:
@@ -151,31 +182,15 @@ def download_archive(url: str, sha256: str, dest_dir: Path | str, *, progress: P
                 "the download is corrupt or the URL serves another file; retry, or pass the "
                 "right --sha256 for --url (nothing was kept)",
             )
-        staging = Path(tempfile.mkdtemp(dir=dest_dir, prefix=f".{final.name}.", suffix=".unpack"))
-        staging.chmod(0o755)  # mkdtemp makes it private; the data directory need not be
-        _unpack(part, staging, url)
-        (staging / _MARKER).write_text(sha256 + "\n")
-        _replace_dir(staging, final)
-        staging = None
+        # unpacked beside, marked, swapped in: never half-written, never over a user's directory
+        with outputs.building(final, option, "download") as staging:
+            _unpack(part, staging, url)
+            (staging / _MARKER).write_text(sha256 + "\n")
         return final
     finally:
         part.unlink(missing_ok=True)
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         if created and dest_dir.is_dir() and not any(dest_dir.iterdir()):
             dest_dir.rmdir()  # we made it and failed: leave nothing behind
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Rename `new` to `final`; an existing (stale) `final` is moved aside first and removed
-    afterwards, so `final` is never half-written."""
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-        os.replace(final, old / final.name)
-    os.replace(new, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def find_h5_pair(directory: Path) -> Path:

@@ -9,6 +9,13 @@ on different clusters), each part exported, and reported together.
 An exported run keeps its identity: the directory holds the run's resolved config, whose
 `config_hash` is the trial key of the MLflow run (checked on export), so the report
 deduplicates an exported run against the same run still in its store.
+
+An export is an output like any other (`sweeper.outputs`): `OUT/<sweep>/` is built beside
+and swapped in, and it replaces only an earlier export of the same sweep (same MLflow
+parent run, or same source directory). Two sweeps of one name (two directories `a/runs`
+and `b/runs`, or two stores) would land in the same `OUT/<name>/`: the second is refused,
+never silently written over the first, since renaming either would break the name a
+report shows for it; export them into different `--out` directories.
 """
 
 from __future__ import annotations
@@ -16,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -26,6 +31,7 @@ import yaml
 
 from fl_core.config import config_hash, parse_config, set_dotted
 from fl_core.errors import ConfigError
+from sweeper import outputs
 from sweeper.configio import dump_config
 from sweeper.report.load import ReportError, _load_one
 from sweeper.rundir import CONFIG, METRICS, STATUS
@@ -103,17 +109,24 @@ def _dir_name(run: Mapping[str, Any]) -> str:
 @dataclass(frozen=True)
 class Loaded:
     """One sweep read for export: its name, its runs with an evaluated round (the longest
-    first: of one trial twice, the longest is kept) and their metric rows by run id."""
+    first: of one trial twice, the longest is kept), their metric rows by run id, and
+    where it came from (`origin`: its MLflow parent run, or the directory read)."""
 
     name: str
     runs: list[dict]
     rows: dict[str, list[dict]]
+    origin: str | None = None
 
 
 def load_for_export(source: str, tracking_uri: str | None = None,
                     storage_root: str | None = None) -> Loaded:
     """Read one sweep (a name or a directory, as `fl-sweep report` takes them)."""
-    runs, metrics, _parent, _notes = _load_one(source, tracking_uri, storage_root)
+    from mlflow.exceptions import MlflowException
+
+    try:
+        runs, metrics, parent, _notes = _load_one(source, tracking_uri, storage_root)
+    except MlflowException as e:  # e.g. a server that does not answer: one line, as report
+        raise ReportError(f"`{source}`: cannot read its MLflow store: {e.message}") from None
     if not runs:
         raise ReportError(f"`{source}`: the sweep has no runs yet")
     by_run: dict[str, list[dict]] = {}
@@ -122,44 +135,46 @@ def load_for_export(source: str, tracking_uri: str | None = None,
     kept = sorted((r for r in runs if by_run.get(r["run_id"])), key=lambda r: -len(by_run[r["run_id"]]))
     if not kept:
         raise ReportError(f"`{source}`: no run has an evaluated round yet; nothing to export")
-    return Loaded(str(runs[0]["sweep"]), kept, by_run)
+    origin = (f"MLflow parent run {parent.run_id}" if parent is not None
+              else f"directory {Path(source).expanduser().resolve()}")
+    return Loaded(str(runs[0]["sweep"]), kept, by_run, origin)
+
+
+def export_dest(loaded: Loaded, out: Path) -> Path:
+    """Where `export_sweep` writes `loaded`: `out/<sweep name>/`, after checking that it may
+    (`sweeper.outputs`: `out` not a file, not in or around a sweep; `<name>` missing or an
+    earlier export of the same sweep).
+
+    Raises:
+        OutputError: see above; nothing is written.
+    """
+    if not outputs.safe_name(loaded.name):
+        raise ReportError(f"{loaded.origin or 'export'}: its sweep name {loaded.name!r} cannot name a "
+                          "directory (a path separator, a leading '.', or a control character)")
+    dest = outputs.check_out(out, "--out") / loaded.name
+    outputs.check_replaceable(dest, "--out", "export", loaded.origin)
+    return dest
 
 
 def export_sweep(loaded: Loaded, out: Path) -> Exported:
     """Export the runs `load_for_export` read (those with an evaluated round) to
-    `out/<sweep name>/`.
+    `out/<sweep name>/` (`export_dest`).
 
     The directory is built beside its destination and renamed into place, replacing an
     earlier export of the same sweep: a crash leaves the earlier export or the new one,
-    never a mix.
+    never a mix (`sweeper.outputs.building`).
     """
-    name, kept, by_run = loaded.name, loaded.runs, loaded.rows
-    out.mkdir(parents=True, exist_ok=True)
-    dest = out / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would follow the export to a shared file system
-    old = None
-    try:
-        statuses: dict[str, int] = {}
+    dest = export_dest(loaded, out)
+    statuses: dict[str, int] = {}
+    rounds = 0
+    with outputs.building(dest, "--out", "export", loaded.origin) as tmp:
         names: set[str] = set()
-        rounds = 0
-        for r in kept:
+        for r in loaded.runs:
             dn = _dir_name(r)
             if dn in names:
                 continue
             names.add(dn)
-            write_run_dir(tmp / dn, r, by_run[r["run_id"]])
+            write_run_dir(tmp / dn, r, loaded.rows[r["run_id"]])
             statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
-            rounds += len(by_run[r["run_id"]])
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=out))
-            dest.rename(old / name)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not dest.exists():
-            (old / name).rename(dest)  # put the earlier export back
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return Exported(name, dest, statuses, rounds)
+            rounds += len(loaded.rows[r["run_id"]])
+    return Exported(loaded.name, dest, statuses, rounds)

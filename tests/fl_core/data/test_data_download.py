@@ -1,4 +1,5 @@
-"""`download_archive` against a local HTTP server: verified, atomic, nothing left on failure."""
+"""`download_archive` against a local HTTP server: verified, atomic, nothing left on failure,
+and never over a directory it did not create (fl_core/outputs.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from fl_core.config import DataConfig
 from fl_core.data import load_data
 from fl_core.data.download import VARIANTS, archive_dir_name, download_archive, find_h5_pair
 from fl_core.errors import DatasetError
+from fl_core.outputs import MARKER, OutputError
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -114,16 +116,51 @@ def test_not_a_tar_and_escaping_paths_are_refused(server, tmp_path):
     assert list(dest.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
 
 
-def test_a_stale_directory_is_replaced_whole(tff_archive, tmp_path):
+def test_a_stale_download_is_replaced_whole(tff_archive, server, tmp_path):
     url, sha, _ = tff_archive
-    stale = tmp_path / "dest" / "fed_emnist_digitsonly"
-    stale.mkdir(parents=True)
-    (stale / "leftover.h5").write_bytes(b"old")
+    serve, base, _ = server
+    # an earlier download of another archive of the same name (re-published since)
+    (serve / "old").mkdir()
+    old_sha = _tar_bz2(serve / "old" / "fed_emnist_digitsonly.tar.bz2", {"leftover.h5": b"old"})
+    stale = download_archive(f"{base}/old/fed_emnist_digitsonly.tar.bz2", old_sha, tmp_path / "dest")
+    assert (stale / "leftover.h5").is_file()
     out = download_archive(url, sha, tmp_path / "dest")
+    assert out == stale
     assert sorted(p.name for p in out.iterdir()) == [
-        ".sha256", "fed_emnist_digitsonly_test.h5", "fed_emnist_digitsonly_train.h5",
+        MARKER, ".sha256", "fed_emnist_digitsonly_test.h5", "fed_emnist_digitsonly_train.h5",
     ]
     assert sorted(p.name for p in out.parent.iterdir()) == ["fed_emnist_digitsonly"]
+
+
+@pytest.mark.parametrize("case", ["users directory", "file added to a download"])
+def test_a_directory_it_did_not_create_is_never_replaced(tff_archive, server, tmp_path, case):
+    url, sha, hits = tff_archive
+    serve, base, _ = server
+    mine = tmp_path / "dest" / "fed_emnist_digitsonly"
+    if case == "users directory":  # unrelated, it only has the archive's name
+        mine.mkdir(parents=True)
+    else:  # an earlier download the user put a file into
+        (serve / "old").mkdir()
+        old_sha = _tar_bz2(serve / "old" / "fed_emnist_digitsonly.tar.bz2", {"leftover.h5": b"old"})
+        download_archive(f"{base}/old/fed_emnist_digitsonly.tar.bz2", old_sha, tmp_path / "dest")
+    (mine / "notes.txt").write_text("mine")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()}
+    n_hits = len(hits)
+    with pytest.raises(OutputError, match="--dest") as e:
+        download_archive(url, sha, tmp_path / "dest", option="--dest")
+    assert str(mine) in str(e.value) and "notes.txt" in str(e.value)
+    assert len(hits) == n_hits  # refused before downloading
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "dest").rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in (tmp_path / "dest").iterdir()) == [mine.name]
+
+
+def test_a_dest_that_is_a_file_is_refused(tff_archive, tmp_path):
+    url, sha, hits = tff_archive
+    (tmp_path / "f").write_text("x")
+    for dest in (tmp_path / "f", tmp_path / "f" / "sub"):
+        with pytest.raises(OutputError, match="is a file"):
+            download_archive(url, sha, dest)
+    assert (tmp_path / "f").read_text() == "x" and hits == []
 
 
 def test_known_variants_point_at_tff_archives():
