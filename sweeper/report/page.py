@@ -24,7 +24,13 @@ import pandas as pd
 from sweeper.report.claims import ClaimResult, Thresholds, check_claims, format_check
 from sweeper.report.figures import plot_all
 from sweeper.report.load import SweepData
-from sweeper.report.privacy import DEFAULT_DELTA, PrivacyResult, privacy_report
+from sweeper.report.privacy import (
+    DEFAULT_DELTA,
+    PrivacyResult,
+    check_delta,
+    check_population,
+    privacy_report,
+)
 from sweeper.report.stats import cell_summary
 
 # (column in cell_summary, header) of the page's table, in order.
@@ -246,7 +252,13 @@ def build_report(
     population: int | None = None,
     backdoor_metric: str = "backdoor_acc",
 ) -> Report:
-    """Write every report file into `out_dir` (see the module docstring)."""
+    """Write every report file into `out_dir` (see the module docstring).
+
+    Raises:
+        ReportError: δ or the population out of range, checked before anything is written.
+    """
+    delta = check_delta(delta)
+    population = check_population(population)
     th = thresholds or Thresholds()
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = cell_summary(data, th.tail, th.burn_in)
