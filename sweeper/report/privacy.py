@@ -67,7 +67,8 @@ def check_delta(delta: Any) -> float:
     Gaussian mechanism has (ε = ∞), and δ ≥ 1 (or NaN) promises nothing."""
     if (isinstance(delta, bool) or not isinstance(delta, numbers.Real)
             or not 0 < float(delta) < 1):
-        raise ReportError(f"--delta {delta}: δ must be {DELTA_ALLOWED}")
+        shown = f"{delta:g}" if isinstance(delta, float) else repr(delta)
+        raise ReportError(f"--delta {shown}: δ must be {DELTA_ALLOWED}")
     return float(delta)
 
 
