@@ -1,6 +1,7 @@
 """Markup and code from data (issue 19): config values, cell labels and directory names that
 hold HTML, Markdown or mathtext reach report.md/report.html as text and the figures as
-their literal characters. (`--delta` and the bounded DP accounting: test_report_privacy.)"""
+their literal characters; a `--threshold` that is not a finite number is refused.
+(`--delta` and the bounded DP accounting: test_report_privacy.)"""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from matplotlib import cbook
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 
+from sweeper.cli import main
 from sweeper.report.figures import plot_all
 from sweeper.report.load import load_sweeps
 from sweeper.report.page import build_report
@@ -170,3 +172,14 @@ def test_figures_ignore_a_matplotlibrc_that_turns_tex_on(tmp_path, hostile_sweep
     with matplotlib.rc_context({"text.usetex": True}):
         paths = plot_all(data, tmp_path / "fig", cells=cell_summary(data))
     assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+@pytest.mark.parametrize("item", ["high_backdoor=nan", "m_high=inf", "sigma=-inf", "tasks=0"])
+def test_cli_rejects_a_threshold_that_is_not_a_finite_number(tmp_path, run_writer, capsys, item):
+    """NaN fails every comparison and ∞ bounds nothing: either would fake a verdict."""
+    run_writer(tmp_path / "s" / "r", {}, 0, {"main_acc": [0.5] * 2, "backdoor_acc": [0.1] * 2})
+    out = tmp_path / "out"
+    assert main(["report", str(tmp_path / "s"), "--threshold", item, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--threshold" in err[0] and item.split("=")[0] in err[0], err
+    assert not out.exists()
