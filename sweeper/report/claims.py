@@ -87,6 +87,12 @@ class Thresholds:
     burn_in: float = 0.0
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # NaN compares false and ∞ bounds nothing: both fake a verdict
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"threshold `{f.name}` needs a finite number, got {v!r}")
+        if self.tasks < 1:
+            raise ValueError(f"tasks must be a whole number ≥ 1, got {self.tasks}")
         if not 0 < self.tail <= 1:
             raise ValueError(f"tail must be in (0, 1], got {self.tail}")
         if not 0 <= self.burn_in < 1:

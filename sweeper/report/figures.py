@@ -14,14 +14,19 @@ Two figures per report:
 
 The Figure/FigureCanvasAgg API is used instead of pyplot: no global backend or figure
 state, so it is safe in any process (Ray workers, tests).
+
+Every string from the data (cell labels, sweep and directory names) goes through `plain`
+before it reaches a Text (titles, legends, tick labels): drawn as its characters, never as
+mathtext; and TeX is off while the figures are made, whatever the user's matplotlibrc says.
 """
 
 from __future__ import annotations
 
+import functools
+import textwrap
 from pathlib import Path
 
-import textwrap
-
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -36,6 +41,25 @@ CUMMEAN_COLOR = "tab:green"
 CELL_COLORS = ("tab:blue", "tab:green", "tab:red", "black", "tab:orange", "tab:purple",
                "tab:brown", "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
 DPI = 100
+
+
+def plain(text: object) -> str:
+    """`text` for a matplotlib Text, drawn as exactly its characters: a pair of `$` is
+    mathtext (`$\\undefinedcmd$` in a label raised ValueError, `$x$` drew an italic x);
+    matplotlib draws an escaped `\\$` as `$` and parses no math without an unescaped pair."""
+    return str(text).replace("$", r"\$")
+
+
+def _no_tex(plot):
+    """Run `plot` with TeX off: a matplotlibrc with `text.usetex: True` would hand every
+    label (`ε=3.3%`, names with `_` or `#`) to LaTeX."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context({"text.usetex": False}):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _band(ax, curve: pd.DataFrame, color: str, style: str, label: str | None, lw=1.2) -> None:
@@ -82,7 +106,8 @@ def panel_layout(data: SweepData) -> list[tuple[int, int, str]]:
 
 def _title(data: SweepData, cell: str) -> str:
     seeds = data.cell_runs(cell)["seed"].nunique()
-    return "\n".join(textwrap.wrap(f"{cell} ({seeds} seed{'s' if seeds != 1 else ''})", 46))
+    # escaped after wrapping: a break between `\` and `$` would undo the escape
+    return plain("\n".join(textwrap.wrap(f"{cell} ({seeds} seed{'s' if seeds != 1 else ''})", 46)))
 
 
 def _curves(data: SweepData, backdoor_metric: str):
@@ -92,6 +117,7 @@ def _curves(data: SweepData, backdoor_metric: str):
             cell_curves(data, cum, runs))
 
 
+@_no_tex
 def plot_panels(data: SweepData, path: Path, backdoor_metric: str = "backdoor_acc",
                 title: str | None = None) -> Path:
     """One panel per cell (see module docstring); writes a PNG to `path`."""
@@ -123,6 +149,7 @@ def plot_panels(data: SweepData, path: Path, backdoor_metric: str = "backdoor_ac
     return _finish(fig, first, 3, 8, data, title, path)
 
 
+@_no_tex
 def plot_overlay(data: SweepData, path: Path, backdoor_metric: str = "backdoor_acc",
                  title: str | None = None) -> Path:
     """All cells in one panel (paper fig 4 style) plus their cumulative means."""
@@ -133,8 +160,8 @@ def plot_overlay(data: SweepData, path: Path, backdoor_metric: str = "backdoor_a
     for i, cell in enumerate(data.cells()):
         color = CELL_COLORS[i % len(CELL_COLORS)]
         _band(ax, main[cell], color, ":", None, lw=1.5)
-        _band(ax, bd[cell], color, "-", cell)
-        _band(ax2, cum[cell], color, "-", cell, lw=1.8)
+        _band(ax, bd[cell], color, "-", plain(cell))
+        _band(ax2, cum[cell], color, "-", plain(cell), lw=1.8)
     ax.set_title("per round: dotted = main task, solid = backdoor", fontsize=9)
     ax2.set_title("backdoor accuracy, cumulative mean", fontsize=9)
     for a in (ax, ax2):
@@ -151,7 +178,7 @@ def _finish(fig: Figure, legend_ax, ncols: int, fontsize: float, data: SweepData
     """Legend (from `legend_ax`) under the figure, the title, and the PNG at `path`."""
     fig.legend(*legend_ax.get_legend_handles_labels(), loc="outside lower center", ncols=ncols,
                fontsize=fontsize, frameon=False)
-    fig.suptitle(title or f"{data.name}: mean over seeds, band = min–max over seeds",
+    fig.suptitle(plain(title or f"{data.name}: mean over seeds, band = min–max over seeds"),
                  fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
@@ -188,6 +215,7 @@ def wants_heatmap(data: SweepData) -> bool:
     return "attack.kind" in data.cell_keys and "defense.aggregator" in data.cell_keys
 
 
+@_no_tex
 def plot_heatmap(data: SweepData, cells: pd.DataFrame, path: Path) -> Path:
     """Defense × attack: one panel per `HEATMAP_VALUES` entry, value written in each square."""
     panels = [(heatmap_matrix(data, cells, col), title, cmap) for col, title, cmap in HEATMAP_VALUES]
@@ -198,15 +226,15 @@ def plot_heatmap(data: SweepData, cells: pd.DataFrame, path: Path) -> Path:
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, ((_, _, m), title, cmap) in zip(axes, panels):
         ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
-        ax.set_xticks(range(len(cols)), cols, rotation=20, ha="right", fontsize=8)
-        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_xticks(range(len(cols)), [plain(c) for c in cols], rotation=20, ha="right", fontsize=8)
+        ax.set_yticks(range(len(rows)), [plain(r) for r in rows], fontsize=8)
         ax.set_title(title, fontsize=9)
         for i in range(len(rows)):
             for j in range(len(cols)):
                 v = m[i, j]
                 ax.text(j, i, "–" if np.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
                         color="white" if not np.isnan(v) and v > 0.6 else "black")
-    fig.suptitle(f"{data.name}: defense × attack, mean over seeds", fontsize=10)
+    fig.suptitle(plain(f"{data.name}: defense × attack, mean over seeds"), fontsize=10)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
     return path

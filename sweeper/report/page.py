@@ -7,6 +7,11 @@ Files written to the output directory:
 - `cells.csv`: the per-cell table (mean, min, max over seeds of every statistic);
 - `claims.json` (with `--claims`): each claim, its verdict, checks, numbers and cells;
 - `privacy.json`: (ε, δ) per noisy cell.
+
+Every value that comes from the data (sweep, cell and directory names, config values, notes,
+claim texts) reaches the page through `lit`: as text, never as Markdown or HTML (a config
+value `<img src=x onerror=...>` is shown, not loaded). Only `Md` strings, written here, are
+Markdown, and the HTML renderer takes no raw HTML at all.
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ import pandas as pd
 from sweeper.report.claims import ClaimResult, Thresholds, check_claims, format_check
 from sweeper.report.figures import plot_all
 from sweeper.report.load import SweepData
-from sweeper.report.privacy import DEFAULT_DELTA, PrivacyResult, privacy_report
+from sweeper.report.privacy import (
+    DEFAULT_DELTA,
+    PrivacyResult,
+    check_delta,
+    check_population,
+    privacy_report,
+)
 from sweeper.report.stats import cell_summary
 
 # (column in cell_summary, header) of the page's table, in order.
@@ -77,6 +88,32 @@ DEFINITIONS = """\
 """
 
 
+class Md(str):
+    """Markdown written by this module (trusted); any other str is data, escaped by `lit`."""
+
+
+# Python-Markdown's backslash escapes that can start markup inside a line (emphasis, code,
+# links and images, table cells); `<` and `&` become entities instead.
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def lit(value: object) -> Md:
+    """`value` as Markdown that renders as exactly its text, in report.md and report.html:
+    no tag, attribute, link, emphasis, code span or table cell can come from data. One
+    line (a newline could start a heading or a code block); control characters (which
+    Python-Markdown uses for its own placeholders) become U+FFFD."""
+    if isinstance(value, Md):
+        return value
+    text = _CONTROL.sub("\ufffd", " ".join(str(value).splitlines()))
+    return Md(html.escape(_MD_SPECIAL.sub(r"\\\1", text), quote=True))
+
+
+def md(template: str, *values: object) -> Md:
+    """The trusted Markdown `template` with its `{}` fields filled with `lit(value)`."""
+    return Md(template.format(*(lit(v) for v in values)))
+
+
 @dataclass
 class Report:
     out_dir: Path
@@ -121,7 +158,8 @@ def table_rows(cells: pd.DataFrame, privacy: list[PrivacyResult]) -> list[list[s
         if r.get("lifespan_censored_max", 0) > 0:  # some seed's backdoor outlived its run
             i = [c for c, _ in TABLE_COLUMNS].index("lifespan")
             cols[i] = "≥ " + cols[i]
-        rows.append([r["cell"], str(int(r["seeds"])), rounds, *cols, _eps_text(by_cell.get(r["cell"]))])
+        rows.append([r["cell"], *map(Md, (str(int(r["seeds"])), rounds, *cols,
+                                          _eps_text(by_cell.get(r["cell"]))))])
     return rows
 
 
@@ -144,11 +182,12 @@ def privacy_rows(privacy: list[PrivacyResult]) -> list[list[str]]:
             for p in privacy]
 
 
-def _md_table(header, rows) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(esc(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
+def _md_table(header, rows) -> Md:
+    """A Markdown table; every cell that is not `Md` is data, escaped by `lit` (which also
+    escapes `|`)."""
+    lines = ["| " + " | ".join(map(lit, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(lit(x) for x in r) + " |" for r in rows]
+    return Md("\n".join(lines))
 
 
 PRIVACY_INTRO = (
@@ -160,29 +199,33 @@ PRIVACY_INTRO = (
 )
 
 
-def _sections(data: SweepData, rep: Report, tail: float, burn_in: float) -> list[tuple[str, str, list | None, tuple | None]]:
-    """(title, text, rows, header) sections shared by the Markdown and HTML pages."""
+def _sections(data: SweepData, rep: Report, tail: float, burn_in: float
+              ) -> list[tuple[str, Md, list | None, tuple | None]]:
+    """(title, text, rows, header) sections shared by the Markdown and HTML pages; the
+    texts are `Md` with every data value through `lit`."""
     n_runs, n_cells = len(data.runs), len(data.cells())
-    intro = (f"{n_runs} runs in {n_cells} cells from: "
-             + ", ".join(sorted(set(data.runs["sweep"].astype(str)))) + ". "
-             + "Varied keys: " + (", ".join(data.cell_keys) or "none") + ".")
-    secs = [("", intro + (" Notes: " + "; ".join(rep.notes) if rep.notes else ""), None, None)]
+    intro = md("{} runs in {} cells from: {}. Varied keys: {}.", n_runs, n_cells,
+               ", ".join(sorted(set(data.runs["sweep"].astype(str)))),
+               ", ".join(data.cell_keys) or "none")
+    if rep.notes:
+        intro = Md(intro + md(" Notes: {}", "; ".join(rep.notes)))
+    secs = [("", intro, None, None)]
     burn = (f", here without the first {burn_in:.0%} of those rounds (burn-in)" if burn_in else "")
-    secs.append(("Cells: final and averaged metrics", DEFINITIONS.format(tail=tail, burn=burn),
+    secs.append(("Cells: final and averaged metrics", Md(DEFINITIONS.format(tail=tail, burn=burn)),
                  table_rows(rep.cells, rep.privacy), TABLE_HEADER))
     if rep.claims is not None:
         counts = {v: sum(c.verdict == v for c in rep.claims) for v in ("PASS", "FAIL", "N.A.")}
         secs.append(("Claims of the paper",
-                     " · ".join(f"{k}: {v}" for k, v in counts.items())
-                     + ". Thresholds are parameters (`--threshold name=value`); a verdict is "
-                     "PASS iff every check holds on the seed means.",
+                     Md(" · ".join(f"{k}: {v}" for k, v in counts.items())
+                        + ". Thresholds are parameters (`--threshold name=value`); a verdict is "
+                        "PASS iff every check holds on the seed means."),
                      claims_rows(rep.claims), CLAIMS_HEADER))
     if rep.privacy:
-        secs.append(("How private is the weak DP?", PRIVACY_INTRO, privacy_rows(rep.privacy),
+        secs.append(("How private is the weak DP?", Md(PRIVACY_INTRO), privacy_rows(rep.privacy),
                      PRIVACY_HEADER))
     else:
-        secs.append(("How private is the weak DP?", "No cell adds noise (σ = 0 everywhere): "
-                     "no differential privacy at all.", None, None))
+        secs.append(("How private is the weak DP?", Md("No cell adds noise (σ = 0 everywhere): "
+                     "no differential privacy at all."), None, None))
     return secs
 
 
@@ -195,23 +238,34 @@ STYLE = ("body{font-family:sans-serif;max-width:1400px;margin:auto;padding:0 1em
 def _markdown(data: SweepData, rep: Report, secs, images: list[tuple[str, str]]) -> str:
     """The page as Markdown; `images` are (alt, src) pairs, so that the HTML page can
     carry the same text with its figures inline."""
-    md = [f"# Report: {data.name}", ""]
+    out = [md("# Report: {}", data.name), ""]
     first, *rest = secs
-    md += [first[1], "", "## Figures", ""] + [f"![{alt}]({src})" for alt, src in images] + [""]
+    out += [first[1], "", "## Figures", ""] + [f"![{alt}]({src})" for alt, src in images] + [""]
     for title, text, rows, header in rest:
-        md += [f"## {title}", "", text, ""]
+        out += [f"## {title}", "", text, ""]
         if rows is not None:
-            md += [_md_table(header, rows), ""]
+            out += [_md_table(header, rows), ""]
     if rep.claims:
-        md += ["### Claim checks in detail", ""]
+        out += ["### Claim checks in detail", ""]
         for c in rep.claims:
-            md.append(f"- **Claim {c.number} — {c.verdict}**: {c.claim}.")
+            out.append(md("- **Claim {} — {}**: {}.", c.number, c.verdict, c.claim))
             # four spaces: Python-Markdown nests a list only at that indent
-            md += [f"    - {format_check(ch)}" for ch in c.checks]
+            out += [md("    - {}", format_check(ch)) for ch in c.checks]
             if c.note:
-                md.append(f"    - {c.note}")
-        md.append("")
-    return "\n".join(md) + "\n"
+                out.append(md("    - {}", c.note))
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def render_html(text: str) -> str:
+    """Python-Markdown without raw HTML: it passes `<tag>`s through by default; here any
+    that reached the text would be escaped, not rendered (`lit` already keeps data out)."""
+    import markdown
+
+    renderer = markdown.Markdown(extensions=["tables"], output_format="html")
+    renderer.preprocessors.deregister("html_block")
+    renderer.inlinePatterns.deregister("html")
+    return renderer.convert(text)
 
 
 def _data_uri(path: Path) -> str:
@@ -222,13 +276,10 @@ def write_pages(data: SweepData, rep: Report, figures: list[Path], tail: float,
                 burn_in: float = 0.0) -> list[Path]:
     """report.md (figures linked) and report.html: the same Markdown rendered by
     Python-Markdown (`tables` extension), figures inline, so the page is one file."""
-    import markdown
-
     secs = _sections(data, rep, tail, burn_in)
     md_text = _markdown(data, rep, secs, [(f.stem, f.relative_to(rep.out_dir).as_posix())
                                           for f in figures])
-    body = markdown.markdown(_markdown(data, rep, secs, [(f.stem, _data_uri(f)) for f in figures]),
-                             extensions=["tables"], output_format="html")
+    body = render_html(_markdown(data, rep, secs, [(f.stem, _data_uri(f)) for f in figures]))
     page = (f"<!doctype html>\n<html><head><meta charset='utf-8'><title>{html.escape(data.name)}"
             f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
     md_path, html_path = rep.out_dir / "report.md", rep.out_dir / "report.html"
@@ -246,7 +297,13 @@ def build_report(
     population: int | None = None,
     backdoor_metric: str = "backdoor_acc",
 ) -> Report:
-    """Write every report file into `out_dir` (see the module docstring)."""
+    """Write every report file into `out_dir` (see the module docstring).
+
+    Raises:
+        ReportError: δ or the population out of range, checked before anything is written.
+    """
+    delta = check_delta(delta)
+    population = check_population(population)
     th = thresholds or Thresholds()
     out_dir.mkdir(parents=True, exist_ok=True)
     cells = cell_summary(data, th.tail, th.burn_in)
