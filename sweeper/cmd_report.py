@@ -87,7 +87,7 @@ def report(
     from sweeper.report.claims import format_check
     from sweeper.report.load import ReportError, load_sweeps
     from sweeper.report.page import build_report, log_to_mlflow
-    from sweeper.report.privacy import DEFAULT_DELTA
+    from sweeper.report.privacy import DEFAULT_DELTA, check_delta, check_population
     from sweeper.storage import storage_root
 
     tracking_uri = _tracking_uri(tracking_uri)
@@ -95,7 +95,8 @@ def report(
     if out is not None:  # before anything is read or computed
         outputs.check_replaceable(outputs.check_out(out, "--out", storage_root=root, sources=sweeps),
                                   "--out", "report")
-    delta = DEFAULT_DELTA if delta is None else delta
+    delta = check_delta(DEFAULT_DELTA if delta is None else delta)  # before any store is read
+    check_population(population)
     th = _thresholds(threshold)
     t0 = time.monotonic()
     data = load_sweeps(sweeps, tracking_uri=tracking_uri, storage_root=storage)

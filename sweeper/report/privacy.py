@@ -31,13 +31,13 @@ checked first (ReportError naming `--delta`, `--population` or the key).
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fl_core.errors import FLCoreError
 from sweeper.report.load import ReportError, SweepData, na_to_none
 
 DEFAULT_DELTA = 1e-5
@@ -235,7 +235,7 @@ def population_size(cfg: Mapping[str, Any]) -> tuple[int | None, str]:
     path = na_to_none(cfg.get("data.path"))
     try:
         k, how = _count_writers(source, path, cfg)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
+    except (FLCoreError, OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError) as e:
         return None, f"cannot be counted for data.source={source}, data.path={path}: {e}"
     if k is None or k < 1:
         return None, f"unknown for data.source={source}, data.path={path}"
@@ -262,9 +262,9 @@ def _count_writers(source: Any, path: Any, cfg: Mapping[str, Any]) -> tuple[int 
         if files:
             return _count_h5_writers(files[0]), f"writers in the embedded {files[0].name}"
     elif source == "leaf" and path:
-        users: set[str] = set()
-        for f in sorted((Path(path) / "train").glob("*.json")):
-            users.update(str(u) for u in json.loads(f.read_text()).get("users", []))
+        from fl_core.data.leaf import train_users  # the guarded reader of LEAF JSON
+
+        users = train_users(Path(path))
         if users:
             return len(users), f"users in {path}/train/*.json"
     return None, ""
