@@ -109,7 +109,6 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-
 class _KeepsWriteError:
     """The file a `write` callback gets: it remembers the first OSError of a write, so
     that a serializer that turns one into another exception cannot hide what went wrong

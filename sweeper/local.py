@@ -40,7 +40,6 @@ from sweeper.rundir import CONFIG, METRICS, STATE, STATUS  # noqa: F401 (re-expo
 from sweeper.storage import atomic_write_text
 
 
-
 class RunWriteError(SweeperError):
     """Writing the run directory failed (disk full, quota, I/O error): the run stopped, and
     continues from its last checkpoint with `--resume` once the cause is fixed."""
@@ -84,9 +83,9 @@ def resume_metrics(path: Path, state: SimulationState) -> list[dict]:
 
 
 class _Appender:
-    """metrics.jsonl opened for appending, unbuffered: a row is written whole or the write
-    fails at once (a buffered file would retry a failed flush on close and raise again);
-    each row is fsynced before the run goes on."""
+    """metrics.jsonl opened for appending, unbuffered: a failed write raises at once (a
+    buffered file keeps the unwritten bytes and fails again when closed); a short write
+    leaves a cut last line, which a resume drops. Each row is fsynced before the run goes on."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -149,8 +148,10 @@ class DirectorySink:
 
 def _record_failure(out: Path, status: dict, failed: _WriteFailed, checkpointed: int | None) -> RunWriteError:
     """status.json := failed (best effort), and the one-line error to raise."""
-    where = (f"resume continues from its checkpoint at round {checkpointed}" if checkpointed is not None
-             else "no checkpoint was written: start it again")
+    when = "once writes succeed again, e.g. after freeing disk space"
+    where = (f"`fl-sweep simulate --resume --out {out}` continues it from its checkpoint at round "
+             f"{checkpointed} {when}" if checkpointed is not None
+             else f"no checkpoint was written yet: run it again with --force {when}")
     problem = f"{failed.path}: write failed: {_os_error_text(failed.error)}"
     status = {**status, "status": "failed", "round": checkpointed or 0, "message": problem}
     try:
@@ -158,10 +159,7 @@ def _record_failure(out: Path, status: dict, failed: _WriteFailed, checkpointed:
         recorded = f"{out / STATUS} says failed"
     except OSError as e:
         recorded = f"{out / STATUS} could not be written either ({_os_error_text(e)}): it does not say failed"
-    return RunWriteError(
-        f"{problem}; the run stopped and {recorded}; {where} "
-        f"(`fl-sweep simulate --resume --out {out}` once writes succeed again, e.g. after "
-        "freeing disk space)")
+    return RunWriteError(f"{problem}; the run stopped and {recorded}; {where}")
 
 
 def run_local(
