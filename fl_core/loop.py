@@ -6,7 +6,11 @@ it is told what happened and decides where it goes. Per round the loop calls
 `on_round`, then `on_checkpoint` when one is due (every `fl.checkpoint_every` rounds and
 after the last), so a sink that writes metrics as they come has them on disk before the
 checkpoint that covers them: a crash in between leaves rows past the checkpoint (which a
-resume drops), never a checkpoint past its rows (a lost step). The run ends with exactly
+resume drops). That order is not enough on its own: a crash (or a full disk) can still cut
+the last line of the metrics file, and that line may be a round the checkpoint covers. So
+each checkpoint carries the rows since the previous one, and at least the last evaluated
+row (`SimulationState.metrics`), and a resume rebuilds the history with `resume_history`:
+a checkpoint never runs ahead of the metrics it covers. The run ends with exactly
 one `on_end`: `finished`, or `diverged` when the weights became NaN/inf (a normal end of
 a run, not an error). Any other exception propagates and `on_end` is not called.
 """
@@ -42,12 +46,35 @@ def checkpoint_due(sim: Simulation) -> bool:
     return sim.state.round_idx % sim.config.fl.checkpoint_every == 0 or sim.done
 
 
+def resume_history(rows: list[dict], state: SimulationState) -> list[dict]:
+    """The evaluated rounds' metrics up to a resumed checkpoint: the `rows` a front end
+    read back (its metrics file, maybe missing a last line cut short by a crash) with a
+    round ≤ `state.round_idx`, plus the checkpoint's own rows for any round missing from
+    them, in round order. Rows past the checkpoint are dropped: those rounds run again.
+    Every row's `round` must be an int (the caller's reader checks its file)."""
+    kept = [r for r in rows if r["round"] <= state.round_idx]
+    have = {r["round"] for r in kept}
+    restored = [r for r in state.metrics if r["round"] not in have]
+    if not restored:
+        return kept
+    return sorted(kept + restored, key=lambda r: r["round"])  # stable: file order kept
+
+
+def _vouched(history: list[dict], since: int) -> tuple[dict, ...]:
+    """The rows a checkpoint carries: those after round `since` (the previous checkpoint's)
+    and, whatever the cadences, the last one (the line a crash can cut)."""
+    rows = [m for m in history if m["round"] > since]
+    return tuple(rows if rows else history[-1:])
+
+
 def run_loop(sim: Simulation, sink: RunSink, history: list[dict] | None = None) -> str:
     """Run `sim` from its current state to `fl.rounds`; returns FINISHED or DIVERGED.
 
-    `history` is the evaluated rounds' metrics up to `sim.state` (a resumed run's, which
-    the caller has cut at the checkpoint's round); new rounds are appended to it."""
+    `history` is the evaluated rounds' metrics up to `sim.state` (a resumed run's, from
+    `resume_history`); new rounds are appended to it. The state given to
+    `on_checkpoint` carries the rows that checkpoint vouches for (`_vouched`)."""
     history = [] if history is None else history
+    since = sim.state.round_idx
     while not sim.done:
         try:
             metrics = sim.step()
@@ -59,6 +86,7 @@ def run_loop(sim: Simulation, sink: RunSink, history: list[dict] | None = None) 
         due = checkpoint_due(sim)
         sink.on_round(sim.state.round_idx, metrics, due)
         if due:
-            sink.on_checkpoint(sim.state, history)
+            sink.on_checkpoint(sim.state.replace(metrics=_vouched(history, since)), history)
+            since = sim.state.round_idx
     sink.on_end(FINISHED, sim.state, history, None)
     return FINISHED

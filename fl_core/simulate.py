@@ -28,7 +28,7 @@ from fl_core.registry import make_aggregator, make_defenses
 from fl_core.rng import Stream, client_rng_scope, derive_seed
 from fl_core.round import run_round
 from fl_core.sampling import Population, attacker_pool, plan_round, sparse_attacker_pool
-from fl_core.state import SimulationState, load_state, runtime_env
+from fl_core.state import SimulationState, load_state, model_size, runtime_env
 
 
 def initial_state(
@@ -71,9 +71,7 @@ def load_warm_start(init: str) -> SimulationState:
             "directory (with state.pt) or a state.pt file",
         )
     state = load_state(path)
-    with torch.device("meta"):  # the parameter count without drawing an init (no RNG used)
-        size = sum(p.numel() for p in CNN().parameters())
-    if state.global_params.shape != (size,):
+    if state.global_params.shape != (model_size(),):
         raise ConfigError("fl.init", init, "a checkpoint of the paper's CNN (its weights have another size)")
     return state
 

@@ -1,6 +1,13 @@
 """`fl-sweep simulate`: one simulation, no Ray, no MLflow (see sweeper/local.py).
 
-fl_core (torch) is imported by the command itself, so `fl-sweep --help` does not pay for it."""
+fl_core (torch) is imported by the command itself, so `fl-sweep --help` does not pay for it.
+
+Exit codes: 0 finished; 2 bad input (config, flags, a damaged checkpoint or metrics file:
+fix it first); 3 diverged (a normal end, see status.json); 74 (sysexits' EX_IOERR) a write
+in --out failed (disk full, quota, I/O error): nothing is wrong with the input, status.json
+says failed, and `--resume` continues from the last checkpoint once there is room, so a
+script can tell "retry later" from "fix the config".
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import typer
 from sweeper.cli import app
 
 EXIT_DIVERGED = 3
+EXIT_WRITE_FAILED = 74  # sysexits.h EX_IOERR
 
 
 @app.command()
@@ -28,7 +36,7 @@ def simulate(
     from fl_core.config import parse_config, set_dotted
     from sweeper.configio import load_config, parse_override, read_yaml
     from sweeper.errors import SweeperError
-    from sweeper.local import CONFIG, check_fresh_out, run_local
+    from sweeper.local import CONFIG, RunWriteError, check_fresh_out, run_local
 
     if resume and force:
         raise SweeperError("--resume and --force contradict each other: --force starts afresh")
@@ -57,6 +65,12 @@ def simulate(
 
     try:
         status = run_local(cfg, out, resume=resume, on_round=on_round, force=force)
+    except RunWriteError as e:
+        if progress is not None:
+            progress.stop()
+            progress = None
+        typer.echo(f"fl-sweep: error: {e}", err=True)
+        raise typer.Exit(EXIT_WRITE_FAILED)
     finally:
         if progress is not None:
             progress.stop()

@@ -263,7 +263,9 @@ def ui(
     workers: int = typer.Option(1, "--workers", min=1, help="server worker processes"),
 ) -> None:
     """Open the MLflow dashboard on a sweep's store (blocks until Ctrl-C; stops the server
-    and all its processes on Ctrl-C or SIGTERM)."""
+    and all its processes on Ctrl-C or SIGTERM). A sweep tracked by a remote MLflow server:
+    prints that server's dashboard addresses and starts nothing. A sweep whose sqlite
+    store is missing: refused (exit 2), nothing created."""
     from sweeper import ui as dash
 
     if sweep is None:
@@ -274,6 +276,14 @@ def ui(
     else:
         sweep_dir = st.resolve_sweep(sweep, storage)
         manifest = st.read_manifest(sweep_dir)
+    remote = dash.remote_base(manifest["tracking_uri"])
+    if remote is not None:
+        typer.echo(f"{manifest['name']} is tracked by the MLflow server {remote}; its dashboard is "
+                   "there (no local server started):\n"
+                   f"  trials:  {dash.landing_url(host, port, manifest, base=remote)}\n"
+                   f"  summary: {dash.parent_url(host, port, manifest, base=remote)}")
+        return
+    dash.require_store(manifest, "ui")
     typer.echo(f"MLflow dashboard for {manifest['name']} (Ctrl-C stops it):\n"
                f"  trials:  {dash.landing_url(host, port, manifest)}\n"
                f"  summary: {dash.parent_url(host, port, manifest)}")

@@ -10,6 +10,11 @@ signals it receives itself. Killed or stopped any other way, it leaves them runn
 - the server runs in its own session (process group); on Ctrl-C, SIGTERM or SIGHUP, or
   when the server exits by itself, the whole group and every descendant is sent SIGTERM,
   then SIGKILL after a grace period, and `serve` returns only once none is left.
+
+Two sweeps get no server: one tracked by a remote MLflow server (http(s) tracking URI)
+already has its dashboard there, so its addresses are printed (`remote_base`); one whose
+sqlite store is gone is refused (`require_store`), since `mlflow server` would create an
+empty store in its place and serve that.
 """
 
 from __future__ import annotations
@@ -40,9 +45,49 @@ def server_command(sweep_dir: Path, manifest: Mapping[str, Any], host: str, port
     return cmd
 
 
-def landing_url(host: str, port: int, manifest: Mapping[str, Any]) -> str:
+def require_store(manifest: Mapping[str, Any], command: str) -> None:
+    """Refuse a sweep whose sqlite store is missing: opening it (an `mlflow server`, a
+    client) would create an empty one. `command` is who refuses, for the message.
+
+    Raises:
+        SweeperError: the store file named in the manifest does not exist.
+    """
+    from sweeper.errors import SweeperError
+    from sweeper.tracking import sqlite_path
+
+    db = sqlite_path(manifest["tracking_uri"])
+    if db is not None and not db.is_file():
+        raise SweeperError(
+            f"sweep {manifest.get('name')}: its MLflow store {db} is missing (deleted or moved?); "
+            f"{command} reads it and will not create an empty one. Restore the file, or start "
+            "the sweep again with `fl-sweep run GRID --name NEW`"
+        )
+
+
+def remote_base(tracking_uri: str) -> str | None:
+    """The dashboard of a sweep tracked by an MLflow server: the server's own address
+    (scheme, host, port and path prefix; no credentials, query or fragment), ending in
+    `/`. None for a store this command serves itself (sqlite, a database)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from sweeper.tracking import redact_uri
+
+    parts = urlsplit(redact_uri(tracking_uri))
+    if parts.scheme not in ("http", "https"):
+        return None
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/", "", ""))
+
+
+def local_base(host: str, port: int) -> str:
+    """The address of the server `serve` starts, as a browser on this machine reaches it."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{shown}:{port}/"
+
+
+def landing_url(host: str, port: int, manifest: Mapping[str, Any], base: str | None = None) -> str:
     """The sweep's experiment page as a researcher wants it first: every trial of this
-    sweep listed by name, with its per-round curves on the charts.
+    sweep listed by name, with its per-round curves on the charts. On the server at
+    `base` (a remote one), else on the local one at `host`:`port`.
 
     - `workflowType`: without it MLflow 3 opens its GenAI pages (traces) for a browser
       that has not chosen "Model training" yet;
@@ -53,7 +98,6 @@ def landing_url(host: str, port: int, manifest: Mapping[str, Any]) -> str:
     """
     from urllib.parse import quote, urlencode
 
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     query = urlencode({
         "workflowType": "machine_learning",
         "compareRunsMode": "CHART",
@@ -62,13 +106,15 @@ def landing_url(host: str, port: int, manifest: Mapping[str, Any]) -> str:
         "orderByKey": "metrics.`backdoor_acc`",
         "orderByAsc": "false",
     }, quote_via=quote)
-    return f"http://{shown}:{port}/#/experiments/{manifest['experiment_id']}/runs?{query}"
+    base = base or local_base(host, port)
+    return f"{base}#/experiments/{manifest['experiment_id']}/runs?{query}"
 
 
-def parent_url(host: str, port: int, manifest: Mapping[str, Any]) -> str:
-    """The sweep's parent run: its summary table, final metrics and report."""
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return (f"http://{shown}:{port}/#/experiments/{manifest['experiment_id']}/runs/"
+def parent_url(host: str, port: int, manifest: Mapping[str, Any], base: str | None = None) -> str:
+    """The sweep's parent run: its summary table, final metrics and report (`base` as in
+    `landing_url`)."""
+    base = base or local_base(host, port)
+    return (f"{base}#/experiments/{manifest['experiment_id']}/runs/"
             f"{manifest['parent_run_id']}?workflowType=machine_learning")
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fl_core.config import parse_config
-from fl_core.loop import DIVERGED, FINISHED, run_loop
+from fl_core.loop import DIVERGED, FINISHED, resume_history, run_loop
 from fl_core.simulate import Simulation
+from fl_core.state import SimulationState
 
 RAW = {
     "seed": 5,
@@ -77,3 +79,37 @@ def test_divergence_ends_the_loop_with_the_round_and_no_checkpoint(tiny_data):
     assert (kind, status) == ("end", DIVERGED) and error is not None
     assert error.round_num == reached + 1  # the round that diverged did not complete
     assert not any(e[0] == "checkpoint" and e[1] > reached for e in sink.events)
+
+
+class Vouched(Recorder):
+    """Records the rounds of the metric rows each checkpoint carries."""
+
+    def on_checkpoint(self, state, history):
+        self.events.append(("vouched", state.round_idx, [m["round"] for m in state.metrics]))
+
+
+@pytest.mark.parametrize("eval_every,checkpoint_every,expected", [
+    # rows since the previous checkpoint
+    (1, 2, [(2, [1, 2]), (4, [3, 4]), (5, [5])]),
+    (2, 2, [(2, [2]), (4, [4]), (5, [5])]),
+    # none since the previous checkpoint: still the last one (the line a crash can cut)
+    (3, 1, [(1, []), (2, []), (3, [3]), (4, [3]), (5, [5])]),
+])
+def test_each_checkpoint_carries_the_rows_it_covers(tiny_data, eval_every, checkpoint_every, expected):
+    """Issue 19: a checkpoint never runs ahead of the metrics it covers."""
+    raw = {**RAW, "fl": {**RAW["fl"], "eval_every": eval_every, "checkpoint_every": checkpoint_every}}
+    sink = Vouched()
+    run_loop(Simulation(parse_config(raw), data=tiny_data), sink)
+    assert [(e[1], e[2]) for e in sink.events if e[0] == "vouched"] == expected
+
+
+def test_resume_history_restores_a_row_the_file_lost_and_drops_rows_past_the_checkpoint():
+    state = SimulationState(4, torch.zeros(1), "h", metrics=({"round": 3, "v": 3}, {"round": 4, "v": 4}))
+    file_rows = [{"round": 1}, {"round": 2}, {"round": 3, "v": 3}, {"round": 5}]  # 4 cut short
+    assert resume_history(file_rows, state) == [{"round": 1}, {"round": 2}, {"round": 3, "v": 3},
+                                                {"round": 4, "v": 4}]
+    # nothing lost: the file's rows as they are (no copy from the checkpoint)
+    whole = [{"round": 1}, {"round": 3, "v": "file"}, {"round": 4, "v": "file"}]
+    assert resume_history(whole, state) == whole
+    # an old checkpoint (no rows): the file's rows up to its round, as before issue 19
+    assert resume_history(file_rows, SimulationState(4, torch.zeros(1), "h")) == file_rows[:3]

@@ -1,6 +1,8 @@
 """`fl-sweep ui` owns its MLflow server: a real server on a real sqlite store in a tmp
 dir, stopped by SIGINT (Ctrl-C) or SIGTERM sent to `fl-sweep` alone, leaves no process
-behind, and never starts MLflow's job runner (Huey consumer and workers)."""
+behind, and never starts MLflow's job runner (Huey consumer and workers). It starts no
+server for a sweep whose store is gone (refused) or that a remote MLflow server tracks
+(its addresses are printed) (issue 19)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ import psutil
 import pytest
 
 from sweeper import storage as st
+from sweeper.cli import main
 from sweeper.tracking import Tracker, default_uri
+from sweeper.ui import landing_url, parent_url
 
-pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -66,6 +69,7 @@ def _tree(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ui_stops_its_server_and_every_process_it_started(sweep_dir, sig):
     port = _free_port()
@@ -107,3 +111,65 @@ def _sid(pid: int) -> int | None:
         return os.getsid(pid)
     except (ProcessLookupError, PermissionError):
         return None
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def no_server(monkeypatch, tmp_path):
+    """Fails the test if `ui` starts any process; runs it from an empty directory (where
+    MLflow would put a default store)."""
+    import sweeper.ui as dash
+
+    def popen(*a, **k):
+        raise AssertionError(f"fl-sweep ui started a process: {a} {k}")
+
+    monkeypatch.setattr(dash.subprocess, "Popen", popen)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    return cwd
+
+
+def _manifest(d: Path, uri: str) -> None:
+    st.write_json(d / st.MANIFEST, {"name": d.name, "tracking_uri": uri, "experiment_id": "7",
+                                    "parent_run_id": "abc123", "created": "now"})
+
+
+@pytest.mark.parametrize("how", ["path", "name", "latest"])
+def test_ui_refuses_a_sweep_whose_store_is_gone_and_creates_nothing(tmp_path, capsys, no_server, how):
+    root = tmp_path / "sweeps"
+    d = root / "gone"
+    d.mkdir(parents=True)
+    _manifest(d, default_uri(d))  # as `fl-sweep run` wrote it; mlflow.db since deleted
+    before = _files(tmp_path)
+    argv = {"path": [str(d)], "name": ["gone", "--storage", str(root)], "latest": ["--storage", str(root)]}[how]
+    assert main(["ui", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert str(d / "mlflow.db") in err and "missing" in err and "will not create" in err
+    assert _files(tmp_path) == before  # no empty store, no artifacts directory, nothing
+
+
+@pytest.mark.parametrize("uri,base", [
+    ("https://mlflow.example.org/team", "https://mlflow.example.org/team/"),
+    ("http://10.0.0.5:5000", "http://10.0.0.5:5000/"),
+    # a hand-edited manifest with credentials: they are not printed
+    ("https://u:pw@mlflow.example.org/?token=t&x=1", "https://mlflow.example.org/"),
+])
+def test_ui_on_a_remote_server_prints_its_addresses_and_starts_nothing(tmp_path, capsys, no_server, uri, base):
+    d = tmp_path / "remote"
+    d.mkdir()
+    _manifest(d, uri)
+    before = _files(tmp_path)
+    assert main(["ui", str(d), "--port", "5123"]) == 0
+    out = capsys.readouterr()
+    manifest = json.loads((d / st.MANIFEST).read_text())
+    assert landing_url("x", 1, manifest, base=base) in out.out
+    assert parent_url("x", 1, manifest, base=base) in out.out
+    assert f"{base}#/experiments/7/runs?" in out.out and f"{base}#/experiments/7/runs/abc123?" in out.out
+    assert "127.0.0.1" not in out.out and "5123" not in out.out
+    assert "pw" not in out.out + out.err and "token" not in out.out + out.err
+    assert _files(tmp_path) == before
