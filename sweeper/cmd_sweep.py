@@ -283,7 +283,9 @@ def ui(
                    f"  trials:  {dash.landing_url(host, port, manifest, base=remote)}\n"
                    f"  summary: {dash.parent_url(host, port, manifest, base=remote)}")
         return
-    dash.require_store(manifest, "ui")
+    from sweeper.tracking import require_store
+
+    require_store(manifest, "ui")
     typer.echo(f"MLflow dashboard for {manifest['name']} (Ctrl-C stops it):\n"
                f"  trials:  {dash.landing_url(host, port, manifest)}\n"
                f"  summary: {dash.parent_url(host, port, manifest)}")

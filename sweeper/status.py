@@ -77,19 +77,13 @@ def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
         SweeperError: no such sweep, its sweep.json or driver.json is damaged, or its sqlite
             store is missing (never re-created here).
     """
-    from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker, sqlite_path
+    from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker, require_store
 
     sweep_dir = st.resolve_sweep(ref, storage)
     man = st.read_manifest(sweep_dir)
     trials = man["trials"]  # its files first: a damaged one is named before MLflow starts
     driver = read_holder(sweep_dir)
-    db = sqlite_path(man["tracking_uri"])
-    if db is not None and not db.is_file():
-        raise SweeperError(
-            f"sweep {man.get('name')}: its MLflow store {db} is missing (deleted or moved?); "
-            "status reads it and will not create an empty one. Restore the file, or start "
-            "the sweep again with `fl-sweep run GRID --name NEW`"
-        )
+    require_store(man, "status")
     tracker = Tracker(man["tracking_uri"])
     runs = {r.data.tags.get(TRIAL_KEY): r for r in
             tracker.child_runs(man["experiment_id"], man["parent_run_id"])

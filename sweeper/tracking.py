@@ -28,7 +28,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
-from sweeper.errors import TrackingError
+from sweeper.errors import SweeperError, TrackingError
 
 T = TypeVar("T")
 
@@ -161,6 +161,22 @@ def redact_uri(uri: str) -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def require_store(manifest: Mapping[str, Any], command: str) -> None:
+    """Refuse a sweep whose sqlite store is missing: opening it (an `mlflow server`, a
+    client) would create an empty one. `command` is who refuses, for the message.
+
+    Raises:
+        SweeperError: the store file named in the manifest does not exist.
+    """
+    db = sqlite_path(manifest["tracking_uri"])
+    if db is not None and not db.is_file():
+        raise SweeperError(
+            f"sweep {manifest.get('name')}: its MLflow store {db} is missing (deleted or moved?); "
+            f"{command} reads it and will not create an empty one. Restore the file, or start "
+            "the sweep again with `fl-sweep run GRID --name NEW`"
+        )
 
 
 def _metric_items(metrics: Mapping[str, Any]) -> list[tuple[str, float]]:

@@ -42,7 +42,7 @@ from ray import tune
 
 from fl_core.config import SimulationConfig, flatten, parse_config
 from fl_core.errors import DivergedError, FLCoreError
-from fl_core.loop import DIVERGED, FINISHED, run_loop
+from fl_core.loop import DIVERGED, FINISHED, resume_history, run_loop
 from sweeper.actors import RayActorExecutor, set_determinism
 from sweeper.errors import SweeperError
 from sweeper.jsonl import jsonl_text, read_jsonl
@@ -237,7 +237,7 @@ def _train_trial(config: dict[str, Any]) -> None:
             state = load_state(Path(d) / STATE, cfg)
             progress = read_json(Path(d) / PROGRESS, Progress, max_bytes=1 << 16, what="progress",
                                  expected="{round, run_id, trial_key} as the trial writes it")
-            history = [h for h in read_jsonl(Path(d) / METRICS) if h["round"] <= state.round_idx]
+            history = resume_history(read_jsonl(Path(d) / METRICS), state)  # rows a cut line lost come back
 
     import torch
 

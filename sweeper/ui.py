@@ -45,25 +45,6 @@ def server_command(sweep_dir: Path, manifest: Mapping[str, Any], host: str, port
     return cmd
 
 
-def require_store(manifest: Mapping[str, Any], command: str) -> None:
-    """Refuse a sweep whose sqlite store is missing: opening it (an `mlflow server`, a
-    client) would create an empty one. `command` is who refuses, for the message.
-
-    Raises:
-        SweeperError: the store file named in the manifest does not exist.
-    """
-    from sweeper.errors import SweeperError
-    from sweeper.tracking import sqlite_path
-
-    db = sqlite_path(manifest["tracking_uri"])
-    if db is not None and not db.is_file():
-        raise SweeperError(
-            f"sweep {manifest.get('name')}: its MLflow store {db} is missing (deleted or moved?); "
-            f"{command} reads it and will not create an empty one. Restore the file, or start "
-            "the sweep again with `fl-sweep run GRID --name NEW`"
-        )
-
-
 def remote_base(tracking_uri: str) -> str | None:
     """The dashboard of a sweep tracked by an MLflow server: the server's own address
     (scheme, host, port and path prefix; no credentials, query or fragment), ending in
