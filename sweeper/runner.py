@@ -264,15 +264,41 @@ def param_space(grid: Grid, sweep: dict[str, Any], gpus_available: bool) -> dict
 def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None,
               tracking_uri: str | None = None, ray_opts: RayOptions | None = None,
               echo: Echo = _echo) -> SweepOutcome:
-    """Start a new sweep of `grid`. See the module docstring."""
-    from sweeper.lock import SweepLock
-    from sweeper.tracking import default_uri, normalize_uri, split_credentials
-
+    """Start a new sweep of `grid`: the steps below, in this order. Everything that can
+    refuse the sweep (its name, the warm-up cache, the cluster's size) runs before the
+    sweep directory exists; a failure while it is set up removes it again."""
     name = name or grid.name
+    root = st.storage_root(storage)
+    sweep_dir = _new_sweep_dir(root, name)
+    _check_warmup_cache(grid, root)
+    uri = _tracking_uri(sweep_dir, tracking_uri, echo)
+    _quiet_tune()
+    started = connect(ray_opts or RayOptions())
+    lock = None
+    try:
+        gpus = _check_placement(grid, echo)
+        lock, tracker, sweep, manifest = _create_sweep(grid, name, uri, root, sweep_dir, gpus)
+        echo(f"sweep {name}: {len(grid.trials)} trials → {sweep_dir}")
+        echo(f"MLflow: {uri} (experiment {grid.experiment!r}, parent run {sweep['parent_run_id']})")
+        t0 = time.monotonic()
+        _warmups(grid.warmups, root, manifest, tracker, grid.spec.resources.cpus_per_trial, echo)
+        results = _tune(grid, sweep, gpus, sweep_dir)
+        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
+    finally:
+        if lock is not None:
+            lock.release()
+        if started:
+            import ray
+
+            ray.shutdown()
+
+
+def _new_sweep_dir(root: Path, name: str) -> Path:
+    """Where the sweep `name` will live: a valid name, and no sweep there yet (an existing
+    one is resumed, never overwritten; the message says whether a driver holds it)."""
     problem = name_problem(name)
     if problem:
         raise SweeperError(f"--name: {problem}")
-    root = st.storage_root(storage)
     sweep_dir = root / name
     if sweep_dir.exists():
         from sweeper.lock import read_holder
@@ -286,106 +312,149 @@ def run_sweep(grid: Grid, *, storage: str | None = None, name: str | None = None
             f"sweep {name!r} already exists at {sweep_dir}{live}; `fl-sweep resume {name}` "
             "continues it, `--name NEW` starts another"
         )
-    # a damaged warm-up cache stops the run before Ray starts or the sweep directory exists
+    return sweep_dir
+
+
+def _check_warmup_cache(grid: Grid, root: Path) -> None:
+    """A damaged warm-up cache stops the run before Ray starts or the sweep directory
+    exists (the warm-ups themselves are computed once the sweep is set up)."""
     from sweeper import warmup
 
     for key, wcfg in grid.warmups.items():
         warmup.cache_state(warmup.warmup_dir(root, key), wcfg.fl.rounds)
+
+
+def _tracking_uri(sweep_dir: Path, tracking_uri: str | None, echo: Echo) -> str:
+    """The MLflow URI the sweep records: the sweep's own sqlite store by default. Credentials
+    in a given URI never reach sweep.json, Tune's state or the log: they move into MLflow's
+    variables (inherited by a local cluster's processes), and the user is told which."""
+    from sweeper.tracking import default_uri, normalize_uri, split_credentials
+
     uri = default_uri(sweep_dir)
     if tracking_uri:
-        # credentials never reach sweep.json, Tune's state or the log: they travel in
-        # MLflow's variables (inherited by a local cluster's processes)
         uri, secrets = split_credentials(normalize_uri(tracking_uri))
         for k, v in secrets.items():
             os.environ.setdefault(k, v)
         if secrets:
             echo(f"note: credentials taken out of the tracking URI into {', '.join(sorted(secrets))} "
                  "(set these on every node of a remote cluster, and for resume/status/ui)")
-    _quiet_tune()
-    started = connect(ray_opts or RayOptions())
-    lock = None
+    return uri
+
+
+def _check_placement(grid: Grid, echo: Echo) -> bool:
+    """Every trial's placement group fits the connected cluster (Ray would otherwise wait
+    forever without an error). Returns whether the cluster has a GPU: without one the GPU
+    requests are dropped, with a note, and the trials run on CPU."""
+    gpus = cluster_gpus() > 0
+    if grid.spec.resources.gpus_per_trial and not gpus:
+        echo("note: resources.gpus_per_trial is set but the cluster has no GPU; trials run on CPU")
+    check_fits([(f"trial {t.index} [{t.short_key}]", bundles(t.config, grid.spec.resources, gpus))
+                for t in grid.trials])
+    return gpus
+
+
+def _create_sweep(grid: Grid, name: str, uri: str, root: Path, sweep_dir: Path, gpus: bool):
+    """The sweep on disk and in MLflow, all or nothing: its directory (atomic: of two runs
+    of one name exactly one gets it) and lock, the experiment, the runs and the manifest.
+    If any of it fails the directory is removed again, so nothing is left half-written.
+
+    Returns:
+        (lock, tracker, sweep, manifest): `sweep` is what every trial is given (where to
+        log, its resources), `manifest` what was written as sweep.json.
+    """
+    from sweeper.lock import SweepLock
+
+    st.create_sweep_dir(sweep_dir)
+    lock = SweepLock(sweep_dir, "run").acquire()
     try:
-        gpus = cluster_gpus() > 0
-        if grid.spec.resources.gpus_per_trial and not gpus:
-            echo("note: resources.gpus_per_trial is set but the cluster has no GPU; trials run on CPU")
-        check_fits([(f"trial {t.index} [{t.short_key}]", bundles(t.config, grid.spec.resources, gpus))
-                    for t in grid.trials])
+        tracker, exp_id, parent = _open_experiment(grid, name, uri, root, sweep_dir)
+        _create_runs(tracker, exp_id, parent, name, grid, sweep_dir)
+        sweep = {
+            "name": name,
+            "tracking_uri": uri,
+            "experiment_id": exp_id,
+            "parent_run_id": parent,
+            "resources": grid.spec.resources.model_dump(mode="json"),
+            "launch_cwd": os.getcwd(),
+            "storage_root": str(root),
+        }
+        manifest = _write_manifest(grid, sweep, gpus, sweep_dir)
+    except BaseException:
+        lock.release()  # first: its heartbeat would re-create the directory
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+        raise
+    return lock, tracker, sweep, manifest
 
-        from ray import tune
 
-        from sweeper.tracking import Tracker, sqlite_path
+def _open_experiment(grid: Grid, name: str, uri: str, root: Path, sweep_dir: Path):
+    """The MLflow store, the experiment and the sweep's parent run, described for the
+    dashboard's landing page. Returns (tracker, experiment id, parent run id)."""
+    from sweeper import landing
+    from sweeper.tracking import Tracker, sqlite_path
 
-        # -- from here on the sweep exists on disk (removed again if setting up fails) ---
-        st.create_sweep_dir(sweep_dir)
-        lock = SweepLock(sweep_dir, "run").acquire()
-        try:
-            tracker = Tracker(uri)
-            tracker.init_store(template_dir=root)
-            art = (sweep_dir / "artifacts").as_uri() if sqlite_path(uri) else None
-            exp_id = tracker.experiment(grid.experiment, art)
-            parent = tracker.start_parent(
-                exp_id, name, grid.spec.description,
-                tags={"fl_sweep.grid_file": grid.path, "fl_sweep.trials": str(len(grid.trials)),
-                      "fl_sweep.dir": str(sweep_dir)},
-            )
-            from sweeper import landing
+    tracker = Tracker(uri)
+    tracker.init_store(template_dir=root)
+    art = (sweep_dir / "artifacts").as_uri() if sqlite_path(uri) else None
+    exp_id = tracker.experiment(grid.experiment, art)
+    parent = tracker.start_parent(
+        exp_id, name, grid.spec.description,
+        tags={"fl_sweep.grid_file": grid.path, "fl_sweep.trials": str(len(grid.trials)),
+              "fl_sweep.dir": str(sweep_dir)},
+    )
+    landing.describe_experiment(tracker, exp_id, name, grid.spec.description)
+    return tracker, exp_id, parent
 
-            landing.describe_experiment(tracker, exp_id, name, grid.spec.description)
-            landing.create_children(tracker, exp_id, parent, name, grid.trials, grid.varied_keys)
-            st.atomic_write_text(sweep_dir / "grid.yaml", grid.text)
-            st.atomic_write_text(sweep_dir / "trials.csv", st.csv_text(trial_rows(grid)))
-            tracker.log_artifact(parent, sweep_dir / "grid.yaml")
-            tracker.log_artifact(parent, sweep_dir / "trials.csv")
-            sweep = {
-                "name": name,
-                "tracking_uri": uri,
-                "experiment_id": exp_id,
-                "parent_run_id": parent,
-                "resources": grid.spec.resources.model_dump(mode="json"),
-                "launch_cwd": os.getcwd(),
-                "storage_root": str(root),
-            }
-            manifest = {
-                **sweep,
-                "experiment": grid.experiment,
-                "grid_file": str(Path(grid.path).resolve()),
-                "description": grid.spec.description,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "num_trials": len(grid.trials),
-                "varied_keys": list(grid.varied_keys),
-                "max_concurrent_trials": grid.spec.max_concurrent_trials,
-                "warmups": {k: c.model_dump(mode="json") for k, c in grid.warmups.items()},
-                "trials": [{"index": t.index, "trial_key": t.trial_key, "rounds": t.config.fl.rounds,
-                            "overrides": t.overrides,
-                            "bundles": bundles(t.config, grid.spec.resources, gpus)}
-                           for t in grid.trials],
-            }
-            st.write_json(sweep_dir / st.MANIFEST, manifest)
-        except BaseException:
-            lock.release()  # first: its heartbeat would re-create the directory
-            shutil.rmtree(sweep_dir, ignore_errors=True)
-            raise
-        echo(f"sweep {name}: {len(grid.trials)} trials → {sweep_dir}")
-        echo(f"MLflow: {uri} (experiment {grid.experiment!r}, parent run {parent})")
-        t0 = time.monotonic()
-        _warmups(grid.warmups, root, manifest, tracker, grid.spec.resources.cpus_per_trial, echo)
-        tune_config, run_config = _tune_configs(sweep_dir, grid.spec.max_concurrent_trials,
-                                                len(grid.trials))
-        tuner = tune.Tuner(_trainable(), param_space=param_space(grid, sweep, gpus),
-                           tune_config=tune_config, run_config=run_config)
-        try:
-            results = tuner.fit()
-        finally:
-            for cb in run_config.callbacks or ():
-                getattr(cb, "stop", lambda: None)()
-        return _conclude(sweep_dir, manifest, tracker, results, time.monotonic() - t0, echo)
+
+def _create_runs(tracker, exp_id: str, parent: str, name: str, grid: Grid, sweep_dir: Path) -> None:
+    """One child run per trial, created now so the dashboard lists the whole sweep from
+    the start; the grid file and trials.csv stored in the sweep and on the parent run."""
+    from sweeper import landing
+
+    landing.create_children(tracker, exp_id, parent, name, grid.trials, grid.varied_keys)
+    st.atomic_write_text(sweep_dir / "grid.yaml", grid.text)
+    st.atomic_write_text(sweep_dir / "trials.csv", st.csv_text(trial_rows(grid)))
+    tracker.log_artifact(parent, sweep_dir / "grid.yaml")
+    tracker.log_artifact(parent, sweep_dir / "trials.csv")
+
+
+def _write_manifest(grid: Grid, sweep: dict[str, Any], gpus: bool, sweep_dir: Path) -> dict[str, Any]:
+    """sweep.json: what `resume`, `status` and the report need without the grid file (the
+    trials' keys and bundles, the warm-ups' configs). Written last: a sweep directory with
+    a manifest is a complete one."""
+    manifest = {
+        **sweep,
+        "experiment": grid.experiment,
+        "grid_file": str(Path(grid.path).resolve()),
+        "description": grid.spec.description,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "num_trials": len(grid.trials),
+        "varied_keys": list(grid.varied_keys),
+        "max_concurrent_trials": grid.spec.max_concurrent_trials,
+        "warmups": {k: c.model_dump(mode="json") for k, c in grid.warmups.items()},
+        "trials": [{"index": t.index, "trial_key": t.trial_key, "rounds": t.config.fl.rounds,
+                    "overrides": t.overrides,
+                    "bundles": bundles(t.config, grid.spec.resources, gpus)}
+                   for t in grid.trials],
+    }
+    st.write_json(sweep_dir / st.MANIFEST, manifest)
+    return manifest
+
+
+def _tune(grid: Grid, sweep: dict[str, Any], gpus: bool, sweep_dir: Path):
+    """Run every trial under a new `Tuner` and return its results. The callbacks are
+    stopped however the fit ends: the progress display closes its live view and names
+    the failed trials' error files even after Ctrl-C."""
+    from ray import tune
+
+    tune_config, run_config = _tune_configs(sweep_dir, grid.spec.max_concurrent_trials,
+                                            len(grid.trials))
+    tuner = tune.Tuner(_trainable(), param_space=param_space(grid, sweep, gpus),
+                       tune_config=tune_config, run_config=run_config)
+    try:
+        return tuner.fit()
     finally:
-        if lock is not None:
-            lock.release()
-        if started:
-            import ray
-
-            ray.shutdown()
+        for cb in run_config.callbacks or ():
+            getattr(cb, "stop", lambda: None)()
 
 
 def resume_sweep(ref: str, *, storage: str | None = None, ray_opts: RayOptions | None = None,

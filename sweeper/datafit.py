@@ -1,0 +1,69 @@
+"""Does each trial fit its data? Checked at `validate`/`run` time, from the data source's
+metadata (`fl_core.data.describe_data`: writer counts and labels, no pixels, no torch), so
+a missing dataset or a cohort larger than the population fails before Ray starts."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from fl_core.config import DataConfig, SimulationConfig
+from fl_core.errors import ConfigError, FLCoreError
+from sweeper.errors import GridError
+from sweeper.yamlio import short
+
+
+@functools.lru_cache(maxsize=32)
+def data_summary(data: DataConfig, seed: int):
+    """`fl_core.data.describe_data`, once per data config (metadata only: no pixels, no
+    torch). Raises what it raises (DatasetError for missing or malformed files)."""
+    from fl_core.data import describe_data
+
+    return describe_data(data, seed)
+
+
+def check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) -> None:
+    """The data source exists and the trial fits it: enough writers for N targets and the
+    cohort, and the engine's own population checks (target writers need a source-label
+    image; ε·K must give ≥ 1 attacker; attackers exclude targets) on the writers' labels,
+    all before anything runs."""
+
+    def where(key: str) -> str:
+        return f"grid.{key}" if key in overrides else f"base.{key}"
+
+    try:
+        summary = data_summary(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
+    except FLCoreError as e:  # a DatasetError (missing/malformed files) or an unknown source
+        key = "data.path" if cfg.data.path else "data.source"
+        raise GridError(file, where(key), str(e)) from None
+    k = summary.num_writers
+    if k is None:  # LEAF: the layout is checked; K needs every example (the trial checks)
+        return
+    src = f"data.source = {cfg.data.source}" + (
+        f", data.max_writers = {cfg.data.max_writers}" if cfg.data.max_writers else ""
+    )
+    if cfg.attack.num_tasks > k:
+        raise GridError(
+            file, where("attack.num_tasks"),
+            f"N = {cfg.attack.num_tasks} backdoor tasks (target writers) but the data has only "
+            f"K = {k} writers ({src}); allowed: 1..{k}",
+        )
+    if cfg.fl.sampling == "without-replacement" and cfg.fl.clients_per_round > k:
+        raise GridError(
+            file, where("fl.clients_per_round"),
+            f"{cfg.fl.clients_per_round} clients per round drawn without replacement from "
+            f"K = {k} writers ({src}); allowed: 1..{k}",
+        )
+    if summary.labels is None:  # lazy or large: the trial checks when it walks the writers
+        return
+    from fl_core.data.backdoor import select_backdoor
+    from fl_core.sampling import attacker_pool
+
+    try:
+        reserved = select_backdoor(cfg, summary.labels).reserved
+        attacker_pool(cfg, k, reserved)
+    except ConfigError as e:
+        raise GridError(
+            file, where(e.path), f"invalid value {short(e.value)} in the trial {short(overrides)}; "
+            f"allowed: {e.allowed}",
+        ) from None
