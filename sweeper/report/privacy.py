@@ -249,44 +249,40 @@ def population_size(cfg: Mapping[str, Any]) -> tuple[int | None, str]:
 
 
 def _count_writers(source: Any, path: Any, cfg: Mapping[str, Any]) -> tuple[int | None, str]:
-    if source == "synthetic":
+    """K from the data's metadata, through the one function that answers it for `fl-sweep
+    validate` too (`fl_core.data.describe_data`); a LEAF population is counted from its
+    JSON (its labels sit beside the pixels), and a TFF pair not on this machine is
+    assumed to be the full TFF digits."""
+    if source == "synthetic":  # K is the config itself (any K a config from elsewhere names)
         n = na_to_none(cfg.get("data.num_writers"))
         return (int(n), "data.num_writers") if _is_count(n) else (None, "")
-    if source == "tff-h5" and path:
-        f = Path(path) / "fed_emnist_digitsonly_train.h5"
-        if f.exists():
-            return _count_h5_writers(f), f"writers in {f}"
-        return TFF_DIGITS_WRITERS, f"{f} not found here: assumed the full TFF digits"
-    if source == "embedded":
-        files = sorted(_embedded_dir().glob("*train*.h5"))
-        if files:
-            return _count_h5_writers(files[0]), f"writers in the embedded {files[0].name}"
-    elif source == "leaf" and path:
+    if source == "tff-h5" and path and not (Path(path) / "fed_emnist_digitsonly_train.h5").exists():
+        return TFF_DIGITS_WRITERS, f"{path} not found here: assumed the full TFF digits"
+    if source == "leaf" and path:
         from fl_core.data.leaf import train_users  # the guarded reader of LEAF JSON
 
         users = train_users(Path(path))
-        if users:
-            return len(users), f"users in {path}/train/*.json"
-    return None, ""
+        return (len(users), f"users in {path}/train/*.json") if users else (None, "")
+    if source not in ("tff-h5", "embedded"):
+        return None, ""
+    from fl_core.config import DataConfig
+    from fl_core.data import describe_data
+
+    fields = {k: v for k in DataConfig.model_fields
+              if (v := na_to_none(cfg.get(f"data.{k}"))) is not None}
+    # lax: a pandas column holds an int setting as a float (100.0); K before max_writers,
+    # which population_size applies itself
+    fields["max_writers"] = None
+    seed = na_to_none(cfg.get("seed"))
+    summary = describe_data(DataConfig.model_validate(fields, strict=False),
+                            int(seed) if _is_count(seed) else 0)
+    return summary.num_writers, f"writers of {summary.name} (its metadata)"
 
 
 def _is_count(v: Any) -> bool:
     """A whole number ≥ 1 (an int, or a float like 30.0 from a pandas column)."""
     return (isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
             and float(v).is_integer() and v >= 1)
-
-
-def _embedded_dir() -> Path:
-    import fl_core.data
-
-    return Path(fl_core.data.__file__).parent / "embedded"
-
-
-def _count_h5_writers(path: Path) -> int:
-    import h5py
-
-    with h5py.File(path, "r") as h5:
-        return len(h5["examples"])
 
 
 def _config_number(where: str, key: str, value: Any, allowed: str, ok) -> float:
