@@ -1,7 +1,7 @@
 """The simulation loop: plan a round, train its clients, defend and aggregate, evaluate.
 
 `Simulation.step()` runs one round and is what the CLI and the Ray Tune trainable drive;
-`Simulation.run()` loops it with a callback. Stopping after any round and resuming from
+`Simulation.run()` runs it to the end in memory through the one run loop (`fl_core.loop`). Stopping after any round and resuming from
 `sim.state` gives bit-identical results on CPU (everything random is derived from
 (seed, stream, round, client), and the state holds the rest).
 """
@@ -19,8 +19,9 @@ from fl_core.training import resolve_device
 from fl_core.config import SimulationConfig, result_hash
 from fl_core.data import load_data
 from fl_core.data.population import WriterPopulation, is_lazy
-from fl_core.errors import ConfigError
+from fl_core.errors import ConfigError, DivergedError
 from fl_core.evaluation import Evaluator
+from fl_core.loop import run_loop
 from fl_core.executor import ClientExecutor, SerialExecutor
 from fl_core.models import CNN
 from fl_core.params import get_flat
@@ -142,12 +143,29 @@ class Simulation:
         return metrics
 
     def run(self, on_round_end: Callable[[SimulationState, dict | None], None] | None = None) -> list[dict]:
-        """Run to `config.fl.rounds`; returns the evaluated rounds' metrics."""
-        history = []
-        while not self.done:
-            m = self.step()
-            if m is not None:
-                history.append(m)
-            if on_round_end is not None:
-                on_round_end(self.state, m)
+        """Run to `config.fl.rounds` in memory (tests, benchmarks: nothing persisted);
+        returns the evaluated rounds' metrics. The same loop as every front end
+        (`fl_core.loop.run_loop`); divergence raises DivergedError."""
+        history: list[dict] = []
+        run_loop(self, _MemorySink(self, on_round_end), history)
         return history
+
+
+class _MemorySink:
+    """`RunSink` of an in-memory run: tells the caller's callback of each round, keeps
+    no checkpoint, and raises on divergence (no status file to record it in)."""
+
+    def __init__(self, sim: Simulation, on_round_end: Callable[[SimulationState, dict | None], None] | None):
+        self.sim, self.callback = sim, on_round_end
+
+    def on_round(self, round_num: int, metrics: dict | None, checkpoint_due: bool) -> None:
+        if self.callback is not None:
+            self.callback(self.sim.state, metrics)
+
+    def on_checkpoint(self, state: SimulationState, history: list[dict]) -> None:
+        pass
+
+    def on_end(self, status: str, state: SimulationState, history: list[dict],
+               error: DivergedError | None) -> None:
+        if error is not None:
+            raise error

@@ -113,3 +113,26 @@ def test_resume_history_restores_a_row_the_file_lost_and_drops_rows_past_the_che
     assert resume_history(whole, state) == whole
     # an old checkpoint (no rows): the file's rows up to its round, as before issue 19
     assert resume_history(file_rows, SimulationState(4, torch.zeros(1), "h")) == file_rows[:3]
+
+
+def test_simulation_run_is_the_same_loop_in_memory(tiny_data, monkeypatch):
+    """`Simulation.run` goes through `run_loop` (one run loop, issue 20 item 5): the
+    callback sees every round, the history equals a sink's, divergence raises."""
+    import fl_core.simulate as simulate
+    from fl_core.errors import DivergedError
+
+    calls = []
+    real = simulate.run_loop
+    monkeypatch.setattr(simulate, "run_loop", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seen = []
+    history = Simulation(parse_config(RAW), data=tiny_data).run(lambda st, m: seen.append((st.round_idx, m is not None)))
+    assert calls == [1]
+    assert seen == [(1, False), (2, True), (3, False), (4, True), (5, True)]
+    sink = Recorder()
+    run_loop(Simulation(parse_config(RAW), data=tiny_data), sink)
+    drop = ("round_seconds", "eval_seconds")
+    assert [{k: v for k, v in m.items() if k not in drop} for m in history] == \
+        [{k: v for k, v in s.metrics[-1].items() if k not in drop} for s in sink.saved]
+    raw = {**RAW, "fl": {**RAW["fl"], "client_lr": 1e30}}
+    with pytest.raises(DivergedError):
+        Simulation(parse_config(raw), data=tiny_data).run()
