@@ -17,7 +17,7 @@ def make_attack(config: SimulationConfig):
         spec = ATTACKS[config.attack.kind]
     except KeyError:
         raise UnknownComponentError("attack", config.attack.kind, ATTACKS) from None
-    return spec.build(config, spec.params(**config.attack.params))
+    return spec.build(spec.params(**config.attack.params), config)
 
 
 def make_aggregator(config: SimulationConfig):
