@@ -31,59 +31,17 @@ client training on CUDA; a CPU run accepts only `fp32` (`check_precision`).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Iterator, Literal, Protocol, Sequence
+from typing import Iterator
 
 import torch
 
+from fl_core.backends.base import BACKENDS, BackendContext, BackendSpec, ClientBackend, require_benign
 from fl_core.errors import ConfigError, UnknownComponentError
-from fl_core.training import Cohort, SGDParams
-from fl_core.types import ClientResult, ClientTask
-
-
-@dataclass(frozen=True)
-class BackendContext:
-    """What a backend is built from, once per process.
-
-    Attributes:
-        model: the engine's model on `device` (architecture and dropout are read from it;
-            `sequential` trains it in place).
-        hp: the clients' SGD hyper-parameters.
-        device: where training runs.
-        chunk: `fl.vectorized_chunk` (clients per lock-step chunk, or `auto`).
-    """
-
-    model: torch.nn.Module
-    hp: SGDParams
-    device: torch.device
-    chunk: int | Literal["auto"] = "auto"
-
-
-class ClientBackend(Protocol):
-    name: str
-
-    def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor, cohort: Cohort) -> list[ClientResult]:
-        """Train benign `tasks` from `global_params` (already on the device) on their rows in
-        `cohort`; results aligned with `tasks`, deltas as flat float32 CPU tensors."""
-        ...
-
-    def chunk_size(self, n_tasks: int) -> int:
-        """How many of a round's `n_tasks` benign tasks to train in one `train` call: the
-        runner hands them over in chunks of this size and passes each chunk's results on
-        before training the next, so a round holds one chunk's updates at a time."""
-        ...
-
-
-def require_benign(tasks: Sequence[ClientTask]) -> None:
-    """Backends train benign clients only: attackers go to the attack plug-in."""
-    for t in tasks:
-        if t.role != "benign":
-            raise ValueError(f"backends train benign clients only; task {t} goes to the attack plug-in")
 
 
 def _sequential(ctx: BackendContext) -> ClientBackend:
-    from fl_core.backends.sequential import SequentialBackend
+    from fl_core.backends.sequential import SequentialBackend  # torch.func etc.: built on use
 
     return SequentialBackend(ctx)
 
@@ -94,10 +52,8 @@ def _vectorized(ctx: BackendContext) -> ClientBackend:
     return VectorizedBackend(ctx)
 
 
-#: name → factory(context). Read-only; `auto` is not a backend but a choice among these.
-BACKENDS: MappingProxyType[str, Callable[[BackendContext], ClientBackend]] = MappingProxyType(
-    {"sequential": _sequential, "vectorized": _vectorized}
-)
+BACKENDS.register(BackendSpec("sequential", _sequential))
+BACKENDS.register(BackendSpec("vectorized", _vectorized))
 
 #: what `auto` resolves to, by device type (anything not listed: sequential).
 AUTO_BY_DEVICE: MappingProxyType[str, str] = MappingProxyType({"cuda": "vectorized", "cpu": "sequential"})
@@ -116,10 +72,10 @@ def make_backend(name: str, ctx: BackendContext) -> ClientBackend:
     """Build backend `name` (or `auto`, by `ctx.device`); unknown names raise
     `UnknownComponentError` listing the valid ones."""
     resolved = resolve_backend_name(name, ctx.device)
-    factory = BACKENDS.get(resolved)
-    if factory is None:
+    spec = BACKENDS.get(resolved)
+    if spec is None:
         raise UnknownComponentError("backend", name, [*BACKENDS, "auto"])
-    return factory(ctx)
+    return spec.build(ctx)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -176,6 +132,7 @@ def precision_scope(precision: str, device: torch.device) -> Iterator[None]:
 __all__ = [
     "AUTO_BY_DEVICE",
     "BackendContext",
+    "BackendSpec",
     "BACKENDS",
     "PRECISIONS",
     "ClientBackend",
