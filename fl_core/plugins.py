@@ -49,6 +49,10 @@ class Registry(Mapping[str, S], Generic[S]):
         self._specs[name] = spec
         return spec
 
+    def unregister(self, name: str) -> S:
+        """Remove `name` (a test's own plug-in, registered for the test only)."""
+        return self._specs.pop(name)
+
     def spec_for(self, name: object) -> S:
         """The spec registered as `name`, else a ConfigError on `self.key` with a did-you-mean."""
         if isinstance(name, str) and name in self._specs:
