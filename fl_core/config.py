@@ -35,15 +35,19 @@ class PluginHooks:
             `backdoor_params` validated by the plug-ins' own models (defaults filled in), the
             backdoor resolved, and the deprecated flat keys moved into the params.
         defense: raw `defense` mapping → the same with `aggregator_params` validated.
-        check_attack, check_defense: the plug-ins' cross-field checks on the whole config
-            (an attack's needs_bound and backdoor; an aggregator's own, e.g. Krum's f).
+        data_source: raises a ConfigError unless `data.source` names a registered source.
+        check_attack, check_defense, check_data: the plug-ins' cross-field checks on the
+            whole config (an attack's needs_bound and backdoor; an aggregator's own, e.g.
+            Krum's f; a data source's need for `data.path`).
         keys: every registered plug-in's parameter keys (`attack.params.top_k`, ...).
     """
 
     attack: Callable[[Mapping[str, Any]], Mapping[str, Any]]
     defense: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    data_source: Callable[[str], None]
     check_attack: Callable[["SimulationConfig"], None]
     check_defense: Callable[["SimulationConfig"], None]
+    check_data: Callable[["SimulationConfig"], None]
     keys: Callable[[], "Set[str]"]
 
 
@@ -74,10 +78,18 @@ class _Frozen(BaseModel):
 
 
 class DataConfig(_Frozen):
-    source: Literal["embedded", "synthetic", "tff-h5", "leaf"] = Field(
+    source: str = Field(
         "embedded",
-        description="where the writer-partitioned digits come from",
+        min_length=1,
+        description="where the writer-partitioned digits come from: a source registered in "
+        "fl_core/data/ (embedded, synthetic, tff-h5, leaf)",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, v: str) -> str:
+        plugin_hooks().data_source(v)
+        return v
     path: str | None = Field(
         None,
         description="tff-h5: directory with fed_emnist_digitsonly_{train,test}.h5; "
@@ -287,7 +299,7 @@ class DefenseConfig(_Frozen):
 
 class SimulationConfig(_Frozen):
     seed: int = Field(0, ge=0, lt=2**63, description="the one seed every random stream derives from")
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
     fl: FLConfig = FLConfig()
     # factories: the plug-in hooks that validate these are installed after this module loads
     attack: AttackConfig = Field(default_factory=AttackConfig)
@@ -318,10 +330,7 @@ class SimulationConfig(_Frozen):
                 "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
             )
         plugin_hooks().check_defense(self)
-        if self.data.source in ("tff-h5", "leaf") and not self.data.path:
-            raise ConfigError(
-                "data.path", None, f"a directory when data.source = {self.data.source}"
-            )
+        plugin_hooks().check_data(self)
         return self
 
     # -- derived quantities the engine uses ---------------------------------------------

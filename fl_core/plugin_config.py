@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from fl_core.attacks import ATTACKS
 from fl_core.attacks.base import PGDParams
 from fl_core.backdoors import BACKDOORS, DEFAULT_BACKDOOR
+from fl_core.data import SOURCES
 from fl_core.config import (
     DEFAULT_AGGREGATOR,
     LEGACY_ATTACK_KEYS,
@@ -123,6 +124,16 @@ def check_defense(config: SimulationConfig) -> None:
             spec.check(spec.params(**d.aggregator_params), config)
 
 
+def check_source(name: str) -> None:
+    SOURCES.spec_for(name)
+
+
+def check_data(config: SimulationConfig) -> None:
+    d = config.data
+    if SOURCES[d.source].needs_path and not d.path:
+        raise ConfigError("data.path", None, f"a directory when data.source = {d.source}")
+
+
 def plugin_keys() -> set[str]:
     keys = {f"defense.aggregator_params.{k}" for s in _aggregators().values() for k in s.params.model_fields}
     keys |= {f"attack.params.{k}" for s in ATTACKS.values() for k in s.params.model_fields}
@@ -130,4 +141,5 @@ def plugin_keys() -> set[str]:
     return keys
 
 
-register_plugin_hooks(PluginHooks(resolve_attack, resolve_defense, check_attack, check_defense, plugin_keys))
+register_plugin_hooks(PluginHooks(resolve_attack, resolve_defense, check_source, check_attack, check_defense,
+                                  check_data, plugin_keys))

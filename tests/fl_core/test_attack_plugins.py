@@ -19,7 +19,7 @@ from fl_core.attacks.recipes import Mixed, Reference
 from fl_core.training import SGDParams
 from fl_core.config import config_hash, parse_config
 from fl_core.errors import ConfigError
-from fl_core.registry import make_attack
+from fl_core.build import make_attack
 from fl_core.sampling import Population, attacker_pool, plan_round
 from tests.fl_core.test_recipes import LR, MAL, OWN, TOL, W0, Probe, gen, task
 

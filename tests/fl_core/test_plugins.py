@@ -15,7 +15,7 @@ from fl_core.defenses.norm_clipping import NormClipping
 from fl_core.defenses.weak_dp import GaussianNoise
 from fl_core.errors import ConfigError
 from fl_core.plugins import Registry
-from fl_core.registry import make_defenses
+from fl_core.build import make_defenses
 
 
 @dataclass(frozen=True)
