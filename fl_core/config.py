@@ -36,6 +36,7 @@ class PluginHooks:
             backdoor resolved, and the deprecated flat keys moved into the params.
         defense: raw `defense` mapping → the same with `aggregator_params` validated.
         data_source: raises a ConfigError unless `data.source` names a registered source.
+        backend: the same for `fl.backend` (a registered backend or `auto`).
         check_attack, check_defense, check_data: the plug-ins' cross-field checks on the
             whole config (an attack's needs_bound and backdoor; an aggregator's own, e.g.
             Krum's f; a data source's need for `data.path`).
@@ -45,6 +46,7 @@ class PluginHooks:
     attack: Callable[[Mapping[str, Any]], Mapping[str, Any]]
     defense: Callable[[Mapping[str, Any]], Mapping[str, Any]]
     data_source: Callable[[str], None]
+    backend: Callable[[str], None]
     check_attack: Callable[["SimulationConfig"], None]
     check_defense: Callable[["SimulationConfig"], None]
     check_data: Callable[["SimulationConfig"], None]
@@ -124,9 +126,17 @@ class FLConfig(_Frozen):
         description="cohort sampling; the paper samples without replacement, "
         "the original code with replacement",
     )
-    backend: Literal["auto", "sequential", "vectorized"] = Field(
-        "auto", description="client-training backend; auto picks the fastest for the device"
+    backend: str = Field(
+        "auto", min_length=1,
+        description="client-training backend registered in fl_core/backends/ (sequential, vectorized), "
+        "or auto: the fastest for the device",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str) -> str:
+        plugin_hooks().backend(v)
+        return v
     precision: Literal["fp32", "tf32", "bf16"] = Field(
         "fp32",
         description="client-training arithmetic on CUDA: fp32 (IEEE, TF32 off), tf32 (TF32 "

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from fl_core.attacks import ATTACKS
 from fl_core.attacks.base import PGDParams
 from fl_core.backdoors import BACKDOORS, DEFAULT_BACKDOOR
+from fl_core.backends import AUTO, BACKENDS
 from fl_core.data import SOURCES
 from fl_core.config import (
     DEFAULT_AGGREGATOR,
@@ -128,6 +129,11 @@ def check_source(name: str) -> None:
     SOURCES.spec_for(name)
 
 
+def check_backend(name: str) -> None:
+    if name != AUTO and name not in BACKENDS:
+        BACKENDS.spec_for(name)  # a ConfigError with a did-you-mean
+
+
 def check_data(config: SimulationConfig) -> None:
     d = config.data
     if SOURCES[d.source].needs_path and not d.path:
@@ -141,5 +147,5 @@ def plugin_keys() -> set[str]:
     return keys
 
 
-register_plugin_hooks(PluginHooks(resolve_attack, resolve_defense, check_source, check_attack, check_defense,
-                                  check_data, plugin_keys))
+register_plugin_hooks(PluginHooks(resolve_attack, resolve_defense, check_source, check_backend, check_attack,
+                                  check_defense, check_data, plugin_keys))

@@ -32,16 +32,17 @@ from __future__ import annotations
 
 import contextlib
 from types import MappingProxyType
-from typing import Iterator
-
-import torch
+from typing import TYPE_CHECKING, Iterator
 
 from fl_core.backends.base import BACKENDS, BackendContext, BackendSpec, ClientBackend, require_benign
 from fl_core.errors import ConfigError, UnknownComponentError
 
+if TYPE_CHECKING:  # torch is imported where a backend runs: `fl.backend` is checked without it
+    import torch
+
 
 def _sequential(ctx: BackendContext) -> ClientBackend:
-    from fl_core.backends.sequential import SequentialBackend  # torch.func etc.: built on use
+    from fl_core.backends.sequential import SequentialBackend  # torch: built on use
 
     return SequentialBackend(ctx)
 
@@ -54,6 +55,9 @@ def _vectorized(ctx: BackendContext) -> ClientBackend:
 
 BACKENDS.register(BackendSpec("sequential", _sequential))
 BACKENDS.register(BackendSpec("vectorized", _vectorized))
+
+#: `fl.backend` may also say `auto`: the fastest registered backend for the device.
+AUTO = "auto"
 
 #: what `auto` resolves to, by device type (anything not listed: sequential).
 AUTO_BY_DEVICE: MappingProxyType[str, str] = MappingProxyType({"cuda": "vectorized", "cpu": "sequential"})
@@ -93,6 +97,8 @@ def _fp32_flags() -> list[tuple[object, str]]:
     """(object, attribute) pairs that choose between IEEE fp32 and TF32 on CUDA. torch ≥ 2.9
     has `fp32_precision` ("ieee" | "tf32"); older versions the `allow_tf32` booleans.
     Note: cuDNN convolutions default to TF32 in torch, so `fp32` must switch them off."""
+    import torch
+
     b = torch.backends
     if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(getattr(b.cudnn, "conv", None), "fp32_precision"):
         return [(b.cuda.matmul, "fp32_precision"), (b.cudnn.conv, "fp32_precision")]
@@ -120,6 +126,8 @@ def precision_scope(precision: str, device: torch.device) -> Iterator[None]:
         setattr(obj, attr, ("tf32" if tf32 else "ieee") if attr == "fp32_precision" else tf32)
     try:
         if precision == "bf16":
+            import torch
+
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 yield
         else:

@@ -1,17 +1,20 @@
 """The backend shape (`fl.backend`): what a backend is built from, what it does, and the
-registry of backends (`fl_core.backends` registers `sequential` and `vectorized`). The
-backends import this module, never the package, so the package may name them."""
+registry of backends (`fl_core.backends` registers `sequential` and `vectorized`, built on
+use). Torch-free at import: a config's `fl.backend` is checked against the registry without
+torch. The backends import this module, never the package, so the package may name them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, Sequence
-
-import torch
+from typing import TYPE_CHECKING, Callable, Literal, Protocol, Sequence
 
 from fl_core.plugins import Registry
-from fl_core.training import Cohort, SGDParams
-from fl_core.types import ClientResult, ClientTask
+
+if TYPE_CHECKING:
+    import torch
+
+    from fl_core.training import Cohort, SGDParams
+    from fl_core.types import ClientResult, ClientTask
 
 
 @dataclass(frozen=True)
@@ -64,3 +67,4 @@ class BackendSpec:
 
 #: name → BackendSpec; `auto` is not a backend but a choice among these (`AUTO_BY_DEVICE`).
 BACKENDS: Registry[BackendSpec] = Registry("backend", "fl.backend")
+
