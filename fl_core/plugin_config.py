@@ -15,6 +15,7 @@ stays where it was (if not at its old default) so that the config keeps its tria
 
 from __future__ import annotations
 
+import difflib
 import warnings
 from typing import Any, Mapping
 
@@ -131,7 +132,10 @@ def check_source(name: str) -> None:
 
 def check_backend(name: str) -> None:
     if name != AUTO and name not in BACKENDS:
-        BACKENDS.spec_for(name)  # a ConfigError with a did-you-mean
+        names = sorted([AUTO, *BACKENDS])
+        near = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f"did you mean `{near[0]}`? " if near else ""
+        raise ConfigError("fl.backend", name, f"{hint}one of: {', '.join(names)} (auto: the fastest for the device)")
 
 
 def check_data(config: SimulationConfig) -> None:
