@@ -201,8 +201,9 @@ class AttackConfig(_Frozen):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="the attack's own parameters (e.g. {top_k: 0.01} for neurotoxin); missing "
-        "ones take their defaults, filled in here so that equal settings hash equally",
+        description="the attack's own parameters, its params model's (e.g. {pgd_iterations: 5, recipe: "
+        "reference} for pgd, {top_k: 0.01} for neurotoxin); missing ones take their defaults, filled in "
+        "here so that equal settings hash equally",
     )
 
     backdoor: str | None = Field(
