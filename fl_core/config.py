@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fl_core.errors import ConfigError, UnknownKeyError
 
@@ -255,6 +264,12 @@ class AttackConfig(_Frozen):
     poison_fraction: float | None = Field(
         None, gt=0, lt=1, description="deprecated: attack.params.poison_fraction of the attacks that take it"
     )
+    @model_serializer(mode="wrap")
+    def _without_unset_legacy(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A config in the new shape dumps without the deprecated keys (null there)."""
+        out = handler(self)
+        return {k: v for k, v in out.items() if not (k in LEGACY_ATTACK_KEYS and v is None)}
+
     max_tasks: int = Field(
         50, ge=1,
         description="the largest N any compared cell uses: the first max_tasks writers of the target "

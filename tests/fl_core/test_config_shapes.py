@@ -60,6 +60,7 @@ def test_old_and_new_shape_are_the_same_config_with_the_same_keys(kind):
     assert flatten(old) == flatten(new)  # MLflow params and the report's columns
     assert all(flatten(new)[f"attack.{k}"] == v for k, v in taken.items())
     assert len(notes) == (1 if taken else 0)
+    assert not set(LEGACY) & set(old.model_dump(mode="json")["attack"])  # it dumps in the new shape
     assert all("\n" not in str(w.message) and "attack.params" in str(w.message) for w in notes)
 
 
