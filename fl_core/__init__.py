@@ -8,3 +8,7 @@ yaml or sweeper, so it runs on a bare GPU machine.
 """
 
 __version__ = "0.1.0"
+
+# The plug-in families install their part of config validation into the schema
+# (fl_core.config imports no plug-in; fl_core.plugin_config imports both).
+from fl_core import plugin_config as _plugin_config  # noqa: E402,F401

@@ -12,12 +12,72 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fl_core.errors import ConfigError, UnknownKeyError
+
+if TYPE_CHECKING:
+    from collections.abc import Set
+
+
+@dataclass(frozen=True)
+class PluginHooks:
+    """What the schema asks of the plug-in families, without importing them: the families
+    register these (`fl_core.plugin_config`, imported by the `fl_core` package itself, so
+    they are in place before any config is parsed). config.py stays a plain schema.
+
+    Attributes:
+        attack: raw `attack` mapping → the same with `kind` checked, `params` and
+            `backdoor_params` validated by the plug-ins' own models (defaults filled in), the
+            backdoor resolved, and the deprecated flat keys moved into the params.
+        defense: raw `defense` mapping → the same with `aggregator_params` validated.
+        data_source: raises a ConfigError unless `data.source` names a registered source.
+        backend: the same for `fl.backend` (a registered backend or `auto`).
+        check_attack, check_defense, check_data: the plug-ins' cross-field checks on the
+            whole config (an attack's needs_bound and backdoor; an aggregator's own, e.g.
+            Krum's f; a data source's need for `data.path`).
+        keys: every registered plug-in's parameter keys (`attack.params.top_k`, ...).
+    """
+
+    attack: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    defense: Callable[[Mapping[str, Any]], Mapping[str, Any]]
+    data_source: Callable[[str], None]
+    backend: Callable[[str], None]
+    check_attack: Callable[["SimulationConfig"], None]
+    check_defense: Callable[["SimulationConfig"], None]
+    check_data: Callable[["SimulationConfig"], None]
+    keys: Callable[[], "Set[str]"]
+
+
+class DeprecatedConfigWarning(DeprecationWarning):
+    """A config in an old shape was mapped onto the current one (one line: what moved)."""
+
+
+_hooks: list[PluginHooks] = []
+
+
+def register_plugin_hooks(hooks: PluginHooks) -> None:
+    """Install the plug-in families' hooks (once; `fl_core.plugin_config`)."""
+    _hooks[:] = [hooks]
+
+
+def plugin_hooks() -> PluginHooks:
+    if not _hooks:  # fl_core/__init__.py imports fl_core.plugin_config: never seen in practice
+        raise RuntimeError("fl_core's plug-ins are not registered: import fl_core.plugin_config")
+    return _hooks[0]
 
 
 class _Frozen(BaseModel):
@@ -29,10 +89,18 @@ class _Frozen(BaseModel):
 
 
 class DataConfig(_Frozen):
-    source: Literal["embedded", "synthetic", "tff-h5", "leaf"] = Field(
+    source: str = Field(
         "embedded",
-        description="where the writer-partitioned digits come from",
+        min_length=1,
+        description="where the writer-partitioned digits come from: a source registered in "
+        "fl_core/data/ (embedded, synthetic, tff-h5, leaf)",
     )
+
+    @field_validator("source")
+    @classmethod
+    def _registered_source(cls, v: str) -> str:
+        plugin_hooks().data_source(v)
+        return v
     path: str | None = Field(
         None,
         description="tff-h5: directory with fed_emnist_digitsonly_{train,test}.h5; "
@@ -67,9 +135,17 @@ class FLConfig(_Frozen):
         description="cohort sampling; the paper samples without replacement, "
         "the original code with replacement",
     )
-    backend: Literal["auto", "sequential", "vectorized"] = Field(
-        "auto", description="client-training backend; auto picks the fastest for the device"
+    backend: str = Field(
+        "auto", min_length=1,
+        description="client-training backend registered in fl_core/backends/ (sequential, vectorized), "
+        "or auto: the fastest for the device",
     )
+
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str) -> str:
+        plugin_hooks().backend(v)
+        return v
     precision: Literal["fp32", "tf32", "bf16"] = Field(
         "fp32",
         description="client-training arithmetic on CUDA: fp32 (IEEE, TF32 off), tf32 (TF32 "
@@ -114,44 +190,6 @@ class FLConfig(_Frozen):
         return self
 
 
-def validate_attack_params(kind: Any, params: Any) -> dict[str, Any]:
-    """`attack.kind` checked against the registered attacks and `attack.params` against the
-    named attack's own model, with its defaults filled in; a ConfigError names the key, the
-    value and what is allowed."""
-    from fl_core.attacks import ATTACKS  # torch-free: the specs only
-
-    return validate_params("attack.params", kind, ATTACKS.spec_for(kind).params, params)
-
-
-def validate_params(where: str, name: str, model: type[BaseModel], params: Any) -> dict[str, Any]:
-    """A plug-in's parameter mapping validated by its own model (defaults filled in, did-you-
-    mean for unknown keys), as plain JSON values."""
-    if params is None:
-        params = {}
-    if not isinstance(params, Mapping):
-        raise ConfigError(where, params, f"a mapping of {name}'s parameters")
-    fields = model.model_fields
-
-    def described() -> str:
-        if not fields:
-            return f"{name} takes no parameters"
-        return f"parameters of {name}: " + "; ".join(f"{k} ({f.description})" for k, f in fields.items())
-
-    for key in params:
-        if key not in fields:
-            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
-            hint = f"did you mean `{near[0]}`? " if near else ""
-            raise UnknownKeyError(f"{where}.{key}", params[key], f"{hint}{described()}")
-    try:
-        return model.model_validate(dict(params)).model_dump(mode="json")
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        desc = fields[key].description if key in fields else ""
-        raise ConfigError(f"{where}.{key}" if key else where, err.get("input"),
-                          f"{err['msg']} ({desc})" if desc else err["msg"]) from None
-
-
 class AttackConfig(_Frozen):
     @model_validator(mode="before")
     @classmethod
@@ -159,7 +197,7 @@ class AttackConfig(_Frozen):
         if isinstance(raw, Mapping) and "pgd_pass" in raw:
             raise UnknownKeyError(
                 "attack.pgd_pass", raw["pgd_pass"],
-                "nothing: the key was replaced by `attack.recipe` (reference | union | mixed); "
+                "nothing: the key was replaced by `attack.params.recipe` (reference | union | mixed); "
                 "pgd_pass: original → recipe: reference (now fl.local_epochs epochs per pass, as the "
                 "reference code), pgd_pass: union → recipe: union",
             )
@@ -172,8 +210,9 @@ class AttackConfig(_Frozen):
     )
     params: dict[str, Any] = Field(
         default_factory=dict,
-        description="the attack's own parameters (e.g. {top_k: 0.01} for neurotoxin); missing "
-        "ones take their defaults, filled in here so that equal settings hash equally",
+        description="the attack's own parameters, its params model's (e.g. {pgd_iterations: 5, recipe: "
+        "reference} for pgd, {top_k: 0.01} for neurotoxin); missing ones take their defaults, filled in "
+        "here so that equal settings hash equally",
     )
 
     backdoor: str | None = Field(
@@ -190,24 +229,9 @@ class AttackConfig(_Frozen):
 
     @model_validator(mode="before")
     @classmethod
-    def _attack_params(cls, raw: Any) -> Any:
-        if not isinstance(raw, Mapping):
-            return raw
-        from fl_core.attacks import ATTACKS  # torch-free: the specs only
-        from fl_core.backdoors import BACKDOORS, DEFAULT_BACKDOOR
+    def _attack_plugins(cls, raw: Any) -> Any:
+        return plugin_hooks().attack(raw) if isinstance(raw, Mapping) else raw
 
-        kind = raw.get("kind", "none")
-        params = validate_attack_params(kind, raw.get("params"))
-        spec = ATTACKS[kind]
-        backdoor = raw.get("backdoor")
-        if backdoor is None:  # resolved here, so that "the attack's own" hashes as its name
-            backdoor = spec.backdoor or DEFAULT_BACKDOOR
-        recipe = raw.get("recipe")
-        if recipe is None:
-            recipe = spec.recipe
-        bd_params = validate_params("attack.backdoor_params", str(backdoor),
-                                    BACKDOORS.spec_for(backdoor).params, raw.get("backdoor_params"))
-        return {**raw, "params": params, "backdoor": backdoor, "backdoor_params": bd_params, "recipe": recipe}
     schedule: Literal["fixed-frequency", "random-sampling"] = Field(
         "fixed-frequency", description="when attackers are in the cohort"
     )
@@ -228,19 +252,24 @@ class AttackConfig(_Frozen):
     num_tasks: int = Field(30, ge=1, description="N: number of target writers whose 7s are backdoored")
     source_label: int = Field(7, ge=0, le=9, description="label of the backdoored images")
     target_label: int = Field(1, ge=0, le=9, description="label the attacker wants them to get")
-    pgd_iterations: int = Field(5, ge=1, description="P: PGD passes, projecting after each")
-    recipe: Literal["reference", "union", "mixed"] | None = Field(
-        None,
-        description="how the attacker trains its malicious model; null = the attack's own (mixed "
-        "for dba, reference otherwise): reference (the paper's code: "
-        "Δ_benign + β·one full-batch step on D_mal; PGD passes = local_epochs over own data then "
-        "that step), union (train on own ∪ D_mal, boost all), mixed (every minibatch carries "
-        "poison_fraction of D_mal, Bagdasaryan et al.); see fl_core/attacks/recipes.py",
+    # Deprecated flat keys: they belong to the attacks that take them (`attack.params`); a
+    # config in the old shape moves them there. A value the attack ignores stays here, so
+    # that the config keeps the trial key it had (see `LEGACY_ATTACK_KEYS`).
+    pgd_iterations: int | None = Field(
+        None, ge=1, description="deprecated: attack.params.pgd_iterations of the attacks that take it"
     )
-    poison_fraction: float = Field(
-        0.3125, gt=0, lt=1,
-        description="mixed recipe: share of each minibatch drawn from D_mal (Bagdasaryan et al.: 20 of 64)",
+    recipe: str | None = Field(
+        None, min_length=1, description="deprecated: attack.params.recipe of the attacks that take it"
     )
+    poison_fraction: float | None = Field(
+        None, gt=0, lt=1, description="deprecated: attack.params.poison_fraction of the attacks that take it"
+    )
+    @model_serializer(mode="wrap")
+    def _without_unset_legacy(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A config in the new shape dumps without the deprecated keys (null there)."""
+        out = handler(self)
+        return {k: v for k, v in out.items() if not (k in LEGACY_ATTACK_KEYS and v is None)}
+
     max_tasks: int = Field(
         50, ge=1,
         description="the largest N any compared cell uses: the first max_tasks writers of the target "
@@ -252,14 +281,6 @@ class AttackConfig(_Frozen):
 
 
 DEFAULT_AGGREGATOR = "fedavg"
-
-
-def validate_aggregator_params(name: Any, params: Any) -> dict[str, Any]:
-    """`defense.aggregator_params` checked against the named aggregator's own model, with its
-    defaults filled in; a ConfigError names the key, the value and what is allowed."""
-    from fl_core.aggregators import AGGREGATORS
-
-    return validate_params("defense.aggregator_params", name, AGGREGATORS.spec_for(name).params, params)
 
 
 class DefenseConfig(_Frozen):
@@ -299,37 +320,23 @@ class DefenseConfig(_Frozen):
     def _aggregator(cls, raw: Any) -> Any:
         if not isinstance(raw, Mapping):
             return raw
-        name = raw.get("aggregator", DEFAULT_AGGREGATOR)
-        params = raw.get("aggregator_params")
-        if name == DEFAULT_AGGREGATOR and not params:
-            # fedavg has no parameters: nothing to check, and no need to import the
-            # aggregators (they import torch; parsing a plain config stays torch-free)
-            return raw
-        return {**raw, "aggregator_params": validate_aggregator_params(name, params)}
+        return plugin_hooks().defense(raw)
 
 
 class SimulationConfig(_Frozen):
     seed: int = Field(0, ge=0, lt=2**63, description="the one seed every random stream derives from")
-    data: DataConfig = DataConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
     fl: FLConfig = FLConfig()
-    attack: AttackConfig = AttackConfig()
-    defense: DefenseConfig = DefenseConfig()
+    # factories: the plug-in hooks that validate these are installed after this module loads
+    attack: AttackConfig = Field(default_factory=AttackConfig)
+    defense: DefenseConfig = Field(default_factory=DefenseConfig)
 
     @model_validator(mode="after")
     def _cross_field(self) -> "SimulationConfig":
-        from fl_core.attacks import ATTACKS  # torch-free: the specs only
-
         a, d = self.attack, self.defense
         if a.kind != "none" and a.fraction is None:
             raise ConfigError("attack.fraction", None, "a number in (0, 1) when attack.kind != none")
-        if d.norm_bound is None and ATTACKS[a.kind].needs_bound:
-            raise ConfigError(
-                "defense.norm_bound", None, f"a positive number M when attack.kind = {a.kind} "
-                "(the attacker projects onto M/β)"
-            )
-        needs = ATTACKS[a.kind].backdoor
-        if needs is not None and a.backdoor != needs:
-            raise ConfigError("attack.backdoor", a.backdoor, f"{needs} (or null) when attack.kind = {a.kind}")
+        plugin_hooks().check_attack(self)
         if d.noise_sigma > 0 and d.norm_bound is None:
             raise ConfigError(
                 "defense.norm_bound", None,
@@ -348,16 +355,8 @@ class SimulationConfig(_Frozen):
             raise ConfigError(
                 "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
             )
-        if d.aggregator != DEFAULT_AGGREGATOR:
-            from fl_core.aggregators import AGGREGATORS
-
-            spec = AGGREGATORS[d.aggregator]
-            if spec.check is not None:
-                spec.check(spec.params(**d.aggregator_params), self)
-        if self.data.source in ("tff-h5", "leaf") and not self.data.path:
-            raise ConfigError(
-                "data.path", None, f"a directory when data.source = {self.data.source}"
-            )
+        plugin_hooks().check_defense(self)
+        plugin_hooks().check_data(self)
         return self
 
     # -- derived quantities the engine uses ---------------------------------------------
@@ -412,9 +411,25 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: The attack settings that were top-level `attack` keys before the attacks owned them, with
+#: the value every config had for them when an attack did not take one. The flat view keeps
+#: them where they were (`attack.recipe`, never `attack.params.recipe`), so MLflow params, the
+#: report's columns and every trial key stay what they were.
+LEGACY_ATTACK_KEYS: Mapping[str, Any] = MappingProxyType(
+    {"pgd_iterations": 5, "recipe": "reference", "poison_fraction": 0.3125}
+)
+
+
 def flatten(config: SimulationConfig) -> dict[str, Any]:
-    """Dotted key → value (e.g. for MLflow params)."""
-    return _flatten(config.model_dump(mode="json"))
+    """Dotted key → value (e.g. for MLflow params), in the canonical flat view: an attack's
+    `params.<legacy key>` shows as `attack.<legacy key>`, which every attack has (its old
+    default where the attack does not take it); see `LEGACY_ATTACK_KEYS`."""
+    flat = _flatten(config.model_dump(mode="json"))
+    for key, default in LEGACY_ATTACK_KEYS.items():
+        kept = flat.pop(f"attack.{key}", None)
+        own = flat.pop(f"attack.params.{key}", None)
+        flat[f"attack.{key}"] = own if own is not None else kept if kept is not None else default
+    return flat
 
 
 # Keys added after sweeps already existed, with the default that means "as before": left out
@@ -459,13 +474,7 @@ def all_keys(plugins: bool = False) -> list[str]:
     accepting any `is_plugin_param` key and leaving the name to the trial's check)."""
     keys = set(flatten(SimulationConfig()).keys())
     if plugins:
-        from fl_core.aggregators import AGGREGATORS
-        from fl_core.attacks import ATTACKS
-        from fl_core.backdoors import BACKDOORS
-
-        keys |= {f"defense.aggregator_params.{k}" for s in AGGREGATORS.values() for k in s.params.model_fields}
-        keys |= {f"attack.params.{k}" for s in ATTACKS.values() for k in s.params.model_fields}
-        keys |= {f"attack.backdoor_params.{k}" for s in BACKDOORS.values() for k in s.params.model_fields}
+        keys |= set(plugin_hooks().keys())
     return sorted(keys)
 
 

@@ -12,11 +12,11 @@ import difflib
 import importlib
 import pkgutil
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fl_core.errors import ConfigError
+from fl_core.errors import ConfigError, UnknownKeyError
 
 S = TypeVar("S")
 
@@ -49,6 +49,10 @@ class Registry(Mapping[str, S], Generic[S]):
         self._specs[name] = spec
         return spec
 
+    def unregister(self, name: str) -> S:
+        """Remove `name` (a test's own plug-in, registered for the test only)."""
+        return self._specs.pop(name)
+
     def spec_for(self, name: object) -> S:
         """The spec registered as `name`, else a ConfigError on `self.key` with a did-you-mean."""
         if isinstance(name, str) and name in self._specs:
@@ -72,3 +76,32 @@ def import_all(package: str, path: Iterable[str], skip: tuple[str, ...] = ("base
     for mod in sorted(m.name for m in pkgutil.iter_modules(path)):
         if mod not in skip:
             importlib.import_module(f"{package}.{mod}")
+
+
+def validate_params(where: str, name: str, model: type[BaseModel], params: Any) -> dict[str, Any]:
+    """A plug-in's parameter mapping validated by its own model (defaults filled in, did-you-
+    mean for unknown keys), as plain JSON values."""
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        raise ConfigError(where, params, f"a mapping of {name}'s parameters")
+    fields = model.model_fields
+
+    def described() -> str:
+        if not fields:
+            return f"{name} takes no parameters"
+        return f"parameters of {name}: " + "; ".join(f"{k} ({f.description})" for k, f in fields.items())
+
+    for key in params:
+        if key not in fields:
+            near = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise UnknownKeyError(f"{where}.{key}", params[key], f"{hint}{described()}")
+    try:
+        return model.model_validate(dict(params)).model_dump(mode="json")
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        desc = fields[key].description if key in fields else ""
+        raise ConfigError(f"{where}.{key}" if key else where, err.get("input"),
+                          f"{err['msg']} ({desc})" if desc else err["msg"]) from None

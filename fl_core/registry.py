@@ -1,29 +1,7 @@
-"""Name → built plug-in. Attacks (`fl_core/attacks/`), aggregators (`fl_core/aggregators/`),
-defenses (`fl_core/defenses/`) and backdoor tasks (`fl_core/backdoors/`) register themselves,
-one module each, found by import (`fl_core.plugins`). Nothing else branches on names."""
+"""The old name of `fl_core.build` (building components), kept for existing callers."""
 
 from __future__ import annotations
 
-from fl_core.aggregators import AGGREGATORS
-from fl_core.attacks import ATTACKS
-from fl_core.config import SimulationConfig
-from fl_core.defenses import make_defenses  # noqa: F401  (built here with the other plug-ins)
-from fl_core.errors import UnknownComponentError
+from fl_core.build import build_task, make_aggregator, make_attack, make_defenses, select_backdoor
 
-
-def make_attack(config: SimulationConfig):
-    """The configured attack (None for `none`), built from its registered spec."""
-    try:
-        spec = ATTACKS[config.attack.kind]
-    except KeyError:
-        raise UnknownComponentError("attack", config.attack.kind, ATTACKS) from None
-    return spec.build(config, spec.params(**config.attack.params))
-
-
-def make_aggregator(config: SimulationConfig):
-    """The config's `defense.aggregator`, built with its (validated) `aggregator_params`."""
-    try:
-        spec = AGGREGATORS[config.defense.aggregator]
-    except KeyError:
-        raise UnknownComponentError("aggregator", config.defense.aggregator, AGGREGATORS) from None
-    return spec.build(spec.params(**config.defense.aggregator_params), config)
+__all__ = ["build_task", "make_aggregator", "make_attack", "make_defenses", "select_backdoor"]

@@ -14,10 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
+from pydantic import Field, field_validator
+
 from fl_core.plugins import Params, Registry
 
 if TYPE_CHECKING:
     import torch
+
+    from fl_core.attacks.recipes import Recipe
 
     from fl_core.training import ClientData, SGDParams
     from fl_core.config import SimulationConfig
@@ -58,7 +62,7 @@ class AttackSpec:
     Attributes:
         name: the `attack.kind` value.
         label: the word the report prints for it (`PGD`, `unconstrained`, …).
-        build: (config, params) → Attack; imports torch lazily. None for `none`.
+        build: (params, config) → Attack; imports torch lazily. None for `none`.
         params: its parameter model (`attack.params`; defaults filled in when validated).
         radius: (config, β) → the projection radius the planner puts on the task (M/β for
             norm-bounded attacks), or None.
@@ -66,19 +70,83 @@ class AttackSpec:
         rank: its position in the report's ordering of cells.
         backdoor: the backdoor task it needs (`attack.backdoor`; e.g. dba: trigger), or None
             for any task (semantic unless the config says otherwise).
-        recipe: the `attack.recipe` it uses when the config leaves it null.
     """
 
     name: str
     label: str
-    build: Callable[["SimulationConfig", Any], Attack | None]
+    build: Callable[[Any, "SimulationConfig"], Attack | None]
     params: type[Params] = Params
     radius: Callable[["SimulationConfig", float], float | None] = no_radius
     needs_bound: bool = False
     rank: int = 99
     backdoor: str | None = None
-    recipe: str = "reference"
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack", "attack.kind")
 register = ATTACKS.register
+
+
+# -- recipes: how an attacker trains its malicious model (fl_core/attacks/recipes.py) -------
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """A registered recipe (`attack.params.recipe` of the attacks that take one).
+
+    Attributes:
+        name: its value.
+        build: (params, config) → Recipe, `params` being the attack's (`poison_fraction`);
+            imports torch lazily.
+    """
+
+    name: str
+    build: Callable[[Any, "SimulationConfig"], "Recipe"]
+
+
+RECIPES: Registry[RecipeSpec] = Registry("recipe", "attack.params.recipe")
+
+
+def _recipes():
+    from fl_core.attacks import recipes  # torch: only when an attack is built
+
+    return recipes
+
+
+RECIPES.register(RecipeSpec("reference", lambda params, config: _recipes().Reference()))
+RECIPES.register(RecipeSpec("union", lambda params, config: _recipes().Union()))
+RECIPES.register(RecipeSpec("mixed", lambda params, config: _recipes().Mixed(params.poison_fraction)))
+
+
+def make_recipe(params: "RecipeParams", config: "SimulationConfig") -> "Recipe":
+    """The recipe an attack's params name, built with them."""
+    return RECIPES[params.recipe].build(params, config)
+
+
+# -- parameters several attacks share (each attack's model lists the ones it takes) --------
+
+
+class PoisonParams(Params):
+    poison_fraction: float = Field(
+        0.3125, gt=0, lt=1,
+        description="share of each minibatch drawn from D_mal (the mixed recipe, constrain-and-scale; "
+        "Bagdasaryan et al.: 20 of 64)",
+    )
+
+
+class RecipeParams(PoisonParams):
+    recipe: str = Field(
+        "reference",
+        description="how the attacker trains its malicious model: reference (the paper's code: "
+        "Δ_benign + β·one full-batch step on D_mal), union (train on own ∪ D_mal, boost all), mixed "
+        "(every minibatch carries poison_fraction of D_mal); see fl_core/attacks/recipes.py",
+    )
+
+    @field_validator("recipe")
+    @classmethod
+    def _known_recipe(cls, v: str) -> str:
+        RECIPES.spec_for(v)  # a ConfigError with a did-you-mean
+        return v
+
+
+class PGDParams(RecipeParams):
+    pgd_iterations: int = Field(5, ge=1, description="P: PGD passes, projecting after each")

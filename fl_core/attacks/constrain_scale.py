@@ -1,6 +1,6 @@
 """Constrain-and-scale (Bagdasaryan et al., AISTATS 2020, "How To Backdoor Federated
 Learning" §4): the attacker trains on poisoned minibatches (the `mixed` recipe's batches:
-`attack.poison_fraction` of every batch from D_mal, fl.local_epochs epochs over its own
+`attack.params.poison_fraction` of every batch from D_mal, fl.local_epochs epochs over its own
 images) with the loss
 
     L = α · L_class + (1 − α) · L_ano,   L_ano = ‖w − w_t‖₂
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from fl_core.attacks.base import AttackSpec, Params, pgd_radius, register
+from fl_core.attacks.base import AttackSpec, PoisonParams, pgd_radius, register
 
 
-class ConstrainScaleParams(Params):
+class ConstrainScaleParams(PoisonParams):
     alpha: float = Field(
         0.7, gt=0, le=1,
         description="α, the weight of the classification loss; 1 − α weighs the anomaly term ‖w − w_t‖₂",
@@ -56,8 +56,8 @@ class ConstrainAndScale:
         return task.boost * (get_flat(model) - global_params), {"train_loss": float(loss.detach())}
 
 
-def _build(config, params: ConstrainScaleParams) -> ConstrainAndScale:
-    return ConstrainAndScale(params.alpha, config.attack.poison_fraction)
+def _build(params: ConstrainScaleParams, config) -> ConstrainAndScale:
+    return ConstrainAndScale(params.alpha, params.poison_fraction)
 
 
 register(AttackSpec("constrain-and-scale", "constrain-and-scale", _build, ConstrainScaleParams,

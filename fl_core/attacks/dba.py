@@ -10,7 +10,7 @@ is its own non-target-label images with that bar, relabelled to the target label
 update is then the configured recipe's, as PGD under clipping (projection onto M/β) and as
 boosted model replacement without (the same rule as Neurotoxin, `pgd.recipe_update`).
 
-Its recipe is `mixed` unless the config names one (`attack.recipe: null`): DBA's attackers
+Its recipe is `mixed` unless the config names one (`attack.params.recipe`): DBA's attackers
 train on poisoned minibatches (20 of 64 images stamped on MNIST, our poison_fraction default).
 The paper's `reference` recipe (one full-batch step on D_mal alone) is wrong for a trigger:
 measured on the embedded writers from the 30-round warm-up, unclipped, one attacker per round,
@@ -21,7 +21,13 @@ clean ones). docs/ROBUSTNESS.md has the numbers.
 
 from __future__ import annotations
 
-from fl_core.attacks.base import AttackSpec, pgd_radius, register
+from pydantic import Field
+
+from fl_core.attacks.base import AttackSpec, PGDParams, make_recipe, pgd_radius, register
+
+
+class DBAParams(PGDParams):
+    recipe: str = Field("mixed", description=PGDParams.model_fields["recipe"].description)
 
 
 class DBA:
@@ -49,12 +55,11 @@ class DBA:
         return delta, {**metrics, "dba_part": part}
 
 
-def _build(config, params) -> DBA:
-    from fl_core.attacks.recipes import RECIPES
+def _build(params: DBAParams, config) -> DBA:
     from fl_core.backdoors.trigger import TriggerParams
 
     a = config.attack
-    return DBA(a.pgd_iterations, RECIPES[a.recipe](config), TriggerParams(**a.backdoor_params), a.target_label)
+    return DBA(params.pgd_iterations, make_recipe(params, config), TriggerParams(**a.backdoor_params), a.target_label)
 
 
-register(AttackSpec("dba", "DBA (trigger)", _build, radius=pgd_radius, rank=5, backdoor="trigger", recipe="mixed"))
+register(AttackSpec("dba", "DBA (trigger)", _build, DBAParams, radius=pgd_radius, rank=5, backdoor="trigger"))

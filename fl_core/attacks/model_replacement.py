@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fl_core.attacks.base import AttackSpec, register
+from fl_core.attacks.base import AttackSpec, RecipeParams, make_recipe, register
 
 if TYPE_CHECKING:
     from fl_core.attacks.recipes import Recipe
@@ -22,10 +22,8 @@ class ModelReplacement:
         return self.recipe.replacement(model, global_params, benign, malicious, hp, gen, task.boost)
 
 
-def _build(config, params) -> ModelReplacement:
-    from fl_core.attacks.recipes import RECIPES
-
-    return ModelReplacement(RECIPES[config.attack.recipe](config))
+def _build(params: RecipeParams, config) -> ModelReplacement:
+    return ModelReplacement(make_recipe(params, config))
 
 
-register(AttackSpec("model-replacement", "unconstrained", _build, rank=1))
+register(AttackSpec("model-replacement", "unconstrained", _build, RecipeParams, rank=1))

@@ -10,7 +10,7 @@ Our reading of the reference code (jhcknzzm/Federated-Learning-Backdoor, `grad_m
    the attacker's training is multiplied by a 0/1 mask that is 0 there (the reference code's
    `gradmask_ratio` is the kept share, 1 − top_k);
 3. the training itself is the configured recipe under PGD (P passes, projection onto M/β after
-   each; `attack.pgd_iterations`) when clipping is on, and boosted model replacement otherwise.
+   each; `attack.params.pgd_iterations`) when clipping is on, and boosted model replacement otherwise.
 The update sent is exactly 0 on the frozen coordinates.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from pydantic import Field
 
-from fl_core.attacks.base import AttackSpec, Params, pgd_radius, register
+from fl_core.attacks.base import AttackSpec, PGDParams, make_recipe, pgd_radius, register
 
 if TYPE_CHECKING:
     import torch
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from fl_core.attacks.recipes import Recipe
 
 
-class NeurotoxinParams(Params):
+class NeurotoxinParams(PGDParams):
     top_k: float = Field(
         0.01, gt=0, lt=1,
         description="share of coordinates (largest |benign update|) the attack leaves untouched; "
@@ -85,10 +85,8 @@ class Neurotoxin:
         return delta * mask, {**metrics, "frozen_share": float(1.0 - mask.mean())}
 
 
-def _build(config, params: NeurotoxinParams) -> Neurotoxin:
-    from fl_core.attacks.recipes import RECIPES
-
-    return Neurotoxin(params.top_k, config.attack.pgd_iterations, RECIPES[config.attack.recipe](config))
+def _build(params: NeurotoxinParams, config) -> Neurotoxin:
+    return Neurotoxin(params.top_k, params.pgd_iterations, make_recipe(params, config))
 
 
 register(AttackSpec("neurotoxin", "Neurotoxin", _build, NeurotoxinParams, radius=pgd_radius, rank=3))

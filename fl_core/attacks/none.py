@@ -4,4 +4,4 @@ from __future__ import annotations
 
 from fl_core.attacks.base import AttackSpec, register
 
-register(AttackSpec("none", "no attack", build=lambda config, params: None, rank=0))
+register(AttackSpec("none", "no attack", build=lambda params, config: None, rank=0))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from fl_core.attacks.base import AttackSpec, pgd_radius, register
+from fl_core.attacks.base import AttackSpec, PGDParams, make_recipe, pgd_radius, register
 
 if TYPE_CHECKING:
     import torch
@@ -68,10 +68,8 @@ class NormBoundedPGD:
         return task.boost * diff, {"train_loss": loss}
 
 
-def _build(config, params) -> NormBoundedPGD:
-    from fl_core.attacks.recipes import RECIPES
-
-    return NormBoundedPGD(config.attack.pgd_iterations, RECIPES[config.attack.recipe](config))
+def _build(params: PGDParams, config) -> NormBoundedPGD:
+    return NormBoundedPGD(params.pgd_iterations, make_recipe(params, config))
 
 
-register(AttackSpec("pgd", "PGD", _build, radius=pgd_radius, needs_bound=True, rank=2))
+register(AttackSpec("pgd", "PGD", _build, PGDParams, radius=pgd_radius, needs_bound=True, rank=2))

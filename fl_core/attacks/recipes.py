@@ -145,11 +145,5 @@ class Mixed:
         return self.epochs(model, own, mal, hp, gen)
 
 
-#: name → factory(config). Read-only; `attack.recipe` chooses.
-RECIPES: MappingProxyType[str, Callable[[SimulationConfig], Recipe]] = MappingProxyType(
-    {
-        "reference": lambda cfg: Reference(),
-        "union": lambda cfg: Union(),
-        "mixed": lambda cfg: Mixed(cfg.attack.poison_fraction),
-    }
-)
+# The recipes' registry (name → RecipeSpec, torch-free) is `fl_core.attacks.base.RECIPES`;
+# `attack.params.recipe` of the attacks that take one chooses.

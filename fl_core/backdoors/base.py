@@ -21,7 +21,6 @@ from fl_core.plugins import Params, Registry
 if TYPE_CHECKING:
     from fl_core.training import ClientData
     from fl_core.config import SimulationConfig
-    from fl_core.data.backdoor import BackdoorSets
     from fl_core.data.population import WriterPopulation
 
 
@@ -44,6 +43,37 @@ class EvalSets:
     collateral: np.ndarray
 
 
+@dataclass(frozen=True)
+class BackdoorSets:
+    """Row indices into FederatedData's arrays (for a lazy population: into the target
+    writers' train/test examples concatenated in `targets` order, `gather`).
+
+    Attributes:
+        targets: sorted writer indices of the N target writers.
+        reserved: sorted writer indices that are never attackers (the first R of the target
+            order; includes `targets`).
+        train_rows: D_mal, rows of `train_pixels` (label them `target_label`).
+        heldout_rows: rows of `test_pixels` of the target writers with the source label.
+    """
+
+    targets: tuple[int, ...]
+    reserved: tuple[int, ...]
+    train_rows: np.ndarray
+    heldout_rows: np.ndarray
+
+
+def num_attackers(config: "SimulationConfig", num_writers: int) -> int:
+    """m = round(ε·K), the attacker pool's size (0 without an attack)."""
+    a = config.attack
+    return 0 if a.kind == "none" else int(round(a.fraction * num_writers))
+
+
+def reserved_count(config: "SimulationConfig", num_writers: int, eligible: int) -> int:
+    """R = min(attack.max_tasks, eligible writers, K − m): never more than leaves room for m
+    attackers, so small populations still work; R depends on ε, K and max_tasks, never on N."""
+    return max(0, min(config.attack.max_tasks, eligible, num_writers - num_attackers(config, num_writers)))
+
+
 class BackdoorTask(Protocol):
     def malicious(self, own: "ClientData") -> "ClientData":
         """D_mal of an attacker whose own train data is `own`, labelled with the target label."""
@@ -62,14 +92,14 @@ class BackdoorSpec:
         name: the `attack.backdoor` value.
         label: the words the report prints for it.
         select: (config, population) → BackdoorSets (targets, reserved writers, D_mal rows).
-        build: (config, params, population, sets) → BackdoorTask; imports torch lazily.
+        build: (params, config, population, sets) → BackdoorTask; imports torch lazily.
         params: its parameter model (`attack.backdoor_params`).
     """
 
     name: str
     label: str
     select: Callable[["SimulationConfig", "WriterPopulation"], "BackdoorSets"]
-    build: Callable[["SimulationConfig", Any, "WriterPopulation", "BackdoorSets"], BackdoorTask]
+    build: Callable[[Any, "SimulationConfig", "WriterPopulation", "BackdoorSets"], BackdoorTask]
     params: type[Params] = Params
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field, model_validator
 
-from fl_core.backdoors.base import BackdoorSpec, EvalSets, register
+from fl_core.backdoors.base import BackdoorSets, BackdoorSpec, EvalSets, register
 from fl_core.plugins import Params
 
 SIDE = 28
@@ -97,11 +97,10 @@ class Trigger:
 
 def select(config, data):
     """No target writers and no reserved ones: every writer may be an attacker."""
-    from fl_core.data.backdoor import BackdoorSets  # imports the config module: not at import
 
     empty = np.zeros(0, np.int64)
     return BackdoorSets((), (), empty, empty)
 
 
 register(BackdoorSpec("trigger", "trigger (4-bar pattern → target label)", select,
-                      lambda config, params, data, sets: Trigger(config, params), TriggerParams))
+                      lambda params, config, data, sets: Trigger(config, params), TriggerParams))

@@ -31,59 +31,18 @@ client training on CUDA; a CPU run accepts only `fp32` (`check_precision`).
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Callable, Iterator, Literal, Protocol, Sequence
+from typing import TYPE_CHECKING, Iterator
 
-import torch
-
+from fl_core.backends.base import BACKENDS, BackendContext, BackendSpec, ClientBackend, require_benign
 from fl_core.errors import ConfigError, UnknownComponentError
-from fl_core.training import Cohort, SGDParams
-from fl_core.types import ClientResult, ClientTask
 
-
-@dataclass(frozen=True)
-class BackendContext:
-    """What a backend is built from, once per process.
-
-    Attributes:
-        model: the engine's model on `device` (architecture and dropout are read from it;
-            `sequential` trains it in place).
-        hp: the clients' SGD hyper-parameters.
-        device: where training runs.
-        chunk: `fl.vectorized_chunk` (clients per lock-step chunk, or `auto`).
-    """
-
-    model: torch.nn.Module
-    hp: SGDParams
-    device: torch.device
-    chunk: int | Literal["auto"] = "auto"
-
-
-class ClientBackend(Protocol):
-    name: str
-
-    def train(self, tasks: Sequence[ClientTask], global_params: torch.Tensor, cohort: Cohort) -> list[ClientResult]:
-        """Train benign `tasks` from `global_params` (already on the device) on their rows in
-        `cohort`; results aligned with `tasks`, deltas as flat float32 CPU tensors."""
-        ...
-
-    def chunk_size(self, n_tasks: int) -> int:
-        """How many of a round's `n_tasks` benign tasks to train in one `train` call: the
-        runner hands them over in chunks of this size and passes each chunk's results on
-        before training the next, so a round holds one chunk's updates at a time."""
-        ...
-
-
-def require_benign(tasks: Sequence[ClientTask]) -> None:
-    """Backends train benign clients only: attackers go to the attack plug-in."""
-    for t in tasks:
-        if t.role != "benign":
-            raise ValueError(f"backends train benign clients only; task {t} goes to the attack plug-in")
+if TYPE_CHECKING:  # torch is imported where a backend runs: `fl.backend` is checked without it
+    import torch
 
 
 def _sequential(ctx: BackendContext) -> ClientBackend:
-    from fl_core.backends.sequential import SequentialBackend
+    from fl_core.backends.sequential import SequentialBackend  # torch: built on use
 
     return SequentialBackend(ctx)
 
@@ -94,10 +53,11 @@ def _vectorized(ctx: BackendContext) -> ClientBackend:
     return VectorizedBackend(ctx)
 
 
-#: name → factory(context). Read-only; `auto` is not a backend but a choice among these.
-BACKENDS: MappingProxyType[str, Callable[[BackendContext], ClientBackend]] = MappingProxyType(
-    {"sequential": _sequential, "vectorized": _vectorized}
-)
+BACKENDS.register(BackendSpec("sequential", _sequential))
+BACKENDS.register(BackendSpec("vectorized", _vectorized))
+
+#: `fl.backend` may also say `auto`: the fastest registered backend for the device.
+AUTO = "auto"
 
 #: what `auto` resolves to, by device type (anything not listed: sequential).
 AUTO_BY_DEVICE: MappingProxyType[str, str] = MappingProxyType({"cuda": "vectorized", "cpu": "sequential"})
@@ -116,10 +76,10 @@ def make_backend(name: str, ctx: BackendContext) -> ClientBackend:
     """Build backend `name` (or `auto`, by `ctx.device`); unknown names raise
     `UnknownComponentError` listing the valid ones."""
     resolved = resolve_backend_name(name, ctx.device)
-    factory = BACKENDS.get(resolved)
-    if factory is None:
+    spec = BACKENDS.get(resolved)
+    if spec is None:
         raise UnknownComponentError("backend", name, [*BACKENDS, "auto"])
-    return factory(ctx)
+    return spec.build(ctx)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -137,6 +97,8 @@ def _fp32_flags() -> list[tuple[object, str]]:
     """(object, attribute) pairs that choose between IEEE fp32 and TF32 on CUDA. torch ≥ 2.9
     has `fp32_precision` ("ieee" | "tf32"); older versions the `allow_tf32` booleans.
     Note: cuDNN convolutions default to TF32 in torch, so `fp32` must switch them off."""
+    import torch
+
     b = torch.backends
     if hasattr(b.cuda.matmul, "fp32_precision") and hasattr(getattr(b.cudnn, "conv", None), "fp32_precision"):
         return [(b.cuda.matmul, "fp32_precision"), (b.cudnn.conv, "fp32_precision")]
@@ -164,6 +126,8 @@ def precision_scope(precision: str, device: torch.device) -> Iterator[None]:
         setattr(obj, attr, ("tf32" if tf32 else "ieee") if attr == "fp32_precision" else tf32)
     try:
         if precision == "bf16":
+            import torch
+
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 yield
         else:
@@ -176,6 +140,7 @@ def precision_scope(precision: str, device: torch.device) -> Iterator[None]:
 __all__ = [
     "AUTO_BY_DEVICE",
     "BackendContext",
+    "BackendSpec",
     "BACKENDS",
     "PRECISIONS",
     "ClientBackend",

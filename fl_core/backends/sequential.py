@@ -17,7 +17,7 @@ from typing import Sequence
 
 import torch
 
-from fl_core.backends import BackendContext, require_benign
+from fl_core.backends.base import BackendContext, require_benign
 from fl_core.training import Cohort, benign_update
 from fl_core.types import ClientResult, ClientTask
 

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from fl_core.backends import BackendContext, require_benign
+from fl_core.backends.base import BackendContext, require_benign
 from fl_core.training import Cohort, task_generator, to_input
 from fl_core.types import ClientResult, ClientTask
 

@@ -6,12 +6,12 @@ synthetic population a lazy one that makes writers on demand, optionally cut to 
 first `max_writers` writers. `describe_data(cfg.data, seed)` says what `load_data` would
 return (K, image counts, labels) from metadata only: no pixels, no torch, so a grid is
 checked against its data before anything runs. Adding a source takes one module with a
-`load(cfg, seed)` and a `describe(cfg, seed)` function and one line in `SOURCES` and
-`DESCRIBERS`.
+`load(cfg, seed)` and a `describe(cfg, seed)` function and one `SOURCES.register` line here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Mapping
@@ -21,16 +21,32 @@ from fl_core.data import embedded, leaf, synthetic, tff_h5
 from fl_core.data.base import DataSummary, FederatedData
 from fl_core.data.population import WriterPopulation
 from fl_core.errors import DatasetError, UnknownComponentError
+from fl_core.plugins import Registry
 
 Loader = Callable[[DataConfig, int], WriterPopulation]
 Describer = Callable[[DataConfig, int], DataSummary]
 
-SOURCES: Mapping[str, Loader] = MappingProxyType({
-    "embedded": embedded.load,
-    "synthetic": synthetic.load,
-    "tff-h5": tff_h5.load,
-    "leaf": leaf.load,
-})
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """A registered data source (`data.source`).
+
+    Attributes:
+        name: its `data.source` value.
+        load: (data config, seed) → the writers.
+        describe: (data config, seed) → what `load` would return, from metadata only.
+        needs_path: the source reads `data.path` (a config without one is refused).
+    """
+
+    name: str
+    load: Loader
+    describe: Describer
+    needs_path: bool = False
+
+
+#: name → SourceSpec (the same `Registry` shape as the plug-ins).
+SOURCES: Registry[SourceSpec] = Registry("data source", "data.source")
 
 
 
@@ -47,14 +63,15 @@ def _describe_leaf(cfg: DataConfig, seed: int) -> DataSummary:
     return DataSummary(f"leaf:{directory}", None)
 
 
-DESCRIBERS: Mapping[str, Describer] = MappingProxyType({
-    "embedded": embedded.describe,
-    "synthetic": synthetic.describe,
-    "tff-h5": tff_h5.describe,
-    "leaf": _describe_leaf,
-})
+SOURCES.register(SourceSpec("embedded", embedded.load, embedded.describe))
+SOURCES.register(SourceSpec("synthetic", synthetic.load, synthetic.describe))
+SOURCES.register(SourceSpec("tff-h5", tff_h5.load, tff_h5.describe, needs_path=True))
+SOURCES.register(SourceSpec("leaf", leaf.load, _describe_leaf, needs_path=True))
 
-__all__ = ["DESCRIBERS", "DataSummary", "FederatedData", "SOURCES", "WriterPopulation", "describe_data",
+#: name → describe function, read-only (a view of `SOURCES`).
+DESCRIBERS: Mapping[str, Describer] = MappingProxyType({name: s.describe for name, s in SOURCES.items()})
+
+__all__ = ["DESCRIBERS", "DataSummary", "FederatedData", "SOURCES", "SourceSpec", "WriterPopulation", "describe_data",
            "first_writers", "load_data"]
 
 
@@ -95,10 +112,10 @@ def load_data(cfg: DataConfig, seed: int) -> WriterPopulation:
         UnknownComponentError: `cfg.source` is not registered.
         DatasetError: the source's files are missing or malformed.
     """
-    loader = SOURCES.get(cfg.source)
-    if loader is None:
+    spec = SOURCES.get(cfg.source)
+    if spec is None:
         raise UnknownComponentError("data source", cfg.source, SOURCES)
-    data = loader(cfg, seed)
+    data = spec.load(cfg, seed)
     return data if cfg.max_writers is None else first_writers(data, cfg.max_writers)
 
 

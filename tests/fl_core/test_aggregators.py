@@ -24,7 +24,7 @@ from fl_core.aggregators.multi_krum import MultiKrum
 from fl_core.aggregators.rfa import RFA, RFAParams, geometric_median
 from fl_core.aggregators.trimmed_mean import TrimmedMean
 from fl_core.config import parse_config
-from fl_core.registry import make_aggregator
+from fl_core.build import make_aggregator
 from fl_core.rng import Stream, torch_generator
 from fl_core.round import apply_round
 from fl_core.state import SimulationState
@@ -323,7 +323,7 @@ def test_round_merges_clipping_and_noise_metrics():
     # clipping M = 2: a=(0,0) b=(2,0) c=(0,2) d=(1,1) e=(10,10) have norms 0, 2, 2, √2,
     # 14.1; only e exceeds 2 → clip_fraction 1/5.
     # noise σ = 0.5 on the sum of 5 → 0.1 on the mean.
-    from fl_core.registry import make_defenses
+    from fl_core.build import make_defenses
 
     c = parse_config({"fl": {"clients_per_round": 5},
                       "defense": {"norm_bound": 2.0, "noise_sigma": 0.5, "aggregator": "median"}})

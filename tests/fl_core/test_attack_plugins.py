@@ -19,7 +19,7 @@ from fl_core.attacks.recipes import Mixed, Reference
 from fl_core.training import SGDParams
 from fl_core.config import config_hash, parse_config
 from fl_core.errors import ConfigError
-from fl_core.registry import make_attack
+from fl_core.build import make_attack
 from fl_core.sampling import Population, attacker_pool, plan_round
 from tests.fl_core.test_recipes import LR, MAL, OWN, TOL, W0, Probe, gen, task
 
@@ -40,15 +40,18 @@ def test_unknown_kind_and_params_are_refused_with_did_you_mean():
         parse_config({"attack": {"kind": "neurotoxin", "fraction": 0.1, "params": {"topk": 0.1}}})
     with pytest.raises(ConfigError, match=r"attack.params.top_k"):
         parse_config({"attack": {"kind": "neurotoxin", "fraction": 0.1, "params": {"top_k": 1.5}}})
-    with pytest.raises(ConfigError, match=r"attack.params.*pgd takes no parameters"):
-        parse_config({"attack": {"kind": "pgd", "fraction": 0.1, "params": {"x": 1}},
+    with pytest.raises(ConfigError, match=r"attack.params.*none takes no parameters"):
+        parse_config({"attack": {"kind": "none", "params": {"x": 1}}})
+    with pytest.raises(ConfigError, match=r"attack.params.pgd_iteration.*did you mean `pgd_iterations`"):
+        parse_config({"attack": {"kind": "pgd", "fraction": 0.1, "params": {"pgd_iteration": 1}},
                       "defense": {"norm_bound": 3.0}})
 
 
 def test_defaults_are_filled_in_so_equal_settings_hash_equally():
     a = parse_config({"attack": {"kind": "neurotoxin", "fraction": 0.1}})
     b = parse_config({"attack": {"kind": "neurotoxin", "fraction": 0.1, "params": {"top_k": 0.01}}})
-    assert a.attack.params == {"top_k": 0.01} and config_hash(a) == config_hash(b)
+    assert a.attack.params == {"top_k": 0.01, "pgd_iterations": 5, "recipe": "reference", "poison_fraction": 0.3125}
+    assert config_hash(a) == config_hash(b)
 
 
 @pytest.mark.parametrize("kind,bounded,radius", [

@@ -160,9 +160,10 @@ def test_the_recipe_defaults_to_the_attacks_own():
     """DBA trains on mixed poisoned batches unless told otherwise; every other attack keeps the
     paper's reference recipe, and leaving the key out hashes like writing that recipe."""
     dba = parse_config({"attack": {"kind": "dba", "fraction": 0.1}})
-    assert dba.attack.recipe == "mixed"
-    assert parse_config({"attack": {"kind": "dba", "fraction": 0.1, "recipe": "reference"}}).attack.recipe == "reference"
+    assert dba.attack.params["recipe"] == "mixed"
+    own = {"attack": {"kind": "dba", "fraction": 0.1, "params": {"recipe": "reference"}}}
+    assert parse_config(own).attack.params["recipe"] == "reference"
     pgd = {"attack": {"kind": "pgd", "fraction": 0.1}, "defense": {"norm_bound": 1.0}}
-    explicit = {"attack": {**pgd["attack"], "recipe": "reference"}, "defense": pgd["defense"]}
-    assert parse_config(pgd).attack.recipe == "reference"
+    explicit = {"attack": {**pgd["attack"], "params": {"recipe": "reference"}}, "defense": pgd["defense"]}
+    assert parse_config(pgd).attack.params["recipe"] == "reference"
     assert config_hash(parse_config(pgd)) == config_hash(parse_config(explicit))

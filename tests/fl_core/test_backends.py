@@ -413,3 +413,22 @@ def test_vectorized_on_cuda_matches_sequential_and_cpu_masks(data, gp, monkeypat
         assert x.delta.abs().max() > 1e-3  # it trained
         bound = reorder_bound(rel_err(x.delta, z.delta))
         assert rel_err(y.delta, x.delta) <= bound, (x.client_index, rel_err(y.delta, x.delta), bound)
+
+
+def test_config_checks_fl_backend_against_the_registry_without_torch():
+    """`fl.backend` is a registered backend or auto (no Literal repeating the names), with a
+    did-you-mean; checking it imports no torch."""
+    import subprocess
+    import sys
+
+    from fl_core.config import parse_config
+    from fl_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        parse_config({"fl": {"backend": "vectorised"}})
+    assert e.value.path == "fl.backend" and "did you mean `vectorized`" in e.value.allowed
+    assert "auto, sequential, vectorized" in e.value.allowed
+    probe = ("import sys; from fl_core.config import parse_config; "
+             "parse_config({'fl': {'backend': 'vectorized'}}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -91,7 +91,7 @@ def test_boosted_replacement_lands_on_w_star(eta, uniform):
     beta = boost_factor(c, pop, np.array([0, 1, 2]), [2])[0]
     results = [res(0, 4, [0, 0, 0]), res(1, 4, [0, 0, 0]), ClientResult(2, 0, "attacker", 8, beta * (w_star - w_t))]
     plan = RoundPlan(0, tuple(ClientTask(0, r.client_index, 0, r.role, 0) for r in results))
-    from fl_core.registry import make_defenses
+    from fl_core.build import make_defenses
 
     new, stats = apply_round(c, SimulationState(0, w_t, "h"), plan, results, make_defenses(c))
     # float32: β·(w*−w_t), the weighted mean over 3 clients and w_t + η·mean take ≤ 8
@@ -187,7 +187,7 @@ def test_weak_dp_round_adds_noise_once_to_the_mean():
     identical to the DP_NOISE stream's draw for that round."""
     c = parse_config({"seed": 9, "fl": {"clients_per_round": 2},
                       "defense": {"norm_bound": 1.0, "noise_sigma": 0.2}})
-    from fl_core.registry import make_defenses
+    from fl_core.build import make_defenses
 
     results = [res(0, 1, [3.0, 4.0, 0.0]), res(1, 5, [0.0, 0.0, 0.5])]
     plan = RoundPlan(4, tuple(ClientTask(4, k, 0, "benign", 0) for k in (0, 1)))

@@ -15,7 +15,7 @@ from fl_core.defenses.norm_clipping import NormClipping
 from fl_core.defenses.weak_dp import GaussianNoise
 from fl_core.errors import ConfigError
 from fl_core.plugins import Registry
-from fl_core.registry import make_defenses
+from fl_core.build import make_defenses
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def test_every_number_of_the_config_refuses_booleans_and_strings(bad):
 def test_every_plugin_parameter_refuses_booleans_and_strings(bad):
     """Krum's `f: true` or `"1"`, trimmed mean's β `"0.2"`: refused for every number
     parameter of every registered attack, aggregator and backdoor task."""
-    from fl_core.config import validate_params
+    from fl_core.plugins import validate_params
 
     checked = 0
     for family in (ATTACKS, AGGREGATORS, BACKDOORS):

@@ -19,10 +19,11 @@ import torch
 
 from fl_core.attacks.model_replacement import ModelReplacement
 from fl_core.attacks.pgd import NormBoundedPGD
-from fl_core.attacks.recipes import RECIPES, Mixed, Reference, Union
+from fl_core.attacks.base import RECIPES
+from fl_core.attacks.recipes import Mixed, Reference, Union
 from fl_core.client import ClientRunner
 from fl_core.training import ClientData, SGDParams
-from fl_core.config import parse_config
+from fl_core.config import flatten, parse_config
 from fl_core.errors import ConfigError
 from fl_core.types import ClientTask
 
@@ -194,11 +195,13 @@ def test_attacker_reports_its_own_example_count_as_fedavg_weight(tiny_data, kind
 def test_pgd_pass_key_was_replaced_by_recipe():
     with pytest.raises(ConfigError) as e:
         parse_config({"attack": {"kind": "pgd", "pgd_pass": "original"}})
-    assert e.value.path == "attack.pgd_pass" and "attack.recipe" in str(e.value)
+    assert e.value.path == "attack.pgd_pass" and "attack.params.recipe" in str(e.value)
 
 
 def test_default_recipe_is_the_reference_code():
-    assert parse_config({}).attack.recipe == "reference"
+    assert flatten(parse_config({}))["attack.recipe"] == "reference"
+    cfg = parse_config({"attack": {"kind": "model-replacement", "fraction": 0.1}})
+    assert cfg.attack.params["recipe"] == "reference"
 
 
 def test_unknown_recipe_names_the_allowed_ones():

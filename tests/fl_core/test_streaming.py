@@ -19,7 +19,7 @@ from fl_core.aggregators.fedavg import FedAvg
 from fl_core.client import ClientRunner
 from fl_core.config import parse_config
 from fl_core.executor import SerialExecutor, stream_results
-from fl_core.registry import make_aggregator, make_defenses
+from fl_core.build import make_aggregator, make_defenses
 from fl_core.round import RoundFold, apply_round
 from fl_core.simulate import Simulation
 from fl_core.state import SimulationState

@@ -7,12 +7,13 @@ import pytest
 
 from fl_core.config import DataConfig, parse_config
 from fl_core.data import SOURCES, load_data
-from fl_core.errors import UnknownComponentError
+from fl_core.errors import ConfigError, UnknownComponentError
 
 
 def test_registry_covers_every_configurable_source_and_is_read_only():
-    allowed = DataConfig.model_fields["source"].annotation.__args__
-    assert set(SOURCES) == set(allowed)
+    assert set(SOURCES) == {"embedded", "synthetic", "tff-h5", "leaf"}
+    with pytest.raises(ConfigError, match=r"data.source.*did you mean `tff-h5`.*one of: embedded, leaf, synthetic, tff-h5"):
+        DataConfig(source="tff_h5")
     with pytest.raises(TypeError):
         SOURCES["mine"] = lambda cfg, seed: None  # type: ignore[index]
 
