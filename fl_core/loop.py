@@ -22,10 +22,23 @@ from typing import TYPE_CHECKING, Protocol
 from fl_core.errors import DivergedError
 
 if TYPE_CHECKING:
-    from fl_core.simulate import Simulation
+    from fl_core.config import SimulationConfig
     from fl_core.state import SimulationState
 
 FINISHED, DIVERGED = "finished", "diverged"
+
+
+class Steppable(Protocol):
+    """What the loop drives: `fl_core.simulate.Simulation` (named by shape, so that the
+    loop does not import the simulation that runs through it)."""
+
+    config: SimulationConfig
+    state: SimulationState
+
+    @property
+    def done(self) -> bool: ...
+
+    def step(self) -> dict | None: ...
 
 
 class RunSink(Protocol):
@@ -42,7 +55,7 @@ class RunSink(Protocol):
         """`status` is FINISHED or DIVERGED (then `error` says in which round)."""
 
 
-def checkpoint_due(sim: Simulation) -> bool:
+def checkpoint_due(sim: Steppable) -> bool:
     return sim.state.round_idx % sim.config.fl.checkpoint_every == 0 or sim.done
 
 
@@ -67,7 +80,7 @@ def _vouched(history: list[dict], since: int) -> tuple[dict, ...]:
     return tuple(rows if rows else history[-1:])
 
 
-def run_loop(sim: Simulation, sink: RunSink, history: list[dict] | None = None) -> str:
+def run_loop(sim: Steppable, sink: RunSink, history: list[dict] | None = None) -> str:
     """Run `sim` from its current state to `fl.rounds`; returns FINISHED or DIVERGED.
 
     `history` is the evaluated rounds' metrics up to `sim.state` (a resumed run's, from
