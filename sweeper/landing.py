@@ -131,7 +131,7 @@ def summarise(tracker: Tracker, manifest: Mapping[str, Any], sweep_dir: Path,
         from sweeper.report.load import load_sweeps
         from sweeper.report.page import build_report, log_to_mlflow
 
-        data = load_sweeps([str(sweep_dir)])
+        data = load_sweeps([str(sweep_dir)], read_only=False)  # the driver writes after
         rep = build_report(data, sweep_dir / "report")
         log_to_mlflow(data, rep)
         echo(f"  report:    {sweep_dir / 'report' / 'report.html'} (also on the MLflow parent run)")

@@ -307,12 +307,13 @@ def find_store(path: Path) -> str | None:
     return None
 
 
-def _tracker(uri: str):
+def _tracker(uri: str, read_only: bool = True):
     """The store's reader (sweeper.tracking, the one module that talks to MLflow): retried,
-    paged, and bounded when a server does not answer."""
+    paged, and (`read_only`, the report's and export's commands) bounded when a server does
+    not answer. The sweep's driver reports with read_only=False: it still writes after."""
     from sweeper.tracking import Tracker
 
-    return Tracker(uri, read_only=True)
+    return Tracker(uri, read_only=read_only)
 
 
 def tag_equals(key: str, value: str) -> str:
@@ -370,7 +371,7 @@ def _run_config(tracker, run, uri: str) -> dict[str, Any]:
 
 
 def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | None = None,
-                      ) -> tuple[list[dict], list[dict], ParentRun, list[str]]:
+                      read_only: bool = True) -> tuple[list[dict], list[dict], ParentRun, list[str]]:
     """Child runs of one sweep's parent run in store `uri`: the given `parent_run_id`
     (from the sweep manifest), else the newest parent run tagged with `sweep` (any
     sweep if None, as long as the store holds only one). Each run's config is its logged
@@ -382,7 +383,7 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
     if db is not None and not db.is_file():
         # MLflow would silently create an empty store there
         raise ReportError(f"MLflow store {uri}: no such file")
-    tracker = _tracker(uri)
+    tracker = _tracker(uri, read_only)
     if parent_run_id is not None:
         parent = tracker.get_run(parent_run_id)
     else:
@@ -437,7 +438,8 @@ def _manifest(path: Path) -> dict[str, Any] | None:
     return storage.read_manifest(path)
 
 
-def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = None):
+def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = None,
+              read_only: bool = True):
     """(runs, metrics, parent-or-None, notes) for one SWEEP argument."""
     from sweeper import storage
 
@@ -446,29 +448,31 @@ def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = 
         man = _manifest(path)
         if man is not None:  # a sweep directory of `fl-sweep run`
             return load_mlflow_sweep(tracking_uri or man["tracking_uri"], man.get("name"),
-                                     None if tracking_uri else man.get("parent_run_id"))
+                                     None if tracking_uri else man.get("parent_run_id"),
+                                     read_only=read_only)
         uri = find_store(path)
         if uri is not None:
-            return load_mlflow_sweep(uri, None)
+            return load_mlflow_sweep(uri, None, read_only=read_only)
         runs, metrics = load_simulate_dirs(path)
         return runs, metrics, None, []
     if tracking_uri:
-        return load_mlflow_sweep(tracking_uri, source)
+        return load_mlflow_sweep(tracking_uri, source, read_only=read_only)
     try:
         sweep_dir = storage.resolve_sweep(source, storage_root)
     except SweeperError as e:
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
-            return load_mlflow_sweep(uri, source)
+            return load_mlflow_sweep(uri, source, read_only=read_only)
         raise ReportError(
             f"`{source}` is neither a directory (sweep storage or `fl-sweep simulate` "
             f"output) nor a known sweep: {e}; or pass --tracking-uri URI"
         ) from None
-    return _load_one(str(sweep_dir), None)
+    return _load_one(str(sweep_dir), None, read_only=read_only)
 
 
 def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
-                storage_root: str | None = None) -> SweepData:
+                storage_root: str | None = None,
+                read_only: bool = True) -> SweepData:
     """Load and merge the runs of every SWEEP argument (names or paths).
 
     Args:
@@ -478,6 +482,8 @@ def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
             sqlite store, or directories of `fl-sweep simulate` outputs.
         tracking_uri: MLflow store to read instead of the one a manifest names.
         storage_root: the sweeper's storage root (default $FL_SWEEP_STORAGE or ./sweeps).
+        read_only: bound MLflow's HTTP retries for this process (`sweeper.tracking.Tracker`);
+            False where the caller still writes to the store afterwards (the sweep's driver).
 
     Returns:
         SweepData with runs deduplicated by (config, seed) and cells assigned.
@@ -496,7 +502,7 @@ def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
 
     for s in sources:
         try:
-            runs, metrics, parent, n = _load_one(s, tracking_uri, storage_root)
+            runs, metrics, parent, n = _load_one(s, tracking_uri, storage_root, read_only)
         except Exception as e:
             if (msg := store_error(e)) is None:
                 raise

@@ -204,3 +204,16 @@ def test_report_on_a_dead_server_is_one_line_with_bounded_retries(tmp_path, no_h
     assert len(err.splitlines()) == 1 and "cannot read its MLflow store" in err
     for k, v in READ_ONLY_HTTP_ENV.items():
         assert os.environ[k] == v
+
+
+@pytest.mark.slow
+def test_the_sweeps_own_report_keeps_mlflows_retries_for_its_later_writes(tmp_path, no_http_settings):
+    """The driver reports at the end of a sweep (`landing.summarise`), then closes the
+    parent run: that write keeps MLflow's full retries."""
+    from sweeper.report.load import load_sweeps
+
+    sweep_dir = _store(tmp_path, "s", True)
+    load_sweeps([str(sweep_dir)], read_only=False)
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
+    load_sweeps([str(sweep_dir)])
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" in os.environ
