@@ -23,10 +23,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
-from sweeper.tracking import ROLE, STATUS, TRIAL_KEY, Tracker, _retry
-
-KIND = "mlflow.experimentKind"  # which of its two UIs MLflow shows for the experiment
-NOTE = "mlflow.note.content"  # the description MLflow shows (Markdown) for runs and experiments
+from sweeper.tracking import EXPERIMENT_KIND as KIND
+from sweeper.tracking import NOTE, ROLE, STATUS, TRIAL_INDEX, TRIAL_KEY, Tracker
 # metrics summarised on the parent, in this order; those a sweep did not log are left out
 HEADLINE = ("main_acc", "backdoor_acc", "main_acc_clean", "backdoor_acc_heldout",
             "collateral_rate")
@@ -60,7 +58,7 @@ def describe_experiment(tracker: Tracker, experiment_id: str, sweep: str, descri
     text = (description.strip() + "\n\n" if description else "") + GUIDE.format(sweep=sweep)
     tracker.set_experiment_note(experiment_id, text)
     # without it, MLflow 3 opens a new experiment on its GenAI "Overview" (traces) page
-    _retry(tracker.client.set_experiment_tag, experiment_id, KIND, "custom_model_development")
+    tracker.set_experiment_tag(experiment_id, KIND, "custom_model_development")
 
 
 def create_children(tracker: Tracker, experiment_id: str, parent_run_id: str, sweep: str,
@@ -75,8 +73,8 @@ def create_children(tracker: Tracker, experiment_id: str, parent_run_id: str, sw
         name = trial_name(t.overrides, keys) or f"trial-{t.index:04d}"
         out[t.trial_key] = tracker.start_child(
             experiment_id, parent_run_id, sweep, t.trial_key, name,
-            params=flatten(t.config),
-            tags={"fl_sweep.trial_index": str(t.index)}, pending=True)
+            params=flatten(t.config), tags={TRIAL_INDEX: str(t.index)}, pending=True,
+            config=t.config)
     return out
 
 
@@ -133,7 +131,7 @@ def summarise(tracker: Tracker, manifest: Mapping[str, Any], sweep_dir: Path,
         from sweeper.report.load import load_sweeps
         from sweeper.report.page import build_report, log_to_mlflow
 
-        data = load_sweeps([str(sweep_dir)])
+        data = load_sweeps([str(sweep_dir)], read_only=False)  # the driver writes after
         rep = build_report(data, sweep_dir / "report")
         log_to_mlflow(data, rep)
         echo(f"  report:    {sweep_dir / 'report' / 'report.html'} (also on the MLflow parent run)")

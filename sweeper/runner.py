@@ -390,7 +390,7 @@ def _open_experiment(grid: Grid, name: str, uri: str, root: Path, sweep_dir: Pat
     """The MLflow store, the experiment and the sweep's parent run, described for the
     dashboard's landing page. Returns (tracker, experiment id, parent run id)."""
     from sweeper import landing
-    from sweeper.tracking import Tracker, sqlite_path
+    from sweeper.tracking import GRID_FILE, SWEEP_DIR, TRIALS, Tracker, sqlite_path
 
     tracker = Tracker(uri)
     tracker.init_store(template_dir=root)
@@ -398,8 +398,7 @@ def _open_experiment(grid: Grid, name: str, uri: str, root: Path, sweep_dir: Pat
     exp_id = tracker.experiment(grid.experiment, art)
     parent = tracker.start_parent(
         exp_id, name, grid.spec.description,
-        tags={"fl_sweep.grid_file": grid.path, "fl_sweep.trials": str(len(grid.trials)),
-              "fl_sweep.dir": str(sweep_dir)},
+        tags={GRID_FILE: grid.path, TRIALS: str(len(grid.trials)), SWEEP_DIR: str(sweep_dir)},
     )
     landing.describe_experiment(tracker, exp_id, name, grid.spec.description)
     return tracker, exp_id, parent

@@ -84,7 +84,7 @@ def sweep_status(ref: str, storage: str | None = None) -> SweepStatus:
     trials = man["trials"]  # its files first: a damaged one is named before MLflow starts
     driver = read_holder(sweep_dir)
     require_store(man, "status")
-    tracker = Tracker(man["tracking_uri"])
+    tracker = Tracker(man["tracking_uri"], read_only=True)
     runs = {r.data.tags.get(TRIAL_KEY): r for r in
             tracker.child_runs(man["experiment_id"], man["parent_run_id"])
             if r.data.tags.get(ROLE) == "trial"}

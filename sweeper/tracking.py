@@ -16,6 +16,12 @@ Lightning #6205 and ludwig #1990). Here the sweeper owns run identity:
 sqlite under concurrent writers answers "database is locked"; every store call here is
 retried with capped exponential backoff and jitter (see `_retry`). The layout is the one
 in docs/DESIGN.md ("MLflow layout").
+
+This is the one module that talks to MLflow (a test keeps every other sweeper module from
+importing it): the tag names below, retries, paging, parent/child runs, artifacts and
+reading a sweep back all go through `Tracker`. Commands that only read (report, export,
+status) use `Tracker(uri, read_only=True)`, which bounds MLflow's own HTTP retries so a
+server that is down is one line after seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -32,10 +38,21 @@ from sweeper.errors import SweeperError, TrackingError
 
 T = TypeVar("T")
 
+# -- tag names: every tag the sweeper writes or filters on is named here, nowhere else
 ROLE, SWEEP, TRIAL_KEY, STATUS = (
     "fl_sweep.role", "fl_sweep.sweep", "fl_sweep.trial_key", "fl_sweep.status"
 )
+TRIAL_INDEX = "fl_sweep.trial_index"      # the trial's index in the grid (trials.csv)
+TORCH, DEVICE, NODE, GPU_IDS = "fl_sweep.torch", "fl_sweep.device", "fl_sweep.node", "fl_sweep.gpu_ids"
+WORKER_NODES = "fl_sweep.worker_nodes"    # Ray nodes of a trial's client actors
+ERROR = "fl_sweep.error"                  # a failed trial's exception, one line
+DIVERGED_ROUND = "fl_sweep.diverged_round"
+GRID_FILE, TRIALS, SWEEP_DIR = "fl_sweep.grid_file", "fl_sweep.trials", "fl_sweep.dir"  # parent's
 PARENT = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"              # the description MLflow shows (Markdown)
+EXPERIMENT_KIND = "mlflow.experimentKind"  # which of its two UIs MLflow shows for an experiment
+# a run's resolved config, as `fl-sweep simulate` writes it (sweeper.configio.dump_config)
+CONFIG_ARTIFACT = "config.yaml"
 STATUSES = ("running", "finished", "diverged", "failed")
 # the metric that every evaluated round carries: its last step is "the last logged round"
 PROGRESS_METRIC = "main_acc"
@@ -44,6 +61,10 @@ _TRANSIENT = ("database is locked", "database table is locked", "database is bus
               "unable to open database file")
 RETRY_SECONDS = 120.0
 RETRIES = 0  # transient errors retried in this process (diagnostics and tests)
+
+
+class ArtifactError(SweeperError):
+    """An artifact read back from the store is not what the sweeper writes there."""
 
 
 def _is_transient(e: BaseException) -> bool:
@@ -207,12 +228,65 @@ def search_all(client: Any, experiment_ids: list[str], filter_string: str) -> li
             return out
 
 
-class Tracker:
-    """A thin, retrying wrapper around `MlflowClient` with the sweep's run layout."""
+def tag_equals(key: str, value: str) -> str:
+    """An MLflow filter clause selecting runs whose tag `key` is `value`, whatever `value`
+    holds. MLflow's grammar has no escapes: a string constant is the text between its
+    quotes, single or double (and in single quotes a backslash still ends it early). So
+    `value` goes in double quotes when it has no `"`, in single quotes when it has neither
+    `'` nor a backslash; otherwise the clause is a LIKE with `_` (any one character) in
+    place of those, which matches a superset: callers keep only runs whose tag equals
+    `value` exactly (`keep_tag_equal`)."""
+    if '"' not in value:
+        return f'tags.`{key}` = "{value}"'
+    if "'" not in value and "\\" not in value:
+        return f"tags.`{key}` = '{value}'"
+    pattern = value.replace("'", "_").replace("\\", "_")
+    return f"tags.`{key}` LIKE '{pattern}'"
 
-    def __init__(self, uri: str):
+
+def keep_tag_equal(runs: list, key: str, value: str) -> list:
+    """The runs whose tag `key` is exactly `value` (after a `tag_equals` search)."""
+    return [r for r in runs if r.data.tags.get(key) == value]
+
+
+def trial_filter(sweep: str) -> str:
+    """The filter of a sweep's trial runs (the dashboard's landing page, `sweeper.ui`)."""
+    return f"{tag_equals(SWEEP, sweep)} and {tag_equals(ROLE, 'trial')}"
+
+
+def store_error(e: BaseException) -> str | None:
+    """MLflow's own message when `e` is an MLflow error (a server that does not answer, a
+    store it cannot read), else None: callers turn it into their one line. MLflow is not
+    imported for this: if it never was, `e` cannot be one of its errors."""
+    import sys
+
+    if "mlflow" not in sys.modules:
+        return None
+    from mlflow.exceptions import MlflowException
+
+    return e.message if isinstance(e, MlflowException) else None
+
+
+# MLflow's HTTP client retries a request 7 times with backoff (minutes) and waits 120 s per
+# try: right for trials logging through a blip, wrong for a command that only reads and
+# should say "server down" at once. A user's own setting of these variables wins.
+READ_ONLY_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+
+
+class Tracker:
+    """A thin, retrying wrapper around `MlflowClient` with the sweep's run layout.
+
+    `read_only`: for commands that only read (report, export, status): MLflow's HTTP
+    retries and timeout are bounded (READ_ONLY_HTTP_ENV, set once for the process unless
+    the user set them).
+    """
+
+    def __init__(self, uri: str, read_only: bool = False):
         self.uri = uri
         self._client = None
+        if read_only:
+            for k, v in READ_ONLY_HTTP_ENV.items():
+                os.environ.setdefault(k, v)
 
     @property
     def client(self):
@@ -278,7 +352,7 @@ class Tracker:
                      tags: Mapping[str, str] | None = None) -> str:
         t = {ROLE: "parent", SWEEP: sweep, STATUS: "running"}
         if description:
-            t["mlflow.note.content"] = description
+            t[NOTE] = description
         t.update(tags or {})
         run = _retry(self.client.create_run, experiment_id, tags=t, run_name=sweep)
         return run.info.run_id
@@ -293,9 +367,11 @@ class Tracker:
 
     def start_child(self, experiment_id: str, parent_run_id: str, sweep: str, trial_key: str,
                     run_name: str, params: Mapping[str, Any],
-                    tags: Mapping[str, str] | None = None, pending: bool = False) -> str:
+                    tags: Mapping[str, str] | None = None, pending: bool = False,
+                    config: Any = None) -> str:
         """A new child run; `pending`: created ahead of its trial (by the driver), shown
-        as SCHEDULED until the trial re-opens it."""
+        as SCHEDULED until the trial re-opens it. `config` (a SimulationConfig): logged as
+        the run's config.yaml (`log_config`), which the report reads back typed."""
         from mlflow.entities import Param
 
         t = {PARENT: parent_run_id, ROLE: "trial", SWEEP: sweep, TRIAL_KEY: trial_key,
@@ -306,6 +382,8 @@ class Tracker:
         items = [Param(k, str(v)) for k, v in sorted(params.items())]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             _retry(self.client.log_batch, run_id, params=items[i:i + 100])
+        if config is not None:
+            self.log_config(run_id, config)
         if pending:
             _retry(self.client.update_run, run_id, status="SCHEDULED")
         return run_id
@@ -313,14 +391,14 @@ class Tracker:
     def get_or_create_child(self, experiment_id: str, parent_run_id: str, sweep: str,
                             trial_key: str, run_name: str, params: Mapping[str, Any],
                             tags: Mapping[str, str] | None = None,
-                            known_run_id: str | None = None) -> str:
+                            known_run_id: str | None = None, config: Any = None) -> str:
         """The trial's one child run: the checkpoint's run id if given, else the run
         tagged with this trial key under this parent, else a new run. Re-opened runs are
         set back to RUNNING."""
         run_id = known_run_id or self.find_child(experiment_id, parent_run_id, trial_key)
         if run_id is None:
             return self.start_child(experiment_id, parent_run_id, sweep, trial_key, run_name,
-                                    params, tags)
+                                    params, tags, config=config)
         self.reopen(run_id)
         for k, v in (tags or {}).items():
             _retry(self.client.set_tag, run_id, k, v)
@@ -355,13 +433,48 @@ class Tracker:
     def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
         _retry(self.client.log_artifact, run_id, str(path), artifact_path)
 
+    def log_artifacts(self, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        _retry(self.client.log_artifacts, run_id, str(local_dir), artifact_path)
+
+    def log_config(self, run_id: str, config: Any) -> None:
+        """The run's resolved config (a SimulationConfig) as its `config.yaml` artifact, in
+        the form `fl-sweep simulate` writes (`dump_config`): the report reads it back with
+        its types, instead of re-typing the flattened params from strings."""
+        import tempfile
+
+        from sweeper.configio import dump_config
+
+        with tempfile.TemporaryDirectory(prefix="fl-sweep-cfg-") as d:
+            path = Path(d) / CONFIG_ARTIFACT
+            path.write_text(dump_config(config))
+            self.log_artifact(run_id, path)
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int = 0) -> None:
+        _retry(self.client.log_metric, run_id, key, float(value), step=step)
+
+    def log_param_once(self, run_id: str, key: str, value: str) -> bool:
+        """Log a param; False when it is already set to another value (MLflow params are
+        immutable), True when logged or already equal."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            _retry(self.client.log_param, run_id, key, value)
+            return True
+        except MlflowException as e:
+            if e.error_code == "INVALID_PARAMETER_VALUE":
+                return False
+            raise
+
     def log_table(self, run_id: str, df: Any, artifact_file: str) -> None:
         """A pandas DataFrame as an MLflow table artifact (the artifact view renders it)."""
         _retry(self.client.log_table, run_id, df, artifact_file)
 
     def set_experiment_note(self, experiment_id: str, text: str) -> None:
         """The experiment's description (Markdown) in the MLflow UI."""
-        _retry(self.client.set_experiment_tag, experiment_id, "mlflow.note.content", text)
+        self.set_experiment_tag(experiment_id, NOTE, text)
+
+    def set_experiment_tag(self, experiment_id: str, key: str, value: str) -> None:
+        _retry(self.client.set_experiment_tag, experiment_id, key, value)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -370,9 +483,68 @@ class Tracker:
         if items:
             _retry(self.client.log_batch, run_id, tags=items)
 
-    # -- reading (status, tests) -------------------------------------------------------
+    # -- reading (status, report, export, tests) ----------------------------------------
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
-        return search_all(self.client, [experiment_id], f"tags.`{PARENT}` = '{parent_run_id}'")
+        """Every child run of the parent (trials and warm-ups), all pages."""
+        return keep_tag_equal(self.search_runs([experiment_id], tag_equals(PARENT, parent_run_id)),
+                              PARENT, parent_run_id)
+
+    def experiment_ids(self) -> list[str]:
+        """The ids of every active experiment in the store, all pages."""
+        out: list[str] = []
+        token = None
+        while True:
+            page = _retry(self.client.search_experiments, max_results=1000, page_token=token)
+            out.extend(e.experiment_id for e in page)
+            token = page.token
+            if not token:
+                return out
+
+    def search_runs(self, experiment_ids: list[str], filter_string: str) -> list[Any]:
+        """Every run matching `filter_string` (all pages, each call retried)."""
+        return search_all(self.client, experiment_ids, filter_string)
+
+    def parent_runs(self, sweep: str | None = None) -> list[Any]:
+        """Parent runs (tag ROLE = parent) in the whole store, optionally of one sweep name,
+        newest first."""
+        exp_ids = self.experiment_ids()
+        if not exp_ids:
+            return []
+        filt = tag_equals(ROLE, "parent")
+        if sweep is not None:
+            filt += " and " + tag_equals(SWEEP, sweep)
+        runs = self.search_runs(exp_ids, filt)
+        if sweep is not None:
+            runs = keep_tag_equal(runs, SWEEP, sweep)
+        return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        """(step, value) of every logged point of one metric."""
+        return [(int(m.step), m.value) for m in _retry(self.client.get_metric_history, run_id, key)]
+
+    def read_artifact(self, run_id: str, name: str, max_bytes: int) -> bytes | None:
+        """The bytes of a run's top-level artifact `name` (None: the run has none).
+
+        Raises:
+            ArtifactError: it is larger than `max_bytes` (the store is untrusted input).
+        """
+        import tempfile
+
+        listed = {a.path: a for a in _retry(self.client.list_artifacts, run_id)}
+        art = listed.get(name)
+        if art is None or art.is_dir:
+            return None
+        too_big = ArtifactError(f"MLflow store {redact_uri(self.uri)} run {run_id}: its artifact "
+                                f"{name} is larger than {max_bytes} bytes; not read")
+        if art.file_size is not None and art.file_size > max_bytes:
+            raise too_big  # not even downloaded
+        with tempfile.TemporaryDirectory(prefix="fl-sweep-art-") as d:
+            local = _retry(self.client.download_artifacts, run_id, name, d)
+            with open(local, "rb") as f:
+                data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise too_big
+        return data
 
     def get_run(self, run_id: str) -> Any:
         return _retry(self.client.get_run, run_id)

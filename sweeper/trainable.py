@@ -47,6 +47,7 @@ from sweeper.actors import RayActorExecutor, set_determinism
 from sweeper.errors import SweeperError
 from sweeper.jsonl import jsonl_text, read_jsonl
 from sweeper.storage import atomic_write_text, read_json
+from sweeper import tracking
 from sweeper.tracking import Tracker
 
 STATE, PROGRESS, METRICS = "state.pt", "progress.json", "metrics.jsonl"
@@ -103,13 +104,12 @@ def _finalize(tracker: Tracker, run_id: str, cfg: SimulationConfig, history, sta
               title: str) -> None:
     """Artifacts of the child run, then close it with `status`."""
     import torch
-    import yaml
 
+    tracker.log_config(run_id, cfg)  # again: a run of an older sweeper may have none yet
     with tempfile.TemporaryDirectory(prefix="fl-sweep-art-") as d:
         d = Path(d)
-        (d / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
         (d / METRICS).write_text(jsonl_text(history))
-        files = [d / "config.yaml", d / METRICS]
+        files = [d / METRICS]
         if status == "finished":
             torch.save(state.global_params.cpu(), d / "final_weights.pt")
             files.append(d / "final_weights.pt")
@@ -173,7 +173,7 @@ class TrialSink:
     def on_end(self, status: str, state, history: list[dict], error: DivergedError | None) -> None:
         if status == DIVERGED:
             r = state.round_idx + 1
-            self.tracker.set_tags(self.run_id, {"fl_sweep.diverged_round": str(r)})
+            self.tracker.set_tags(self.run_id, {tracking.DIVERGED_ROUND: str(r)})
             _finalize(self.tracker, self.run_id, self.cfg, history, state, DIVERGED, self.title)
             tune.report({"round": r, "rounds_total": self.cfg.fl.rounds, "fl_status": DIVERGED,
                          "error": str(error), "run_id": self.run_id})
@@ -242,14 +242,14 @@ def _train_trial(config: dict[str, Any]) -> None:
     import torch
 
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else None
-    tags = {"fl_sweep.trial_index": str(spec["index"]), "fl_sweep.torch": torch.__version__,
-            "fl_sweep.device": device or "cpu",
-            "fl_sweep.node": ray.get_runtime_context().get_node_id(),
-            "fl_sweep.gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids())}
+    tags = {tracking.TRIAL_INDEX: str(spec["index"]), tracking.TORCH: torch.__version__,
+            tracking.DEVICE: device or "cpu",
+            tracking.NODE: ray.get_runtime_context().get_node_id(),
+            tracking.GPU_IDS: ",".join(str(g) for g in ray.get_gpu_ids())}
     run_id = tracker.get_or_create_child(
         sweep["experiment_id"], sweep["parent_run_id"], sweep["name"], trial_key,
         run_name=f"trial-{spec['index']:04d}", params=flatten(cfg), tags=tags,
-        known_run_id=progress.get("run_id"),
+        known_run_id=progress.get("run_id"), config=cfg,
     )
     logged = tracker.last_step(run_id)  # rounds ≤ this are in MLflow already
     title = f"{sweep['name']} trial {spec['index']}: " + ", ".join(
@@ -266,7 +266,7 @@ def _train_trial(config: dict[str, Any]) -> None:
                 device=device,
             )
         if executor is not None:
-            tracker.set_tags(run_id, {"fl_sweep.worker_nodes": ",".join(n for _, n in executor.where())})
+            tracker.set_tags(run_id, {tracking.WORKER_NODES: ",".join(n for _, n in executor.where())})
         if state is None and cfg.fl.init != "random":
             # a storage-relative warm start (`warmups/<key>`) resolves against the storage
             # root; the config, and so its hash and trial key, keeps the relative form
@@ -278,7 +278,7 @@ def _train_trial(config: dict[str, Any]) -> None:
     except BaseException as e:
         if not isinstance(e, (KeyboardInterrupt, SystemExit)):
             try:
-                tracker.set_tags(run_id, {"fl_sweep.error": f"{type(e).__name__}: {e}"[:4000]})
+                tracker.set_tags(run_id, {tracking.ERROR: f"{type(e).__name__}: {e}"[:4000]})
                 tracker.finish(run_id, "failed")
             except Exception:
                 pass

@@ -79,11 +79,12 @@ def landing_url(host: str, port: int, manifest: Mapping[str, Any], base: str | N
     """
     from urllib.parse import quote, urlencode
 
+    from sweeper.tracking import trial_filter
+
     query = urlencode({
         "workflowType": "machine_learning",
         "compareRunsMode": "CHART",
-        "searchFilter": f"tags.`fl_sweep.sweep` = '{manifest['name']}' and "
-                        "tags.`fl_sweep.role` = 'trial'",
+        "searchFilter": trial_filter(manifest["name"]),
         "orderByKey": "metrics.`backdoor_acc`",
         "orderByAsc": "false",
     }, quote_via=quote)

@@ -265,7 +265,7 @@ def log_to_mlflow(tracker, experiment_id: str, parent_run: str, sweep: str, key:
 
     run = tracker.get_or_create_child(experiment_id, parent_run, sweep, f"warmup-{key}",
                                       f"warm-up seed={cfg.seed} ({cfg.fl.rounds} rounds)", flatten(cfg),
-                                      tags={ROLE: "warmup"})
+                                      tags={ROLE: "warmup"}, config=cfg)
     for m in read_jsonl(warmup_dir(storage_root, key) / METRICS):
         tracker.log_metrics(run, {k: v for k, v in m.items() if k != "round"}, step=int(m["round"]))
     tracker.finish(run, "finished")

@@ -121,12 +121,14 @@ class Loaded:
 def load_for_export(source: str, tracking_uri: str | None = None,
                     storage_root: str | None = None) -> Loaded:
     """Read one sweep (a name or a directory, as `fl-sweep report` takes them)."""
-    from mlflow.exceptions import MlflowException
+    from sweeper.tracking import store_error
 
     try:
         runs, metrics, parent, _notes = _load_one(source, tracking_uri, storage_root)
-    except MlflowException as e:  # e.g. a server that does not answer: one line, as report
-        raise ReportError(f"`{source}`: cannot read its MLflow store: {e.message}") from None
+    except Exception as e:  # e.g. a server that does not answer: one line, as report
+        if (msg := store_error(e)) is None:
+            raise
+        raise ReportError(f"`{source}`: cannot read its MLflow store: {msg}") from None
     if not runs:
         raise ReportError(f"`{source}`: the sweep has no runs yet")
     by_run: dict[str, list[dict]] = {}

@@ -5,8 +5,9 @@ Every source ends up as the same two frames (`SweepData`):
 - `runs`: one row per run (index `run_id`) with `sweep`, `source`, `status`, `seed`,
   `cell` (the grid cell's label), `cell_index` (its position in the paper-style order)
   and one column per dotted config key (`attack.fraction`, `defense.norm_bound`, ...),
-  typed as in `fl_core.config` (MLflow params are strings; they are parsed back and
-  validated with `parse_config`).
+  typed as in `fl_core.config`: an MLflow run's config is read from its logged
+  config.yaml artifact and validated with `parse_config`, like a directory's (a run of an
+  older store without one: its params, parsed back from strings).
 - `metrics`: one row per (run, evaluated round): `run_id`, `round` (rounds completed,
   1..R; MLflow `step`) and the metric keys of DESIGN.md.
 
@@ -306,74 +307,87 @@ def find_store(path: Path) -> str | None:
     return None
 
 
-def _client(uri: str):
-    """The store's client, made the way the sweeper makes it (sweeper.tracking)."""
+def _tracker(uri: str, read_only: bool = True):
+    """The store's reader (sweeper.tracking, the one module that talks to MLflow): retried,
+    paged, and (`read_only`, the report's and export's commands) bounded when a server does
+    not answer. The sweep's driver reports with read_only=False: it still writes after."""
     from sweeper.tracking import Tracker
 
-    return Tracker(uri).client
-
-
-def _search_all(client, exp_ids: list[str], filter_string: str) -> list:
-    from sweeper.tracking import search_all
-
-    return search_all(client, exp_ids, filter_string)
+    return Tracker(uri, read_only=read_only)
 
 
 def tag_equals(key: str, value: str) -> str:
-    """An MLflow filter clause selecting runs whose tag `key` is `value`, whatever `value`
-    holds. MLflow's grammar has no escapes: a string constant is the text between its
-    quotes, single or double (and in single quotes a backslash still ends it early). So
-    `value` goes in double quotes when it has no `"`, in single quotes when it has neither
-    `'` nor a backslash; otherwise the clause is a LIKE with `_` (any one character) in
-    place of those, which matches a superset: callers keep only runs whose tag equals
-    `value` exactly (`keep_tag_equal`)."""
-    if '"' not in value:
-        return f'tags.`{key}` = "{value}"'
-    if "'" not in value and "\\" not in value:
-        return f"tags.`{key}` = '{value}'"
-    pattern = value.replace("'", "_").replace("\\", "_")
-    return f"tags.`{key}` LIKE '{pattern}'"
+    """sweeper.tracking.tag_equals (kept here for callers of the report's API)."""
+    from sweeper.tracking import tag_equals as _tag_equals
+
+    return _tag_equals(key, value)
 
 
 def keep_tag_equal(runs: list, key: str, value: str) -> list:
-    """The runs whose tag `key` is exactly `value` (after a `tag_equals` search)."""
-    return [r for r in runs if r.data.tags.get(key) == value]
+    """sweeper.tracking.keep_tag_equal (kept here for callers of the report's API)."""
+    from sweeper.tracking import keep_tag_equal as _keep
+
+    return _keep(runs, key, value)
 
 
 def find_parent_runs(uri: str, sweep: str | None = None) -> list:
     """Parent runs (tag fl_sweep.role=parent) in the store, optionally of one sweep name,
     newest first."""
-    from sweeper.tracking import ROLE, SWEEP, _retry
+    return _tracker(uri).parent_runs(sweep)
 
-    client = _client(uri)
-    exp_ids = [e.experiment_id for e in _retry(client.search_experiments)]
-    if not exp_ids:
-        return []
-    filt = tag_equals(ROLE, "parent")
-    if sweep is not None:
-        filt += " and " + tag_equals(SWEEP, sweep)
-    runs = _search_all(client, exp_ids, filt)
-    if sweep is not None:
-        runs = keep_tag_equal(runs, SWEEP, sweep)
-    return sorted(runs, key=lambda r: r.info.start_time or 0, reverse=True)
+
+def _run_config(tracker, run, uri: str) -> dict[str, Any]:
+    """A child run's dotted config, typed as fl_core makes it.
+
+    Read from the run's logged config.yaml artifact, by the same path an exported run's
+    config.yaml takes (`sweeper.yamlio`'s bounded reader, then `parse_config`). A run
+    without that artifact (a store written by an older sweeper, which logged it only when
+    the trial ended; a trial still running or failed there) falls back to its params,
+    re-typed from MLflow's strings (`parse_param`). A config.yaml this engine cannot parse
+    (another version's) is reported with its own keys, like a simulate directory's.
+    """
+    from sweeper import yamlio
+    from sweeper.tracking import CONFIG_ARTIFACT, redact_uri
+
+    where = f"{redact_uri(uri)} run {run.info.run_id} artifact {CONFIG_ARTIFACT}"
+    data = tracker.read_artifact(run.info.run_id, CONFIG_ARTIFACT, yamlio.MAX_BYTES)
+    if data is None:
+        params = {k: parse_param(v) for k, v in run.data.params.items()}
+        return _typed_config(params, source=f"{uri} run {run.info.run_id}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ReportError(f"{where}: not UTF-8 text; not the config.yaml the sweeper logs") from None
+    raw = yamlio.parse(text, where)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ReportError(f"{where}: holds {type(raw).__name__}, not a mapping of config keys "
+                          "(seed, data, fl, attack, defense)")
+    try:
+        return flatten(parse_config(raw, source=where))
+    except ConfigError:
+        return _flat_dict(raw)
 
 
 def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | None = None,
-                      ) -> tuple[list[dict], list[dict], ParentRun, list[str]]:
+                      read_only: bool = True) -> tuple[list[dict], list[dict], ParentRun, list[str]]:
     """Child runs of one sweep's parent run in store `uri`: the given `parent_run_id`
     (from the sweep manifest), else the newest parent run tagged with `sweep` (any
-    sweep if None, as long as the store holds only one)."""
-    from sweeper.tracking import PARENT, ROLE, STATUS, SWEEP, TRIAL_KEY, _retry, sqlite_path
+    sweep if None, as long as the store holds only one). Each run's config is its logged
+    config.yaml (`_run_config`; its params where it has none)."""
+    from sweeper.tracking import ROLE, STATUS, SWEEP, TRIAL_KEY, sqlite_path
 
     notes: list[str] = []
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
         # MLflow would silently create an empty store there
         raise ReportError(f"MLflow store {uri}: no such file")
+    tracker = _tracker(uri, read_only)
     if parent_run_id is not None:
-        parent = _retry(_client(uri).get_run, parent_run_id)
+        parent = tracker.get_run(parent_run_id)
     else:
-        parents = find_parent_runs(uri, sweep)
+        parents = tracker.parent_runs(sweep)
         if not parents:
             what = f"sweep `{sweep}`" if sweep else "any sweep"
             raise ReportError(f"MLflow store {uri}: no parent run of {what} (tag {ROLE}=parent)")
@@ -388,17 +402,13 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
             notes.append(f"{sweep or parent.info.run_name}: {len(parents)} parent runs in the "
                          f"store; reporting the newest ({parent.info.run_id})")
     name = parent.data.tags.get(SWEEP, sweep or parent.info.run_name)
-    client = _client(uri)
-    children = keep_tag_equal(
-        _search_all(client, [parent.info.experiment_id], tag_equals(PARENT, parent.info.run_id)),
-        PARENT, parent.info.run_id)
+    children = tracker.child_runs(parent.info.experiment_id, parent.info.run_id)
     # a shared warm-up is logged as a child too (role `warmup`): it is where the trials
     # start, not a cell of the sweep
     children = [c for c in children if c.data.tags.get(ROLE) != "warmup"]
     runs, metrics = [], []
     for child in children:
-        params = {k: parse_param(v) for k, v in child.data.params.items()}
-        flat = _typed_config(params, source=f"{uri} run {child.info.run_id}")
+        flat = _run_config(tracker, child, uri)
         tags = child.data.tags
         run = {
             "run_id": child.info.run_id,
@@ -411,8 +421,8 @@ def load_mlflow_sweep(uri: str, sweep: str | None = None, parent_run_id: str | N
         runs.append(run)
         by_step: dict[int, dict[str, Any]] = {}
         for key in child.data.metrics:
-            for m in _retry(client.get_metric_history, child.info.run_id, key):
-                by_step.setdefault(int(m.step), {})[key] = m.value
+            for step, value in tracker.metric_history(child.info.run_id, key):
+                by_step.setdefault(step, {})[key] = value
         for step in sorted(by_step):
             metrics.append({"run_id": run["run_id"], "round": step, **by_step[step]})
     ref = ParentRun(name, uri, parent.info.run_id, parent.info.experiment_id)
@@ -428,7 +438,8 @@ def _manifest(path: Path) -> dict[str, Any] | None:
     return storage.read_manifest(path)
 
 
-def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = None):
+def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = None,
+              read_only: bool = True):
     """(runs, metrics, parent-or-None, notes) for one SWEEP argument."""
     from sweeper import storage
 
@@ -437,29 +448,31 @@ def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = 
         man = _manifest(path)
         if man is not None:  # a sweep directory of `fl-sweep run`
             return load_mlflow_sweep(tracking_uri or man["tracking_uri"], man.get("name"),
-                                     None if tracking_uri else man.get("parent_run_id"))
+                                     None if tracking_uri else man.get("parent_run_id"),
+                                     read_only=read_only)
         uri = find_store(path)
         if uri is not None:
-            return load_mlflow_sweep(uri, None)
+            return load_mlflow_sweep(uri, None, read_only=read_only)
         runs, metrics = load_simulate_dirs(path)
         return runs, metrics, None, []
     if tracking_uri:
-        return load_mlflow_sweep(tracking_uri, source)
+        return load_mlflow_sweep(tracking_uri, source, read_only=read_only)
     try:
         sweep_dir = storage.resolve_sweep(source, storage_root)
     except SweeperError as e:
         uri = os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
-            return load_mlflow_sweep(uri, source)
+            return load_mlflow_sweep(uri, source, read_only=read_only)
         raise ReportError(
             f"`{source}` is neither a directory (sweep storage or `fl-sweep simulate` "
             f"output) nor a known sweep: {e}; or pass --tracking-uri URI"
         ) from None
-    return _load_one(str(sweep_dir), None)
+    return _load_one(str(sweep_dir), None, read_only=read_only)
 
 
 def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
-                storage_root: str | None = None) -> SweepData:
+                storage_root: str | None = None,
+                read_only: bool = True) -> SweepData:
     """Load and merge the runs of every SWEEP argument (names or paths).
 
     Args:
@@ -469,6 +482,8 @@ def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
             sqlite store, or directories of `fl-sweep simulate` outputs.
         tracking_uri: MLflow store to read instead of the one a manifest names.
         storage_root: the sweeper's storage root (default $FL_SWEEP_STORAGE or ./sweeps).
+        read_only: bound MLflow's HTTP retries for this process (`sweeper.tracking.Tracker`);
+            False where the caller still writes to the store afterwards (the sweep's driver).
 
     Returns:
         SweepData with runs deduplicated by (config, seed) and cells assigned.
@@ -483,13 +498,15 @@ def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
     parents: list[ParentRun] = []
     notes: list[str] = []
     names: list[str] = []
-    from mlflow.exceptions import MlflowException
+    from sweeper.tracking import store_error
 
     for s in sources:
         try:
-            runs, metrics, parent, n = _load_one(s, tracking_uri, storage_root)
-        except MlflowException as e:
-            raise ReportError(f"`{s}`: cannot read its MLflow store: {e.message}") from None
+            runs, metrics, parent, n = _load_one(s, tracking_uri, storage_root, read_only)
+        except Exception as e:
+            if (msg := store_error(e)) is None:
+                raise
+            raise ReportError(f"`{s}`: cannot read its MLflow store: {msg}") from None
         all_runs.extend(runs)
         all_metrics.extend(metrics)
         notes.extend(n)

@@ -339,13 +339,12 @@ def log_to_mlflow(data: SweepData, rep: Report) -> list[str]:
     value (another δ, more rounds), the param keeps its first value and the metric
     (which may change) carries the new one; the returned notes say so.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from sweeper.tracking import Tracker
 
     notes = []
     for parent in data.parents:
-        client = MlflowClient(tracking_uri=parent.tracking_uri)
-        client.log_artifacts(parent.run_id, str(rep.out_dir), artifact_path="report")
+        tracker = Tracker(parent.tracking_uri)
+        tracker.log_artifacts(parent.run_id, rep.out_dir, artifact_path="report")
         for p in rep.privacy:
             if p.cell not in set(data.runs.loc[data.runs["sweep"] == parent.sweep, "cell"]):
                 continue
@@ -355,10 +354,8 @@ def log_to_mlflow(data: SweepData, rep: Report) -> list[str]:
             if p.epsilon_pld is not None:
                 values["epsilon_pld"] = p.epsilon_pld
             for k, v in values.items():
-                client.log_metric(parent.run_id, f"{base}.{k}", float(v))
-                try:
-                    client.log_param(parent.run_id, f"{base}.{k}", f"{v:.6g}")
-                except MlflowException:
+                tracker.log_metric(parent.run_id, f"{base}.{k}", float(v))
+                if not tracker.log_param_once(parent.run_id, f"{base}.{k}", f"{v:.6g}"):
                     notes.append(f"{parent.sweep}: param {base}.{k} already set to another "
                                  "value; the metric holds the new one")
         notes.append(f"logged report to MLflow run {parent.run_id} ({parent.tracking_uri})")
