@@ -4,6 +4,7 @@ here; user errors (FLCoreError, SweeperError) print one line to stderr and exit 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import typer
 
@@ -24,8 +25,25 @@ from sweeper import cmd_sweep  # noqa: E402,F401
 from sweeper import cmd_report  # noqa: E402,F401
 
 
+def _config_notes() -> None:
+    """A config in an old shape loads, mapped to the current one, with a one-line note
+    (once per distinct note: a report over 189 old exports prints it once). fl_core warns
+    with a DeprecationWarning subclass, which Python hides by default."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category.__name__ == "DeprecatedConfigWarning":  # by name: no fl_core.config import here
+            print(f"fl-sweep: note: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("once", message="deprecated flat attack keys")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fl-sweep` console script."""
+    _config_notes()
     try:
         rc = app(args=argv, standalone_mode=False)
     except (FLCoreError, SweeperError) as e:
