@@ -245,3 +245,17 @@ def test_run_name_follows_the_grid_name_rule(tmp_path, name):
     assert "\n" not in line and line.startswith("fl-sweep: error: --name: invalid sweep name"), err
     assert "letters, digits, _ . -" in line
     assert not storage.exists()
+
+
+def test_an_old_shape_grid_validates_with_one_note_line(tmp_path):
+    """A grid in the old flat attack shape (`attack.recipe` beside `attack.kind`) still
+    validates, with one deprecation note on stderr however many trials carry it."""
+    import warnings
+
+    g = write(tmp_path, "old.yaml", "name: old\nbase: {fl: {rounds: 2}, attack: {kind: pgd, fraction: 0.1, "
+              "recipe: union, pgd_iterations: 2}, defense: {norm_bound: 3}}\nseeds: 3\n")
+    with warnings.catch_warnings():  # main() installs its filters; keep them out of other tests
+        rc, out, err = cli("validate", str(g))
+    notes = [x for x in err.splitlines() if x.startswith("fl-sweep: note: deprecated flat attack keys")]
+    assert rc == 0, err
+    assert len(notes) == 1 and "attack.recipe" in notes[0] and "attack.params" in notes[0], err
