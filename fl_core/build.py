@@ -14,19 +14,20 @@ from fl_core.defenses import make_defenses  # noqa: F401  (built here with the o
 from fl_core.errors import UnknownComponentError
 
 
+def _built(registry, kind: str, name: str, params: dict, config: SimulationConfig):
+    """The registered plug-in `name`, built from its (validated) params and the config."""
+    try:
+        spec = registry[name]
+    except KeyError:
+        raise UnknownComponentError(kind, name, registry) from None
+    return spec.build(spec.params(**params), config)
+
+
 def make_attack(config: SimulationConfig):
     """The configured attack (None for `none`), built from its registered spec."""
-    try:
-        spec = ATTACKS[config.attack.kind]
-    except KeyError:
-        raise UnknownComponentError("attack", config.attack.kind, ATTACKS) from None
-    return spec.build(spec.params(**config.attack.params), config)
+    return _built(ATTACKS, "attack", config.attack.kind, config.attack.params, config)
 
 
 def make_aggregator(config: SimulationConfig):
     """The config's `defense.aggregator`, built with its (validated) `aggregator_params`."""
-    try:
-        spec = AGGREGATORS[config.defense.aggregator]
-    except KeyError:
-        raise UnknownComponentError("aggregator", config.defense.aggregator, AGGREGATORS) from None
-    return spec.build(spec.params(**config.defense.aggregator_params), config)
+    return _built(AGGREGATORS, "aggregator", config.defense.aggregator, config.defense.aggregator_params, config)
