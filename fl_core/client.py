@@ -19,10 +19,11 @@ import torch
 from fl_core.backdoors import build_task
 from fl_core.backends import BackendContext, check_precision, make_backend, precision_scope
 from fl_core.config import SimulationConfig
-from fl_core.data.backdoor import BackdoorSets, select_backdoor
+from fl_core.backdoors import select_backdoor
+from fl_core.backdoors.base import BackdoorSets
 from fl_core.data.population import WriterPopulation, gather, is_lazy
 from fl_core.models import CNN
-from fl_core.registry import make_attack
+from fl_core.build import make_attack
 from fl_core.rng import client_rng_scope
 from fl_core.training import Cohort, SGDParams, benign_update, resolve_device, task_generator, torch_threads
 from fl_core.types import ClientResult, ClientTask

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from fl_core.training import to_input, torch_threads
 from fl_core.config import SimulationConfig
 from fl_core.backdoors import build_task
-from fl_core.data.backdoor import BackdoorSets
+from fl_core.backdoors.base import BackdoorSets
 from fl_core.data.population import WriterPopulation, is_lazy, seeded_writers
 from fl_core.models import CNN
 from fl_core.params import set_flat

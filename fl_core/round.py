@@ -94,7 +94,7 @@ class RoundFold:
     def __init__(self, config: SimulationConfig, state: SimulationState, plan: RoundPlan,
                  defenses: Sequence, aggregator=None, device: torch.device | str = "cpu"):
         if aggregator is None:
-            from fl_core.registry import make_aggregator
+            from fl_core.build import make_aggregator
 
             aggregator = make_aggregator(config)
         self.config, self.state, self.plan, self.device = config, state, plan, device

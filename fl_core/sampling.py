@@ -3,7 +3,7 @@
 The attacker pool is a population property (Sun et al. 2019 §2): round(ε·K) writers, fixed
 for the run, never re-drawn per round, never a target writer, and the same for every number
 of backdoor tasks N (drawn outside the reserved head of the target order, see
-`fl_core.data.backdoor`).
+`fl_core.backdoors.semantic`).
 - random sampling: the cohort is drawn from all K writers; pool members in it attack, so
   the count per round is hypergeometric(K, εK, C·K);
 - attackers act from `attack.start_round` up to (not including) `attack.stop_round`;

@@ -25,7 +25,7 @@ from fl_core.loop import run_loop
 from fl_core.executor import ClientExecutor, SerialExecutor
 from fl_core.models import CNN
 from fl_core.params import get_flat
-from fl_core.registry import make_aggregator, make_defenses
+from fl_core.build import make_aggregator, make_defenses
 from fl_core.rng import Stream, client_rng_scope, derive_seed
 from fl_core.round import run_round
 from fl_core.sampling import Population, attacker_pool, plan_round, sparse_attacker_pool
@@ -106,7 +106,7 @@ class Simulation:
             runner = ClientRunner(config, self.data, self.device)
             executor = SerialExecutor(runner)
         self.executor = executor
-        from fl_core.data.backdoor import select_backdoor
+        from fl_core.backdoors import select_backdoor
 
         self.backdoor = runner.backdoor if runner is not None else select_backdoor(config, self.data)
         k_all = self.data.num_writers

@@ -56,7 +56,7 @@ def check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) 
         )
     if summary.labels is None:  # lazy or large: the trial checks when it walks the writers
         return
-    from fl_core.data.backdoor import select_backdoor
+    from fl_core.backdoors import select_backdoor
     from fl_core.sampling import attacker_pool
 
     try:

@@ -20,7 +20,7 @@ from fl_core.data.population import WriterPopulation, gather, is_lazy, seeded_wr
 from fl_core.errors import ConfigError
 from fl_core.rng import Stream, numpy_rng
 
-# Target selection (moved here from fl_core/data/backdoor.py, which re-exports it):
+# Target selection (the semantic task's own; it lived in fl_core/data/backdoor.py before):
 #
 # The semantic backdoor task's writers (Sun et al. 2019 §3; the plug-in is
 # `fl_core.backdoors.semantic`): N target writers; D_mal is all their train

@@ -13,7 +13,7 @@ from fl_core.backdoors import BACKDOORS, build_task
 from fl_core.backdoors.trigger import TriggerParams, pattern, poisoned, stamp
 from fl_core.training import ClientData, SGDParams
 from fl_core.config import config_hash, parse_config
-from fl_core.data.backdoor import select_backdoor
+from fl_core.backdoors import select_backdoor
 from fl_core.errors import ConfigError
 from fl_core.sampling import Population, attacker_pool, plan_round
 from fl_core.types import ClientTask

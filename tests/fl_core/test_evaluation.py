@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from fl_core.config import parse_config
-from fl_core.data.backdoor import BackdoorSets
+from fl_core.backdoors.base import BackdoorSets
 from fl_core.data.base import from_writer_arrays
 from fl_core.evaluation import Evaluator
 

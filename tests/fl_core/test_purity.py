@@ -12,7 +12,7 @@ FL_CORE = Path(__file__).resolve().parents[2] / "fl_core"
 
 def test_importing_fl_core_pulls_in_no_ray_mlflow_yaml_or_sweeper():
     code = (
-        "import sys, fl_core.simulate, fl_core.data, fl_core.state, fl_core.registry;"
+        "import sys, fl_core.simulate, fl_core.data, fl_core.state, fl_core.build;"
         "bad = [m for m in ('ray', 'mlflow', 'yaml', 'sweeper', 'rich') if m in sys.modules];"
         "print(','.join(bad)); sys.exit(1 if bad else 0)"
     )

@@ -130,7 +130,7 @@ def test_attacker_pool_is_the_same_for_every_number_of_backdoor_tasks(tiny_data)
     """The fig 3 cells (N = 1…5 here) compare the same attackers: the pool is drawn outside
     the reserved head of the target order, and the targets of smaller N are nested in
     those of larger N (the same permutation's prefix)."""
-    from fl_core.data.backdoor import select_backdoor
+    from fl_core.backdoors import select_backdoor
 
     pools, targets = [], []
     for n in (1, 2, 3, 5):
@@ -145,7 +145,7 @@ def test_attacker_pool_is_the_same_for_every_number_of_backdoor_tasks(tiny_data)
 
 
 def test_targets_do_not_depend_on_eps(tiny_data):
-    from fl_core.data.backdoor import select_backdoor
+    from fl_core.backdoors import select_backdoor
 
     got = {
         select_backdoor(parse_config({"seed": 3, "attack": {"kind": "pgd", "fraction": eps, "num_tasks": 3}, "defense": {"norm_bound": 1}}), tiny_data).targets
@@ -156,7 +156,7 @@ def test_targets_do_not_depend_on_eps(tiny_data):
 
 def test_num_tasks_beyond_the_reserved_head_is_refused(tiny_data):
     """K = 12, ε·K = round(0.5·12) = 6 attackers: at most R = 12 − 6 = 6 targets."""
-    from fl_core.data.backdoor import select_backdoor
+    from fl_core.backdoors import select_backdoor
 
     c = parse_config({"attack": {"kind": "model-replacement", "fraction": 0.5, "num_tasks": 7}})
     with pytest.raises(ConfigError) as e:
