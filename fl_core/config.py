@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping
@@ -541,3 +542,15 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
         node = nxt
     node[parts[-1]] = value
     return raw
+
+
+def parse_flat(flat: Mapping[str, Any], source: str | None = None) -> SimulationConfig:
+    """A config from its dotted view (what `flatten` gives: MLflow params, a report's frame).
+    That view spells the attack settings the old flat way on purpose (it is what trial keys
+    hash), so it is the tool's own form, not a user's old-shape file: no deprecation note."""
+    nested: dict[str, Any] = {}
+    for k, v in flat.items():
+        set_dotted(nested, k, v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecatedConfigWarning)
+        return parse_config(nested, source)

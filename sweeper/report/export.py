@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from fl_core.config import config_hash, parse_config, set_dotted
+from fl_core.config import config_hash, parse_flat, set_dotted
 from fl_core.errors import ConfigError
 from sweeper import outputs
 from sweeper.configio import dump_config
@@ -73,7 +73,7 @@ def _config_yaml(run: Mapping[str, Any]) -> str:
     with its own keys, as loaded."""
     nested = _config_of(run)
     try:
-        cfg = parse_config(nested, source=str(run.get("source")))
+        cfg = parse_flat({k: v for k, v in run.items() if k == "seed" or "." in k}, source=str(run.get("source")))
     except ConfigError:
         return yaml.safe_dump(nested, sort_keys=True)
     key = config_hash(cfg)

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from fl_core.config import EXECUTION_ONLY_KEYS, config_hash, flatten, parse_config, set_dotted
+from fl_core.config import EXECUTION_ONLY_KEYS, config_hash, flatten, parse_config, parse_flat
 from fl_core.errors import ConfigError
 from sweeper.errors import SweeperError
 from sweeper.rundir import CONFIG, METRICS, STATUS
@@ -145,11 +145,8 @@ def parse_param(text: str) -> Any:
 
 def _typed_config(flat: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Validate a dotted config through fl_core; unknown/old keys are kept as given."""
-    nested: dict[str, Any] = {}
-    for k, v in flat.items():
-        set_dotted(nested, k, v)
     try:
-        return flatten(parse_config(nested, source=source))
+        return flatten(parse_flat(flat, source=source))
     except ConfigError:
         # A run written by another version of the engine: report it with its own keys.
         return dict(flat)
