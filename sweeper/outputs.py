@@ -7,24 +7,18 @@ that is, contains or lies inside the sweep storage root, a sweep directory (one 
 read or written. `fl-sweep export --out S` with S the storage root once replaced the live
 sweep `S/<name>` (its store, checkpoints and Tune state) with the export.
 
-Errors are `OutputError` (a SweeperError): the CLI prints one line and exits 2.
+Errors are `fl_core.outputs.OutputError` (an FLCoreError, re-exported here): the CLI prints
+one line and exits 2.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from fl_core import outputs as core
-from sweeper.errors import SweeperError
+from fl_core.outputs import MARKER, OutputError, building, check_replaceable  # noqa: F401 (the mechanism)
 from sweeper.storage import MANIFEST
-
-MARKER = core.MARKER
-
-
-class OutputError(SweeperError):
-    """An output path fl-sweep must not write (one line: the option and the path)."""
 
 
 def safe_name(name: str) -> bool:
@@ -91,10 +85,7 @@ def check_out(path: Path | str, option: str = "--out", *, storage_root: Path | N
     Returns:
         The resolved absolute path (write there, not to `path`).
     """
-    try:
-        res = core.resolve_dir(path, option)
-    except core.OutputError as e:
-        raise OutputError(str(e)) from None
+    res = core.resolve_dir(path, option)
     protected = [(what, d) for what, d in
                  [("the sweep storage root", _existing_dir(storage_root)),
                   *(("the source", _existing_dir(s)) for s in sources)] if d is not None]
@@ -104,21 +95,3 @@ def check_out(path: Path | str, option: str = "--out", *, storage_root: Path | N
                           "sweep or what is being read: choose a directory outside it")
     return res
 
-
-def check_replaceable(dest: Path, option: str, kind: str, origin: str | None = None) -> None:
-    """`fl_core.outputs.check_replaceable` with the sweeper's error class."""
-    try:
-        core.check_replaceable(dest, option, kind, origin)
-    except core.OutputError as e:
-        raise OutputError(str(e)) from None
-
-
-@contextmanager
-def building(dest: Path, option: str, kind: str, origin: str | None = None) -> Iterator[Path]:
-    """`fl_core.outputs.building` (write into the yielded directory; it replaces `dest` when
-    the block ends normally) with the sweeper's error class."""
-    try:
-        with core.building(dest, option, kind, origin) as staging:
-            yield staging
-    except core.OutputError as e:
-        raise OutputError(str(e)) from None
