@@ -33,7 +33,7 @@ from fl_core.config import config_hash, parse_flat, set_dotted
 from fl_core.errors import ConfigError
 from sweeper import outputs
 from sweeper.configio import dump_config
-from sweeper.report.load import ReportError, _load_one
+from sweeper.report.load import ReportError, load_one
 from sweeper.rundir import CONFIG, METRICS, STATUS
 
 
@@ -47,13 +47,9 @@ class Exported:
     rounds: int
 
 
-def _config_of(run: Mapping[str, Any]) -> dict[str, Any]:
-    """The nested config of a loaded run (its dotted keys and the seed)."""
-    nested: dict[str, Any] = {}
-    for k, v in run.items():
-        if k == "seed" or "." in k:
-            set_dotted(nested, k, v)
-    return nested
+def _flat_config(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted config of a loaded run (its dotted keys and the seed)."""
+    return {k: v for k, v in run.items() if k == "seed" or "." in k}
 
 
 def _clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -71,10 +67,13 @@ def _config_yaml(run: Mapping[str, Any]) -> str:
     to the run's trial key, else a report would count the exported run and the live one as
     two replicates. A run of another engine version (its config does not parse) is written
     with its own keys, as loaded."""
-    nested = _config_of(run)
+    flat = _flat_config(run)
     try:
-        cfg = parse_flat({k: v for k, v in run.items() if k == "seed" or "." in k}, source=str(run.get("source")))
+        cfg = parse_flat(flat, source=str(run.get("source")))
     except ConfigError:
+        nested: dict[str, Any] = {}
+        for k, v in flat.items():
+            set_dotted(nested, k, v)
         return yaml.safe_dump(nested, sort_keys=True)
     key = config_hash(cfg)
     if run.get("trial_key") and key != run["trial_key"]:
@@ -121,14 +120,7 @@ class Loaded:
 def load_for_export(source: str, tracking_uri: str | None = None,
                     storage_root: str | None = None) -> Loaded:
     """Read one sweep (a name or a directory, as `fl-sweep report` takes them)."""
-    from sweeper.tracking import store_error
-
-    try:
-        runs, metrics, parent, _notes = _load_one(source, tracking_uri, storage_root)
-    except Exception as e:  # e.g. a server that does not answer: one line, as report
-        if (msg := store_error(e)) is None:
-            raise
-        raise ReportError(f"`{source}`: cannot read its MLflow store: {msg}") from None
+    runs, metrics, parent, _notes = load_one(source, tracking_uri, storage_root)
     if not runs:
         raise ReportError(f"`{source}`: the sweep has no runs yet")
     by_run: dict[str, list[dict]] = {}

@@ -223,10 +223,15 @@ def _read_config(path: Path) -> dict[str, Any]:
     from sweeper import yamlio
 
     raw, _ = yamlio.read_yaml(path)
+    return _config_mapping(raw, str(path))
+
+
+def _config_mapping(raw: Any, where: str) -> dict[str, Any]:
+    """A config read back as YAML must be a mapping (an empty file: {})."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        raise ReportError(f"{path}: holds {type(raw).__name__}, not a mapping of config keys "
+        raise ReportError(f"{where}: holds {type(raw).__name__}, not a mapping of config keys "
                           "(seed, data, fl, attack, defense)")
     return raw
 
@@ -313,20 +318,6 @@ def _tracker(uri: str, read_only: bool = True):
     return Tracker(uri, read_only=read_only)
 
 
-def tag_equals(key: str, value: str) -> str:
-    """sweeper.tracking.tag_equals (kept here for callers of the report's API)."""
-    from sweeper.tracking import tag_equals as _tag_equals
-
-    return _tag_equals(key, value)
-
-
-def keep_tag_equal(runs: list, key: str, value: str) -> list:
-    """sweeper.tracking.keep_tag_equal (kept here for callers of the report's API)."""
-    from sweeper.tracking import keep_tag_equal as _keep
-
-    return _keep(runs, key, value)
-
-
 def find_parent_runs(uri: str, sweep: str | None = None) -> list:
     """Parent runs (tag fl_sweep.role=parent) in the store, optionally of one sweep name,
     newest first."""
@@ -355,12 +346,7 @@ def _run_config(tracker, run, uri: str) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ReportError(f"{where}: not UTF-8 text; not the config.yaml the sweeper logs") from None
-    raw = yamlio.parse(text, where)
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ReportError(f"{where}: holds {type(raw).__name__}, not a mapping of config keys "
-                          "(seed, data, fl, attack, defense)")
+    raw = _config_mapping(yamlio.parse(text, where), where)
     try:
         return flatten(parse_config(raw, source=where))
     except ConfigError:
@@ -467,6 +453,20 @@ def _load_one(source: str, tracking_uri: str | None, storage_root: str | None = 
     return _load_one(str(sweep_dir), None, read_only=read_only)
 
 
+def load_one(source: str, tracking_uri: str | None, storage_root: str | None = None,
+             read_only: bool = True):
+    """`_load_one`, with a store that cannot be read (a server that does not answer) as one
+    ReportError naming the SWEEP argument, for `report` and `export` alike."""
+    from sweeper.tracking import store_error
+
+    try:
+        return _load_one(source, tracking_uri, storage_root, read_only)
+    except Exception as e:
+        if (msg := store_error(e)) is None:
+            raise
+        raise ReportError(f"`{source}`: cannot read its MLflow store: {msg}") from None
+
+
 def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
                 storage_root: str | None = None,
                 read_only: bool = True) -> SweepData:
@@ -495,15 +495,8 @@ def load_sweeps(sources: Sequence[str], tracking_uri: str | None = None,
     parents: list[ParentRun] = []
     notes: list[str] = []
     names: list[str] = []
-    from sweeper.tracking import store_error
-
     for s in sources:
-        try:
-            runs, metrics, parent, n = _load_one(s, tracking_uri, storage_root, read_only)
-        except Exception as e:
-            if (msg := store_error(e)) is None:
-                raise
-            raise ReportError(f"`{s}`: cannot read its MLflow store: {msg}") from None
+        runs, metrics, parent, n = load_one(s, tracking_uri, storage_root, read_only)
         all_runs.extend(runs)
         all_metrics.extend(metrics)
         notes.extend(n)
