@@ -49,18 +49,12 @@ def _tracking_uri(uri: str | None) -> str | None:
     cleaned the same way."""
     import os
 
-    from sweeper.tracking import normalize_uri, split_credentials
-
-    def clean(u: str) -> str:
-        bare, secrets = split_credentials(u)
-        for k, v in secrets.items():
-            os.environ.setdefault(k, v)
-        return bare
+    from sweeper.tracking import normalize_uri, take_credentials
 
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env and env.lower().startswith(("http://", "https://")):
-        os.environ["MLFLOW_TRACKING_URI"] = clean(env)
-    return normalize_uri(clean(uri)) if uri else uri
+        os.environ["MLFLOW_TRACKING_URI"] = take_credentials(env)[0]
+    return normalize_uri(take_credentials(uri)[0]) if uri else uri
 
 
 @app.command()

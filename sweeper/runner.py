@@ -328,16 +328,14 @@ def _tracking_uri(sweep_dir: Path, tracking_uri: str | None, echo: Echo) -> str:
     """The MLflow URI the sweep records: the sweep's own sqlite store by default. Credentials
     in a given URI never reach sweep.json, Tune's state or the log: they move into MLflow's
     variables (inherited by a local cluster's processes), and the user is told which."""
-    from sweeper.tracking import default_uri, normalize_uri, split_credentials
+    from sweeper.tracking import default_uri, normalize_uri, take_credentials
 
-    uri = default_uri(sweep_dir)
-    if tracking_uri:
-        uri, secrets = split_credentials(normalize_uri(tracking_uri))
-        for k, v in secrets.items():
-            os.environ.setdefault(k, v)
-        if secrets:
-            echo(f"note: credentials taken out of the tracking URI into {', '.join(sorted(secrets))} "
-                 "(set these on every node of a remote cluster, and for resume/status/ui)")
+    if not tracking_uri:
+        return default_uri(sweep_dir)
+    uri, moved = take_credentials(normalize_uri(tracking_uri))
+    if moved:
+        echo(f"note: credentials taken out of the tracking URI into {', '.join(moved)} "
+             "(set these on every node of a remote cluster, and for resume/status/ui)")
     return uri
 
 

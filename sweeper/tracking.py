@@ -164,6 +164,16 @@ def split_credentials(uri: str) -> tuple[str, dict[str, str]]:
     return urlunsplit((parts.scheme, netloc, parts.path, urlencode(query), parts.fragment)), env
 
 
+def take_credentials(uri: str) -> tuple[str, list[str]]:
+    """`uri` without its credentials, which move into MLflow's variables of this process
+    (inherited by a local cluster; variables already set win), and the names of those
+    variables. What every command that takes `--tracking-uri` does first (`split_credentials`)."""
+    bare, secrets = split_credentials(uri)
+    for k, v in secrets.items():
+        os.environ.setdefault(k, v)
+    return bare, sorted(secrets)
+
+
 def redact_uri(uri: str) -> str:
     """The URI as it may be printed: credentials and secret query parameters removed."""
     from urllib.parse import urlsplit, urlunsplit
@@ -402,7 +412,12 @@ class Tracker:
         self.reopen(run_id)
         for k, v in (tags or {}).items():
             _retry(self.client.set_tag, run_id, k, v)
+        if config is not None and not self._has_artifact(run_id, CONFIG_ARTIFACT):
+            self.log_config(run_id, config)  # a run an older sweeper created has none
         return run_id
+
+    def _has_artifact(self, run_id: str, name: str) -> bool:
+        return any(a.path == name for a in _retry(self.client.list_artifacts, run_id))
 
     def reopen(self, run_id: str) -> None:
         _retry(self.client.update_run, run_id, status="RUNNING")

@@ -100,12 +100,11 @@ def _plot(history: list[dict[str, Any]], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _finalize(tracker: Tracker, run_id: str, cfg: SimulationConfig, history, state, status: str,
+def _finalize(tracker: Tracker, run_id: str, history, state, status: str,
               title: str) -> None:
     """Artifacts of the child run, then close it with `status`."""
     import torch
 
-    tracker.log_config(run_id, cfg)  # again: a run of an older sweeper may have none yet
     with tempfile.TemporaryDirectory(prefix="fl-sweep-art-") as d:
         d = Path(d)
         (d / METRICS).write_text(jsonl_text(history))
@@ -174,11 +173,11 @@ class TrialSink:
         if status == DIVERGED:
             r = state.round_idx + 1
             self.tracker.set_tags(self.run_id, {tracking.DIVERGED_ROUND: str(r)})
-            _finalize(self.tracker, self.run_id, self.cfg, history, state, DIVERGED, self.title)
+            _finalize(self.tracker, self.run_id, history, state, DIVERGED, self.title)
             tune.report({"round": r, "rounds_total": self.cfg.fl.rounds, "fl_status": DIVERGED,
                          "error": str(error), "run_id": self.run_id})
             return
-        _finalize(self.tracker, self.run_id, self.cfg, history, state, FINISHED, self.title)
+        _finalize(self.tracker, self.run_id, history, state, FINISHED, self.title)
         if not self.reported:  # restored from the final checkpoint: nothing left to run
             tune.report(self._report(history[-1] if history else {"round": state.round_idx}, FINISHED))
 
