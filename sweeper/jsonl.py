@@ -110,8 +110,12 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
     atomic_write_text(Path(path), jsonl_text(rows))
 
 
-def append_row(f: IO[str], row: dict[str, Any]) -> None:
-    """Append one row to an open file and make it durable before the caller goes on."""
-    f.write(line(row))
-    f.flush()
+def append_row(f: IO[bytes], row: dict[str, Any]) -> None:
+    """Append one row to a file opened for appending unbuffered (`open(p, "ab",
+    buffering=0)`) and make it durable before the caller goes on. Unbuffered: a failed
+    write (a full disk) raises here, at once, instead of leaving bytes that fail again when
+    the file is closed; a short write leaves a cut last line, which `read_jsonl` drops."""
+    data = memoryview(line(row).encode("utf-8"))
+    while data:
+        data = data[f.write(data):]
     os.fsync(f.fileno())

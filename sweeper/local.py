@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -35,7 +34,7 @@ from fl_core.simulate import Simulation
 from fl_core.state import SimulationState, load_state, save_state
 from sweeper.configio import dump_config
 from sweeper.errors import SweeperError
-from sweeper.jsonl import line, read_jsonl, write_jsonl
+from sweeper.jsonl import append_row, read_jsonl, write_jsonl
 from sweeper.rundir import CONFIG, METRICS, STATE, STATUS  # noqa: F401 (re-exported)
 from sweeper.storage import atomic_write_text
 
@@ -70,14 +69,9 @@ def _os_error_text(e: OSError) -> str:
 
 def resume_metrics(path: Path, state: SimulationState) -> list[dict]:
     """Rewrite `path` (atomically) as the history up to the checkpoint `state`
-    (`fl_core.loop.resume_history`); returns it. A row whose `round` is not an integer
-    is refused (exit 2), never compared."""
-    rows = read_jsonl(path)
-    for i, row in enumerate(rows, 1):
-        if type(row.get("round")) is not int:
-            raise SweeperError(f"{path}: row {i}: `round` must be an integer (found "
-                               f"{row.get('round')!r:.60}); the file is damaged")
-    kept = resume_history(rows, state)
+    (`fl_core.loop.resume_history`); returns it. `read_jsonl` refuses a row whose `round`
+    is not an integer (exit 2), so none is compared."""
+    kept = resume_history(read_jsonl(path), state)
     write_jsonl(path, kept)
     return kept
 
@@ -92,10 +86,7 @@ class _Appender:
         self.f = open(path, "ab", buffering=0)
 
     def append(self, row: dict) -> None:
-        data = memoryview(line(row).encode("utf-8"))
-        while data:
-            data = data[self.f.write(data):]
-        os.fsync(self.f.fileno())
+        append_row(self.f, row)
 
     def close(self) -> None:
         self.f.close()

@@ -18,7 +18,7 @@ def test_round_trip_and_missing_file(tmp_path):
     p = tmp_path / "m.jsonl"
     assert read_jsonl(p) == []
     write_jsonl(p, ROWS[:1])
-    with open(p, "a") as f:
+    with open(p, "ab", buffering=0) as f:
         append_row(f, ROWS[1])
     assert read_jsonl(p) == ROWS
     assert p.read_text(encoding="utf-8").splitlines()[0].startswith('{"round": 1')  # round first
