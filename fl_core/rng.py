@@ -30,6 +30,10 @@ class Stream(IntEnum):
     EVAL = 6          # evaluation-time randomness
     DATA = 7          # synthetic data generation
     AGG_NOISE = 8     # noise an aggregator adds itself (FLAME), per round
+    FORGE = 9         # the colluding attackers' joint crafting of a round (attacks' round hook)
+    PREAGG = 10       # pre-aggregation draws of a round (Bucketing's shuffle)
+    ROOT = 11         # a server's own clean data and training (FLTrust's root set)
+    CLIP_COUNT = 12   # adaptive clipping's noisy count of unclipped updates, per round
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:
