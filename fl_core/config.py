@@ -233,8 +233,11 @@ class AttackConfig(_Frozen):
     def _attack_plugins(cls, raw: Any) -> Any:
         return plugin_hooks().attack(raw) if isinstance(raw, Mapping) else raw
 
-    schedule: Literal["fixed-frequency", "random-sampling"] = Field(
-        "fixed-frequency", description="when attackers are in the cohort"
+    schedule: Literal["fixed-frequency", "random-sampling", "every-round"] = Field(
+        "fixed-frequency",
+        description="when attackers are in the cohort: fixed-frequency (one attacker every f rounds, "
+        "the paper's), random-sampling (pool members the cohort draws attack), every-round (exactly "
+        "round(ε·C·K) pool members in every round, the Byzantine literature's f of n)",
     )
     fraction: float | None = Field(
         None, gt=0, lt=1, description="ε: share of the K writers compromised, 0 < ε < 1"
@@ -338,6 +341,12 @@ class SimulationConfig(_Frozen):
         if a.kind != "none" and a.fraction is None:
             raise ConfigError("attack.fraction", None, "a number in (0, 1) when attack.kind != none")
         plugin_hooks().check_attack(self)
+        if a.kind != "none" and a.schedule == "every-round" and round(a.fraction * self.fl.clients_per_round) < 1:
+            raise ConfigError(
+                "attack.fraction", a.fraction,
+                f"at least {0.5 / self.fl.clients_per_round:.4g} with attack.schedule = every-round, so that "
+                f"round(ε·C·K) ≥ 1 attacker in each round of fl.clients_per_round = {self.fl.clients_per_round}",
+            )
         if d.noise_sigma > 0 and d.norm_bound is None:
             raise ConfigError(
                 "defense.norm_bound", None,

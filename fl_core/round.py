@@ -16,11 +16,17 @@ aggregator (FedAvg, `needs_matrix` False), the float64 running sum happen update
 update, so a round keeps only floats per client and never the cohort's n updates. Robust
 aggregators get the stacked [n, d] matrix as before. Both paths do the same arithmetic in
 the same order, so their bits agree.
+
+An attack whose attackers collude (`fl_core.attacks.base.Forger`: ALIE, IPM, Min-Max, ...)
+makes the round hold every raw update until all are in; then the attackers' rows are forged
+together from what they know (the benign updates, or only their own) and the round folds
+as above: the hook runs after benign training and before every defense, on the server, so
+every backend and the Ray pool give the same bits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -28,11 +34,13 @@ import torch
 
 from fl_core.aggregation import fedavg_weight, key_order
 from fl_core.aggregators.base import AggregatorContext, needs_matrix
+from fl_core.attacks.base import ForgeContext, forger
 from fl_core.config import SimulationConfig
 from fl_core.defenses.base import AggregateContext
 from fl_core.errors import DivergedError
 from fl_core.executor import ClientExecutor, stream_results
 from fl_core.params import l2_norm
+from fl_core.rng import Stream, torch_generator
 from fl_core.state import SimulationState
 from fl_core.types import ClientResult, RoundPlan
 
@@ -92,14 +100,23 @@ class RoundFold:
     dropped."""
 
     def __init__(self, config: SimulationConfig, state: SimulationState, plan: RoundPlan,
-                 defenses: Sequence, aggregator=None, device: torch.device | str = "cpu"):
+                 defenses: Sequence, aggregator=None, device: torch.device | str = "cpu", attack=None):
         if aggregator is None:
             from fl_core.build import make_aggregator
 
             aggregator = make_aggregator(config)
+        if attack is None and plan.num_attackers:
+            from fl_core.build import make_attack
+
+            attack = make_attack(config)
+        # a forging attack with attackers this round: hold the raw results until all are in
+        self.forger = forger(attack) if plan.num_attackers else None
+        self.held: dict[tuple[int, int], ClientResult] = {}
+        self.forge_metrics: dict = {}
         self.config, self.state, self.plan, self.device = config, state, plan, device
         self.defenses, self.aggregator = list(defenses), aggregator
         self.keys = sorted((t.client_index, t.slot) for t in plan.tasks)
+        self._key_set = set(self.keys)
         self.ctx = AggregatorContext(config.seed, plan.round_idx, len(self.keys), tuple(k for k, _ in self.keys))
         self.accumulator = None if needs_matrix(aggregator) else aggregator.accumulator(
             self.ctx, state.aggregator_state, device)
@@ -114,6 +131,11 @@ class RoundFold:
 
     def add(self, result: ClientResult) -> None:
         key = (result.client_index, result.slot)
+        if self.forger is not None:
+            if key in self.held or key not in self._key_set:
+                raise ValueError(f"result for client {key} twice, or not in round {self.plan.round_idx}'s plan")
+            self.held[key] = result
+            return
         if key in self.pending or len(self.roles) >= len(self.keys) or key < self.keys[len(self.roles)]:
             raise ValueError(f"result for client {key} twice, or not in round {self.plan.round_idx}'s plan")
         self.pending[key] = result
@@ -137,7 +159,36 @@ class RoundFold:
         self.weights.append(w)
         self.roles.append(res.role)
 
+    def _forge(self) -> None:
+        """The attackers' rows forged together (`Forger.forge`), then every update folded in
+        (client_index, slot) order."""
+        missing = [k for k in self.keys if k not in self.held]
+        if missing:
+            raise ValueError(f"round {self.plan.round_idx}: no result for clients {missing[:10]}")
+        results = [self.held.pop(k) for k in self.keys]
+        att = [i for i, r in enumerate(results) if r.role == "attacker"]
+        own = torch.stack([results[i].delta for i in att])
+        f = self.forger
+        if f.knowledge == "omniscient":
+            ben = [r.delta for r in results if r.role == "benign"]
+            known = torch.stack(ben) if ben else own[:0]
+        else:
+            known = own
+        ctx = ForgeContext(self.config.seed, self.plan.round_idx, len(results), len(att), f.knowledge, self.config)
+        forged, self.forge_metrics = f.forge(known, own, ctx, torch_generator(self.config.seed, Stream.FORGE,
+                                                                              self.plan.round_idx))
+        forged = forged.to("cpu", torch.float32)
+        if tuple(forged.shape) != tuple(own.shape):
+            raise ValueError(f"{type(f).__name__}.forge returned shape {tuple(forged.shape)}, not {tuple(own.shape)}")
+        for j, i in enumerate(att):
+            results[i] = replace(results[i], delta=forged[j])
+        self.forger = None
+        for res in results:
+            self.add(res)
+
     def finish(self) -> tuple[SimulationState, RoundStats]:
+        if self.forger is not None:
+            self._forge()
         if len(self.roles) != len(self.keys):
             missing = [k for k in self.keys[len(self.roles):] if k not in self.pending]
             raise ValueError(f"round {self.plan.round_idx}: no result for clients {missing[:10]}")
@@ -151,6 +202,7 @@ class RoundFold:
             del updates
         else:
             agg = self.accumulator.result()
+        _merge(extra, self.forge_metrics, "the attack's round hook")
         _merge(extra, agg.metrics, "the aggregator")
         if agg.accepted is not None:
             _merge(extra, flag_rates(agg.accepted, self.roles), "the aggregator")
@@ -184,16 +236,19 @@ def apply_round(
     defenses: Sequence,
     aggregator=None,
     device: torch.device | str = "cpu",
+    attack=None,
 ) -> tuple[SimulationState, RoundStats]:
-    """Server side of a round: defend, aggregate, apply. Raises DivergedError on NaN/inf.
+    """Server side of a round: forge (colluding attacks), defend, aggregate, apply. Raises
+    DivergedError on NaN/inf.
 
     Args:
         results: one per task of `plan`, in any order.
         aggregator: the `fl_core.aggregators` rule; None builds the config's.
         device: where the aggregator works (the stacked [n, d] updates, or a streaming
             aggregator's sum; the trial's device); the new global weights stay on CPU.
+        attack: the built attack (its round hook, if it forges); None builds the config's.
     """
-    fold = RoundFold(config, state, plan, defenses, aggregator, device)
+    fold = RoundFold(config, state, plan, defenses, aggregator, device, attack)
     for i in key_order(results):
         fold.add(results[i])
     return fold.finish()
@@ -207,13 +262,14 @@ def run_round(
     defenses: Sequence,
     aggregator=None,
     device: torch.device | str = "cpu",
+    attack=None,
 ) -> tuple[SimulationState, RoundStats]:
     """Train the plan's tasks with `executor` and fold each result into the round as it
     comes (`RoundFold`): the tasks go to the executor in (client_index, slot) order, the
     order the server folds them in, so an executor that streams (`stream_results`) leaves
     little to buffer."""
     assert plan.round_idx == state.round_idx, (plan.round_idx, state.round_idx)
-    fold = RoundFold(config, state, plan, defenses, aggregator, device)
+    fold = RoundFold(config, state, plan, defenses, aggregator, device, attack)
     tasks = [plan.tasks[i] for i in key_order(plan.tasks)]
     fold_results(fold, stream_results(executor, tasks, state.global_params))
     return fold.finish()

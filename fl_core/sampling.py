@@ -10,6 +10,9 @@ of backdoor tasks N (drawn outside the reserved head of the target order, see
 - fixed frequency: exactly one attacker every f = 1/(ε·C·K) rounds (or `attack.frequency`),
   in the rounds where (round − start_round) % f == f // 2 (the reference code's phase),
   put in place of one sampled client; every other cohort member is benign.
+- every round: exactly m = round(ε·C·K) pool members, drawn per round, attack in every
+  round (the Byzantine setting: f of n clients); one already sampled keeps its slot, the
+  others take the slots of sampled clients that are not among the m.
 Cohorts are sampled uniformly without replacement (paper) or with replacement (reference code).
 """
 
@@ -105,7 +108,7 @@ def attack_window(config: SimulationConfig, round_idx: int) -> bool:
 
 def is_fixed_frequency_round(config: SimulationConfig, round_idx: int) -> bool:
     a = config.attack
-    if not attack_window(config, round_idx):
+    if a.schedule != "fixed-frequency" or not attack_window(config, round_idx):
         return False
     f = attack_frequency(config)
     return (round_idx - a.start_round) % f == f // 2
@@ -142,6 +145,41 @@ def boost_factor(config: SimulationConfig, pop: Population, cohort: np.ndarray, 
     return [total / (eta * m * int(pop.weights[int(cohort[s])])) for s in attacker_slots]
 
 
+def attackers_per_round(config: SimulationConfig) -> int:
+    """m = round(ε·C·K), the attackers of every round under `every-round` (≥ 1, validated)."""
+    return int(round(config.attack.fraction * config.fl.clients_per_round))
+
+
+def place_every_round(config: SimulationConfig, pop: Population, cohort: np.ndarray,
+                      round_idx: int) -> tuple[np.ndarray, list[int]]:
+    """(cohort, sorted attacker slots) with m pool members drawn from the round's own stream
+    (Stream.ATTACK, keys (round, 1): fixed frequency draws (round,)). A drawn member already
+    in the cohort attacks from its first slot; the rest replace sampled clients that are
+    not drawn, the slots chosen by the same stream."""
+    m = attackers_per_round(config)
+    pool = np.asarray(pop.attackers, np.int64)
+    if m > len(pool):
+        raise ConfigError("attack.fraction", config.attack.fraction,
+                          f"a pool of at least round(ε·C·K) = {m} writers; it holds {len(pool)}")
+    rng = numpy_rng(config.seed, Stream.ATTACK, round_idx, 1)
+    who = np.sort(rng.choice(pool, size=m, replace=False))
+    cohort = cohort.copy()
+    slots: list[int] = []
+    missing: list[int] = []
+    for k in who:
+        present = np.flatnonzero(cohort == k)
+        (slots.append(int(present[0])) if len(present) else missing.append(int(k)))
+    drawn = set(who.tolist())
+    free = [s for s in rng.permutation(len(cohort)).tolist() if int(cohort[s]) not in drawn]
+    if len(free) < len(missing):  # with replacement, a drawn writer may fill several slots
+        raise ConfigError("fl.clients_per_round", config.fl.clients_per_round,
+                          f"more than round(ε·C·K) = {m} (round {round_idx} has no free slot for every attacker)")
+    for k, s in zip(missing, free):
+        cohort[s] = k
+        slots.append(int(s))
+    return cohort, sorted(slots)
+
+
 def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> RoundPlan:
     """The cohort, the roles, the per-task seeds and β for round `round_idx`."""
     cohort = sample_cohort(config, pop.num_writers, round_idx)
@@ -151,6 +189,8 @@ def plan_round(config: SimulationConfig, pop: Population, round_idx: int) -> Rou
         if a.schedule == "random-sampling":
             # vectorised membership: the pool may hold εK = 10^4 writers at K = 10^7
             attacker_slots = np.flatnonzero(np.isin(cohort, np.asarray(pop.attackers, np.int64))).tolist()
+        elif a.schedule == "every-round":
+            cohort, attacker_slots = place_every_round(config, pop, cohort, round_idx)
         elif is_fixed_frequency_round(config, round_idx):
             rng = numpy_rng(config.seed, Stream.ATTACK, round_idx)
             who = int(pop.attackers[int(rng.integers(len(pop.attackers)))])

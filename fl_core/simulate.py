@@ -25,7 +25,7 @@ from fl_core.loop import run_loop
 from fl_core.executor import ClientExecutor, SerialExecutor
 from fl_core.models import CNN
 from fl_core.params import get_flat
-from fl_core.build import make_aggregator, make_defenses
+from fl_core.build import make_aggregator, make_attack, make_defenses
 from fl_core.rng import Stream, client_rng_scope, derive_seed
 from fl_core.round import run_round
 from fl_core.sampling import Population, attacker_pool, plan_round, sparse_attacker_pool
@@ -119,6 +119,7 @@ class Simulation:
         )
         self.defenses = make_defenses(config)
         self.aggregator = make_aggregator(config)
+        self.attack = make_attack(config)  # its round hook (colluding attackers), if it has one
         self.evaluator = Evaluator(config, self.data, self.backdoor, self.device)
         self.state = state if state is not None else initial_state(config, self.device)
 
@@ -131,7 +132,7 @@ class Simulation:
         t0 = time.perf_counter()
         plan = plan_round(self.config, self.population, self.state.round_idx)
         self.state, stats = run_round(self.config, self.state, plan, self.executor, self.defenses,
-                                      self.aggregator, self.device)
+                                      self.aggregator, self.device, self.attack)
         seconds = time.perf_counter() - t0
         if not is_eval_round(self.config, self.state.round_idx):
             return None

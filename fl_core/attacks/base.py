@@ -12,7 +12,7 @@ which stays torch-free (`fl-sweep validate`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Literal, Protocol
 
 from pydantic import Field, field_validator
 
@@ -42,6 +42,77 @@ class Attack(Protocol):
         """Return (update to send, metrics). `benign` is D_trn (the attacker's own data),
         `malicious` is D_mal already relabelled to the target label."""
         ...
+
+
+# -- the round hook: attackers of one round that collude and craft together ---------------
+
+
+Knowledge = Literal["omniscient", "own-data"]
+
+
+@dataclass(frozen=True)
+class ForgeContext:
+    """Read-only facts of the round a forging attack crafts in.
+
+    Attributes:
+        seed: the config seed; `generator` is already drawn from Stream.FORGE for the round.
+        round_idx: 0-based round.
+        cohort_size: n, every update of the round (benign and attackers).
+        num_attackers: the attackers' rows to forge.
+        knowledge: what `known` holds (see `KnowledgeParams`).
+        config: the whole config (an attack that knows the aggregation rule, Fang's, reads it).
+    """
+
+    seed: int
+    round_idx: int
+    cohort_size: int
+    num_attackers: int
+    knowledge: Knowledge
+    config: "SimulationConfig"
+
+
+class Forger(Protocol):
+    """An attack whose attackers of a round craft their updates together on the server side
+    of the simulation, after benign training and before any defense (the Byzantine model:
+    ALIE, IPM, Min-Max, Fang, ...). Its `craft` runs on the client as usual and returns the
+    attacker's own honest (or backdoor-trained) update; the round then holds the round's
+    updates until all are in and calls `forge` once (`fl_core.round.RoundFold`). Same
+    rounds, same bits on every backend and on the Ray pool, since only the server forges."""
+
+    knowledge: Knowledge
+
+    def forge(self, known: "torch.Tensor", own: "torch.Tensor", ctx: ForgeContext,
+              gen: "torch.Generator") -> tuple["torch.Tensor", dict]:
+        """Return the attackers' updates [a, d] (float32, rows in (client_index, slot) order)
+        and round metrics. `known` [k, d] float32: the round's benign updates (omniscient) or
+        the attackers' own (own-data; then `known` is `own`). `own` [a, d]: what each
+        attacker's `craft` returned. Never modify the inputs."""
+        ...
+
+
+def forger(attack: object) -> "Forger | None":
+    """The attack as a Forger if it forges (has `forge`), else None."""
+    return attack if attack is not None and callable(getattr(attack, "forge", None)) else None
+
+
+class KnowledgeParams(Params):
+    knowledge: Knowledge = Field(
+        "omniscient",
+        description="what the colluding attackers of a round know when they craft: omniscient (the "
+        "round's benign updates, as most Byzantine-attack papers assume) or own-data (only the honest "
+        "updates they computed on their own data, as an estimate of the benign ones)",
+    )
+
+
+class HonestCraft:
+    """`craft` of a forging attack whose attackers first train honestly on their own data
+    (`fl_core.training.local_train`, the benign client's loop), unboosted: the update the
+    round hook starts from and, under own-data knowledge, its estimate of the benign ones."""
+
+    def craft(self, task, model, global_params, benign, malicious, hp, gen):
+        from fl_core.training import local_train
+
+        return local_train(model, global_params, benign, hp, gen)
 
 
 def no_radius(config: "SimulationConfig", beta: float) -> float | None:
