@@ -26,6 +26,7 @@ every backend and the Ray pool give the same bits.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
 
@@ -194,6 +195,7 @@ class RoundFold:
             raise ValueError(f"round {self.plan.round_idx}: no result for clients {missing[:10]}")
         config, plan, state = self.config, self.plan, self.state
         extra = {k: float(np.mean(v)) for k, v in self.per_client.items()}
+        t0 = time.perf_counter()
         if self.accumulator is None:
             updates = torch.stack(self.deltas).to(self.device)
             self.deltas = []
@@ -202,6 +204,8 @@ class RoundFold:
             del updates
         else:
             agg = self.accumulator.result()
+        # the rule's own wall time (a streaming rule sums while results arrive: its last step)
+        extra["aggregate_seconds"] = time.perf_counter() - t0
         _merge(extra, self.forge_metrics, "the attack's round hook")
         _merge(extra, agg.metrics, "the aggregator")
         if agg.accepted is not None:

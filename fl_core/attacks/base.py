@@ -141,6 +141,9 @@ class AttackSpec:
         rank: its position in the report's ordering of cells.
         backdoor: the backdoor task it needs (`attack.backdoor`; e.g. dba: trigger), or None
             for any task (semantic unless the config says otherwise).
+        goal: `backdoor` (targeted: its measure is backdoor accuracy) or `untargeted` (it
+            degrades the main task: its measure is the main-accuracy drop against the
+            unattacked cell; the report's heatmap shows that for it).
     """
 
     name: str
@@ -151,6 +154,7 @@ class AttackSpec:
     needs_bound: bool = False
     rank: int = 99
     backdoor: str | None = None
+    goal: Literal["backdoor", "untargeted"] = "backdoor"
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack", "attack.kind")

@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sweeper.report.load import SweepData, format_value, label_for
-from sweeper.report.stats import cell_curves, run_curves
+from sweeper.report.stats import attack_goal, cell_curves, run_curves
 
 MAIN_COLOR = "tab:blue"
 BACKDOOR_COLOR = "tab:red"
@@ -185,28 +185,42 @@ def _finish(fig: Figure, legend_ax, ncols: int, fontsize: float, data: SweepData
     return path
 
 
-HEATMAP_VALUES = (("backdoor_avg", "backdoor acc (avg)", "Reds"), ("main_tail", "main acc (tail)", "Blues"))
+# The first panel is each attack's own measure: backdoor accuracy for a backdoor attack, the
+# main-accuracy drop against the unattacked cell for an untargeted one (its column says so).
+EFFECT = "effect"
+HEATMAP_VALUES = ((EFFECT, "backdoor acc (avg); main acc drop for untargeted attacks", "Reds"),
+                  ("main_tail", "main acc (tail)", "Blues"))
+
+
+def _effect_column(cfg: dict) -> str:
+    return "main_drop" if attack_goal(cfg.get("attack.kind")) == "untargeted" else "backdoor_avg"
 
 
 def heatmap_matrix(data: SweepData, cells: pd.DataFrame, column: str
                    ) -> tuple[list[str], list[str], np.ndarray]:
     """(defense labels, attack labels, values [defenses × attacks]) of `cells[column]`
-    (a `cell_summary` frame); NaN where the grid has no such cell. An attack is
-    `attack.kind` with its own `attack.params.*`; a defense is everything else that labels a
-    cell (aggregator, M, σ, ...), in the report's order."""
-    attack_keys = [k for k in data.cell_keys if k == "attack.kind" or k.startswith("attack.params.")]
+    (a `cell_summary` frame; `EFFECT`: each attack's own measure, `_effect_column`); NaN
+    where the grid has no such cell. An attack is `attack.kind` with its own
+    `attack.params.*` (and `attack.fraction` when it varies); a defense is everything else
+    that labels a cell (aggregator, M, σ, ...), in the report's order. An untargeted
+    attack's column label ends in "(drop)" in the EFFECT panel."""
+    attack_keys = [k for k in data.cell_keys
+                   if k in ("attack.kind", "attack.fraction") or k.startswith("attack.params.")]
     keys = [k for k in data.cell_keys if k not in attack_keys]
-    value = dict(zip(cells["cell"], cells[column]))
+    by_cell = cells.set_index("cell")
     rows: list[str] = []
     cols: list[str] = []
     at: dict[tuple[str, str], float] = {}
     for cell in data.cells():
         cfg = data.cell_config(cell)
+        if column == EFFECT and cfg.get("attack.kind") == "none" and "attack.kind" in data.cell_keys:
+            continue  # the baseline of the drops, not an attack
+        col = _effect_column(cfg) if column == EFFECT else column
         r = label_for(cfg, keys) or "–"
-        c = label_for(cfg, attack_keys)
+        c = label_for(cfg, attack_keys) + (" (drop)" if col == "main_drop" else "")
         rows += [r] if r not in rows else []
         cols += [c] if c not in cols else []
-        at[(r, c)] = float(value.get(cell, np.nan))
+        at[(r, c)] = float(by_cell[col].get(cell, np.nan)) if col in by_cell else np.nan
     m = np.array([[at.get((r, c), np.nan) for c in cols] for r in rows], dtype=float)
     return rows, cols, m
 
@@ -219,12 +233,15 @@ def wants_heatmap(data: SweepData) -> bool:
 def plot_heatmap(data: SweepData, cells: pd.DataFrame, path: Path) -> Path:
     """Defense × attack: one panel per `HEATMAP_VALUES` entry, value written in each square."""
     panels = [(heatmap_matrix(data, cells, col), title, cmap) for col, title, cmap in HEATMAP_VALUES]
-    rows, cols = panels[0][0][0], panels[0][0][1]
-    fig = Figure(figsize=(3.2 + 1.6 * len(cols) * len(panels), 1.2 + 0.42 * len(rows)), dpi=DPI,
+    rows = panels[0][0][0]
+    width = max(len(p[0][1]) for p in panels)
+    fig = Figure(figsize=(3.2 + 1.6 * width * len(panels), 1.2 + 0.42 * len(rows)), dpi=DPI,
                  layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
-    for ax, ((_, _, m), title, cmap) in zip(axes, panels):
+    for ax, ((prows, cols, m), title, cmap) in zip(axes, panels):
+        m = np.array([m[prows.index(r)] if r in prows else [np.nan] * len(cols) for r in rows]).reshape(
+            len(rows), len(cols))
         ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=0.0, vmax=1.0, aspect="auto")
         ax.set_xticks(range(len(cols)), [plain(c) for c in cols], rotation=20, ha="right", fontsize=8)
         ax.set_yticks(range(len(rows)), [plain(r) for r in rows], fontsize=8)

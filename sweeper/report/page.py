@@ -47,11 +47,13 @@ TABLE_COLUMNS = (
     ("backdoor_avg", "backdoor acc (avg)"),
     ("heldout_avg", "held-out backdoor (avg)"),
     ("collateral_avg", "collateral (avg)"),
+    ("main_drop", "main acc drop vs no attack"),
     ("flag_tpr_avg", "attackers flagged (TPR)"),
     ("flag_fpr_avg", "benign flagged (FPR)"),
     ("lifespan", "backdoor lifespan (rounds)"),
     ("attacked_rounds", "rounds attacked"),
     ("benign_norm_p90_median", "benign norm p90 (median)"),
+    ("aggregate_seconds", "aggregator s/round"),
 )
 TABLE_HEADER = ("cell", "seeds", "rounds", *(h for _, h in TABLE_COLUMNS), "DP ε (δ)")
 CLAIMS_HEADER = ("#", "claim", "paper fig.", "verdict", "numbers", "cells used")
@@ -128,7 +130,8 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
-DIGITS = {"lifespan": 1}  # rounds: one decimal (a mean over seeds); accuracies: three
+# rounds: one decimal (a mean over seeds); seconds: four; accuracies: three
+DIGITS = {"lifespan": 1, "aggregate_seconds": 4}
 
 
 def _spread(row: pd.Series, col: str) -> str:

@@ -24,6 +24,12 @@ Definitions (used everywhere in the report, and stated on the page):
   (rounds S..; the first evaluated round r > S with accuracy < peak/2 gives r − S, so its
   resolution is `fl.eval_every`). A run that ends before that gives a lower bound (r_last − S),
   counted in `lifespan_censored`; NaN without a stop round.
+- **main drop** of a cell: the unattacked cell's main (tail) minus this cell's, mean over
+  seeds (min and max: against the unattacked cell's mean). The unattacked cell is the one
+  with `attack.kind: none` and every key outside `attack.*` equal; NaN when the grid has
+  none. It is the measure of an untargeted attack (ALIE, IPM, Min-Max, ...).
+- **aggregator s/round**: the aggregation rule's own wall time per round
+  (`aggregate_seconds`, mean over evaluated rounds).
 - Cell values are the mean over the cell's seeds, with min and max.
 """
 
@@ -164,6 +170,7 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
             "attacked_rounds": float(attacked.mean()),
             "attackers_per_round": float(g["num_attackers"].fillna(0).mean()),
             "benign_norm_p90_median": float(g["benign_norm_p90"].median()),
+            "aggregate_seconds": float(_col(g, "aggregate_seconds").mean()),
         })
     return pd.DataFrame(rows)
 
@@ -181,8 +188,42 @@ def _col(g: pd.DataFrame, name: str) -> pd.Series:
 SUMMARY_COLUMNS = (
     "main_final", "main_tail", "clean_tail", "backdoor_final", "backdoor_avg", "heldout_avg",
     "collateral_avg", "flag_tpr_avg", "flag_fpr_avg", "lifespan", "lifespan_censored",
-    "attacked_rounds", "attackers_per_round", "benign_norm_p90_median",
+    "attacked_rounds", "attackers_per_round", "benign_norm_p90_median", "aggregate_seconds",
 )
+
+
+def attack_goal(kind: object) -> str:
+    """`backdoor` or `untargeted`: the registered attack's goal (`AttackSpec.goal`); an
+    attack this engine does not know (a run of another version) counts as a backdoor one."""
+    from fl_core.attacks import ATTACKS
+
+    spec = ATTACKS.get(kind) if isinstance(kind, str) else None
+    return spec.goal if spec is not None else "backdoor"
+
+
+def unattacked_cell(data: SweepData, cell: str) -> str | None:
+    """The cell with `attack.kind: none` whose keys outside `attack.*` equal `cell`'s."""
+    def rest(c: str) -> dict:
+        return {k: v for k, v in data.cell_config(c).items() if not k.startswith("attack.")}
+
+    mine = rest(cell)
+    for other in data.cells():
+        if data.cell_config(other).get("attack.kind") == "none" and rest(other) == mine:
+            return other
+    return None
+
+
+def _main_drop(data: SweepData, cells: pd.DataFrame) -> pd.DataFrame:
+    """`main_drop` (+ `_min`, `_max`) of every cell against its unattacked cell."""
+    tail = dict(zip(cells["cell"], cells["main_tail"]))
+    drop, lo, hi = [], [], []
+    for _, row in cells.iterrows():
+        base = unattacked_cell(data, row["cell"])
+        b = tail.get(base, float("nan")) if base is not None else float("nan")
+        drop.append(b - row["main_tail"])
+        lo.append(b - row["main_tail_max"])
+        hi.append(b - row["main_tail_min"])
+    return cells.assign(main_drop=drop, main_drop_min=lo, main_drop_max=hi)
 
 
 def cell_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.0) -> pd.DataFrame:
@@ -200,7 +241,7 @@ def cell_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0
             row[f"{c}_min"] = float(g[c].min())
             row[f"{c}_max"] = float(g[c].max())
         rows.append(row)
-    return pd.DataFrame(rows)
+    return _main_drop(data, pd.DataFrame(rows))
 
 
 def cell_curves(data: SweepData, metric: str,

@@ -17,7 +17,7 @@ RAW = {
     "fl": {"rounds": 3, "clients_per_round": 6, "local_epochs": 1, "batch_size": 5, "eval_every": 3},
     "attack": {"kind": "model-replacement", "fraction": 0.2, "frequency": 1, "num_tasks": 3},
 }
-DROP = {"round_seconds", "eval_seconds"}
+DROP = {"round_seconds", "eval_seconds", "aggregate_seconds"}
 SELECTS = {"krum", "multi-krum", "foolsgold", "flame", "bulyan"}
 
 

@@ -167,7 +167,7 @@ def test_new_attacks_run_a_deterministic_simulation_and_resume_exactly(kind, bac
         "attack": {"kind": kind, "fraction": 0.2, "frequency": 2, "num_tasks": 3, "pgd_iterations": 2},
         "defense": {"norm_bound": 2.0},
     })
-    drop = {"round_seconds", "eval_seconds"}
+    drop = {"round_seconds", "eval_seconds", "aggregate_seconds"}
     strip = lambda ms: [{k: v for k, v in m.items() if k not in drop} for m in ms]
     a = Simulation(cfg, data=tiny_data)
     ma = a.run()

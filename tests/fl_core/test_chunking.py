@@ -16,7 +16,7 @@ from fl_core.errors import ConfigError
 from fl_core.simulate import Simulation, initial_state
 from fl_core.types import ClientTask
 
-TIMING = ("round_seconds", "eval_seconds")
+TIMING = ("round_seconds", "eval_seconds", "aggregate_seconds")
 
 
 def cfg(chunk="auto", backend="vectorized", **extra):

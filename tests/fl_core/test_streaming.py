@@ -25,7 +25,7 @@ from fl_core.simulate import Simulation
 from fl_core.state import SimulationState
 from fl_core.types import ClientResult, ClientTask, RoundPlan
 
-TIMING = ("round_seconds", "eval_seconds")
+TIMING = ("round_seconds", "eval_seconds", "aggregate_seconds")
 
 
 class StackedFedAvg:

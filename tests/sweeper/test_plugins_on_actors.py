@@ -15,7 +15,7 @@ from sweeper.actors import RayActorExecutor  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
-TIMING = ("round_seconds", "eval_seconds")
+TIMING = ("round_seconds", "eval_seconds", "aggregate_seconds")
 
 
 def _run(cfg, data, executor=None):

@@ -38,7 +38,7 @@ TINY = {
     "fl": {"rounds": 3, "clients_per_round": 5, "local_epochs": 1, "device": "cpu"},
     "attack": {"kind": "model-replacement", "fraction": 0.2, "frequency": 2, "num_tasks": 3},
 }
-TIMING = ("round_seconds", "eval_seconds")
+TIMING = ("round_seconds", "eval_seconds", "aggregate_seconds")
 
 
 @pytest.fixture(scope="module")

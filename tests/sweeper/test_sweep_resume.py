@@ -50,7 +50,7 @@ seeds: 2
 resources: {{executor: in-process, cpus_per_trial: 1}}
 max_concurrent_trials: 2
 """
-TIMING = ("round_seconds", "eval_seconds")
+TIMING = ("round_seconds", "eval_seconds", "aggregate_seconds")
 LOCAL = ["--num-cpus", "2", "--object-store-mb", "150"]
 
 

@@ -64,3 +64,38 @@ def test_an_attack_parameter_labels_only_the_cells_it_applies_to(tmp_path, run_w
     data = _write(tmp_path, run_writer)
     assert data.cells() == ["unconstrained, FedAvg", "unconstrained, median",
                             "Neurotoxin, top_k=0.01, FedAvg", "Neurotoxin, top_k=0.01, median"]
+
+
+def test_untargeted_attacks_show_the_main_accuracy_drop_against_the_unattacked_cell(tmp_path, run_writer):
+    """Issue 21 item 5: an untargeted attack's measure is main (tail) of the cell with
+    attack.kind none and the same defense, minus its own; the EFFECT panel shows it for
+    the untargeted column and backdoor (avg) for the backdoor one. Constant curves make
+    every tail mean the constant, so the drops are exact differences of the constants
+    (to float64 rounding: 1e-12)."""
+    from fl_core.attacks import ATTACKS
+    from fl_core.attacks.base import AttackSpec
+    from sweeper.report.figures import EFFECT
+
+    ATTACKS.register(AttackSpec("test-untargeted", "test untargeted", lambda p, c: None, goal="untargeted"))
+    try:
+        main = {("fedavg", "none"): 0.9, ("fedavg", "test-untargeted"): 0.6, ("fedavg", "model-replacement"): 0.85,
+                ("median", "none"): 0.88, ("median", "test-untargeted"): 0.78, ("median", "model-replacement"): 0.87}
+        for (agg, kind), acc in main.items():
+            run_writer(tmp_path / "s" / f"{agg}-{kind}",
+                       {"attack.kind": kind, "attack.fraction": 0.1, "defense.aggregator": agg}, 0,
+                       {"main_acc": [acc] * 4, "backdoor_acc": [0.7 if kind == "model-replacement" else 0.05] * 4})
+        data = load_sweeps([str(tmp_path / "s")])
+        cells = cell_summary(data).set_index("cell")
+        drops = {c: cells.loc[c, "main_drop"] for c in cells.index}
+        assert [c for c in drops if c.startswith("no attack")] == ["no attack, FedAvg", "no attack, median"]
+        assert all(abs(v) < 1e-12 for c, v in drops.items() if c.startswith("no attack"))
+        rows, cols, eff = heatmap_matrix(data, cells.reset_index(), EFFECT)
+        assert rows == ["FedAvg", "median"]
+        assert cols == ["unconstrained", "test untargeted (drop)"]
+        assert abs(eff[0, 1] - 0.3) < 1e-12 and abs(eff[1, 1] - 0.1) < 1e-12  # main drops
+        assert abs(eff[0, 0] - 0.7) < 1e-12 and abs(eff[1, 0] - 0.7) < 1e-12  # backdoor (avg)
+        rep = build_report(data, tmp_path / "rep")
+        assert "main acc drop vs no attack" in (tmp_path / "rep" / "report.md").read_text()
+        assert (tmp_path / "rep" / "figures" / "heatmap.png") in rep.files
+    finally:
+        ATTACKS.unregister("test-untargeted")
