@@ -118,6 +118,17 @@ def test_alie_forges_mean_plus_z_std_for_every_attacker():
     assert torch.equal(KNOWN, t([[1, 0], [3, 4]])) and torch.equal(OWN_ROWS, t([[5, -1], [2, 3]]))
 
 
+def test_alie_takes_the_authors_step_in_update_terms():
+    """The authors send μ_g − z·σ_g on gradients and the server steps −η·that. With z = 1,
+    η = 0.5 and gradients (1, 0), (3, 4): μ_g − σ_g = (2 − 1, 2 − 2) = (1, 0), a step of
+    (−0.5, 0). Our updates are Δ = −η·g = (−0.5, 0), (−1.5, −2): μ + z·σ = (−1, −1) +
+    (0.5, 1) = (−0.5, 0), the same step (so +z·σ here is the authors' −z·σ)."""
+    eta, grads = 0.5, t([[1, 0], [3, 4]])
+    authors_step = -eta * (grads.mean(0) - grads.std(0, correction=0))
+    sent, _ = ALIE(1.0, "omniscient").forge(-eta * grads, OWN_ROWS[:1], ctx(3, 1), gen())
+    assert torch.equal(sent[0], authors_step) and torch.equal(authors_step, t([-0.5, 0]))
+
+
 def test_an_omniscient_forge_with_no_benign_update_says_what_to_change():
     with pytest.raises(ValueError, match="own-data"):
         ALIE(1.0, "omniscient").forge(KNOWN[:0], OWN_ROWS, ctx(2, 2), gen())
