@@ -70,6 +70,27 @@ def mean_std(known: "torch.Tensor", round_idx: int) -> tuple["torch.Tensor", "to
     return k.mean(dim=0), k.std(dim=0, correction=0)
 
 
+def check_derived_z(z: float | None, config) -> None:
+    """When z is derived, refuse (before any round runs) a schedule whose rounds leave it
+    undefined: under `every-round` f = round(ε·C·K) of n = C·K, under `fixed-frequency` f = 1;
+    under `random-sampling` f varies per round (a round with f > n/2 would stop the run),
+    so z must be given."""
+    if z is not None:
+        return
+    from fl_core.errors import ConfigError
+
+    a, n = config.attack, config.fl.clients_per_round
+    if a.schedule == "random-sampling":
+        raise ConfigError("attack.params.z", None, "a number when attack.schedule = random-sampling (the attackers "
+                          "per round vary, and z from n and f is undefined where they are more than half)")
+    f = int(round(a.fraction * n)) if a.schedule == "every-round" else 1
+    try:
+        derived_z(n, f)
+    except ValueError:
+        raise ConfigError("attack.params.z", None, f"a number: z from n = {n} updates and f = {f} attackers per "
+                          "round (fl.clients_per_round, attack.fraction) is undefined") from None
+
+
 class ALIEParams(KnowledgeParams):
     z: float | None = Field(
         None,
@@ -94,6 +115,7 @@ class ALIE(HonestCraft):
 
 
 def _build(params: ALIEParams, config) -> ALIE:
+    check_derived_z(params.z, config)
     return ALIE(params.z, params.knowledge)
 
 

@@ -8,15 +8,17 @@ per coordinate (μ, σ over the round's benign updates, ddof 0; z as `alie`: der
 and f, or `attack.params.z`), so that the band-based statistics of robust rules do not set
 them apart, while the part of the backdoor that fits in the band gets through.
 
-Our reading of the authors' code (moranant/attacking_distributed_learning `backdoor.py`,
-`BackdoorAttack`):
+The paper's text was not available to us beyond its abstract; our reading of the authors'
+code (moranant/attacking_distributed_learning `backdoor.py`, `BackdoorAttack`):
 1. training: from the mean-updated model, epochs of SGD on the backdoor samples with loss
    CE + 4·Σ_layers MSE(w_layer, start_layer) (`main.py`: "in the paper it's 0.2", i.e.
-   α·CE + (1 − α)·Σ MSE with α = 0.2, up to a factor 5). Here: fl.local_epochs epochs of
-   the ordinary client's minibatch SGD (fl_core.training.sgd_epochs, fl.client_lr) on own
-   data ∪ D_mal (the task's relabelled backdoor set, the `union` recipe's data), with the
-   gradient of that α-weighted loss, anchored at w_t: the attacker's `craft` runs before
-   the round's benign updates exist, so it cannot start from the mean-updated model;
+   α·CE + (1 − α)·Σ MSE with α = 0.2, up to a factor 5; 5 epochs, batch 200, lr 0.1,
+   weight decay 1e-4, the optimizer re-created per batch so its momentum never acts).
+   Here: fl.local_epochs epochs of the ordinary client's minibatch SGD
+   (fl_core.training.sgd_epochs, fl.client_lr) on own data ∪ D_mal (the task's relabelled
+   backdoor set, the `union` recipe's data), with the gradient of that α-weighted loss,
+   anchored at w_t: the attacker's `craft` runs before the round's benign updates exist,
+   so it cannot start from the mean-updated model;
 2. the trained model becomes the update w − w_t, unboosted (the authors turn it into a
    gradient with an extra ±η·μ, (start − (w + η·μ))/η, which we do not copy);
 3. `np.clip` to [μ − z·σ, μ + z·σ] of the (attackers' own) gradients, the same vector for
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from pydantic import Field
 
-from fl_core.attacks.alie import derived_z, mean_std
+from fl_core.attacks.alie import check_derived_z, derived_z, mean_std
 from fl_core.attacks.base import AttackSpec, register
 from fl_core.plugins import Params
 
@@ -101,6 +103,7 @@ class ALIEBackdoor:
 
 
 def _build(params: ALIEBackdoorParams, config) -> ALIEBackdoor:
+    check_derived_z(params.z, config)
     return ALIEBackdoor(params.z, params.alpha)
 
 

@@ -313,6 +313,37 @@ def test_each_attack_runs_a_simulation_on_both_backends(kind, backend, synthetic
         assert abs(z - 2 / 3) < 1e-12
 
 
+def test_a_derived_z_is_refused_before_any_round_where_rounds_leave_it_undefined():
+    from fl_core.build import make_attack
+    from fl_core.errors import ConfigError
+
+    def cfg(kind, n, eps, schedule, **params):
+        return parse_config({"fl": {"clients_per_round": n}, "attack": {
+            "kind": kind, "fraction": eps, "schedule": schedule, "num_tasks": 1, "params": params}})
+
+    for kind in ("alie", "alie-backdoor"):
+        for n, eps, schedule in [(10, 0.2, "random-sampling"),  # f varies per round
+                                 (2, 0.5, "every-round"),         # n = 2: quantile 0
+                                 (5, 0.6, "every-round"),         # f = 3 of 5: quantile 1
+                                 (2, 0.5, "fixed-frequency")]:    # f = 1 of 2
+            with pytest.raises(ConfigError, match="attack.params.z"):
+                make_attack(cfg(kind, n, eps, schedule))
+            assert make_attack(cfg(kind, n, eps, schedule, z=1.0)) is not None  # a given z is fine
+        assert make_attack(cfg(kind, 10, 0.2, "every-round")) is not None  # f = 2 of 10: z = 0
+
+
+@pytest.mark.parametrize("schedule,params", [("fixed-frequency", {}), ("random-sampling", {"z": 1.0})])
+def test_alie_runs_under_the_other_schedules(schedule, params, synthetic):
+    sim = Simulation(sim_config("alie", "sequential", schedule=schedule, frequency=1, params=params), data=synthetic)
+    history = sim.run()
+    assert bool(torch.isfinite(sim.state.global_params).all())
+    if schedule == "fixed-frequency":  # one attacker of n = 5: s = 2, quantile 1/2, z = 0
+        assert [m["num_attackers"] for m in history] == [1, 1] and history[-1]["alie_z"] == 0.0
+    else:  # pool members the cohort draws: 5 of the 12 writers
+        assert sum(m["num_attackers"] for m in history) >= 1
+        assert all(m["alie_z"] == 1.0 for m in history if m["num_attackers"])
+
+
 def test_the_backdoor_carrier_runs_with_the_trigger_task(synthetic):
     sim = Simulation(sim_config("alie-backdoor", "sequential", backdoor="trigger"), data=synthetic)
     history = sim.run()
