@@ -17,8 +17,9 @@ Where we follow code (the paper's text was not available to us beyond its abstra
   overrides the derived value.
 - sign: the authors' code (`malicious.py`, DriftAttack) sends μ_g − z·σ_g on *gradients*,
   which the server subtracts (w ← w − η·g). Our updates are Δ = w − w_t ≈ −η·g, so the same
-  step is μ_Δ + z·σ_Δ: that is what we send. ByzFL's ALittleIsEnough and FLPoison send
-  μ_g + τ·σ_g on gradients, the opposite step (μ_Δ − τ·σ_Δ); epfml agrees with the authors.
+  step is μ_Δ + z·σ_Δ: that is what we send. ByzFL's ALittleIsEnough sends μ_g + τ·σ_g on
+  the gradients its framework feeds it, the opposite step (μ_Δ − τ·σ_Δ); FLPoison also
+  writes +z·σ; epfml agrees with the authors.
 - σ: the population standard deviation (1/k, ddof 0), as the authors' `np.var`; ByzFL's
   code uses ddof 1 (its docstring 1/n). tests/fl_core/test_crosscheck_byzfl_attacks.py maps
   one onto the other.
@@ -26,7 +27,9 @@ Where we follow code (the paper's text was not available to us beyond its abstra
   over the attackers' own gradients (`knowledge: own-data`); the default here is the
   round hook's `omniscient`, as FLPoison, ByzFL and Blades run it (and as the Byzantine
   comparison needs: one attacker alone has σ = 0 and would send its honest update).
-All attackers of a round send the same vector.
+All attackers of a round send the same vector. The derived z is small for small cohorts,
+since the quantile is (⌈n/2⌉ − 1)/(n − f): n = 10 gives z = 0 (the mean itself) for f = 2
+and z ≈ −0.14 for f = 1; n = 50, f = 10 gives z ≈ 0.25.
 """
 
 from __future__ import annotations
