@@ -116,6 +116,8 @@ def check_attack(config: SimulationConfig) -> None:
         )
     if spec.backdoor is not None and a.backdoor != spec.backdoor:
         raise ConfigError("attack.backdoor", a.backdoor, f"{spec.backdoor} (or null) when attack.kind = {a.kind}")
+    if spec.check is not None:
+        spec.check(spec.params(**a.params), config)
 
 
 def check_defense(config: SimulationConfig) -> None:

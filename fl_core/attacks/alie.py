@@ -122,4 +122,5 @@ def _build(params: ALIEParams, config) -> ALIE:
     return ALIE(params.z, params.knowledge)
 
 
-register(AttackSpec("alie", "ALIE", _build, ALIEParams, rank=6))
+register(AttackSpec("alie", "ALIE", _build, ALIEParams, rank=6, goal="untargeted",
+                     check=lambda params, config: check_derived_z(params.z, config)))

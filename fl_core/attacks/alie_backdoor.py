@@ -107,4 +107,5 @@ def _build(params: ALIEBackdoorParams, config) -> ALIEBackdoor:
     return ALIEBackdoor(params.z, params.alpha)
 
 
-register(AttackSpec("alie-backdoor", "ALIE (backdoor)", _build, ALIEBackdoorParams, rank=7))
+register(AttackSpec("alie-backdoor", "ALIE (backdoor)", _build, ALIEBackdoorParams, rank=7,
+                     check=lambda params, config: check_derived_z(params.z, config)))

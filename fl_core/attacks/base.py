@@ -141,6 +141,9 @@ class AttackSpec:
         rank: its position in the report's ordering of cells.
         backdoor: the backdoor task it needs (`attack.backdoor`; e.g. dba: trigger), or None
             for any task (semantic unless the config says otherwise).
+        check: (params, config) → None, raising ConfigError for params that do not fit the
+            rest of the config (ALIE's derived z under a schedule that leaves it undefined); run
+            when the config is validated, so a grid fails before anything runs.
         goal: `backdoor` (targeted: its measure is backdoor accuracy) or `untargeted` (it
             degrades the main task: its measure is the main-accuracy drop against the
             unattacked cell; the report's heatmap shows that for it).
@@ -155,6 +158,7 @@ class AttackSpec:
     rank: int = 99
     backdoor: str | None = None
     goal: Literal["backdoor", "untargeted"] = "backdoor"
+    check: Callable[[Any, "SimulationConfig"], None] | None = None
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack", "attack.kind")

@@ -41,4 +41,4 @@ def _build(params: GaussianParams, config) -> Gaussian:
     return Gaussian(params.mu, params.sigma)
 
 
-register(AttackSpec("gaussian", "Gaussian", _build, GaussianParams, rank=10))
+register(AttackSpec("gaussian", "Gaussian", _build, GaussianParams, rank=10, goal="untargeted"))

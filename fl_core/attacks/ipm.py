@@ -40,4 +40,4 @@ def _build(params: IPMParams, config) -> IPM:
     return IPM(params.epsilon, params.knowledge)
 
 
-register(AttackSpec("ipm", "IPM", _build, IPMParams, rank=8))
+register(AttackSpec("ipm", "IPM", _build, IPMParams, rank=8, goal="untargeted"))

@@ -31,4 +31,4 @@ class LabelFlip:
         return local_train(model, global_params, ClientData(benign.pixels, flip_labels(benign.labels)), hp, gen)
 
 
-register(AttackSpec("label-flip", "label flip", lambda params, config: LabelFlip(), rank=11))
+register(AttackSpec("label-flip", "label flip", lambda params, config: LabelFlip(), rank=11, goal="untargeted"))

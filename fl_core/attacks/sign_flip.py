@@ -28,4 +28,4 @@ def _build(params: KnowledgeParams, config) -> SignFlip:
     return SignFlip(params.knowledge)
 
 
-register(AttackSpec("sign-flip", "sign flip", _build, KnowledgeParams, rank=9))
+register(AttackSpec("sign-flip", "sign flip", _build, KnowledgeParams, rank=9, goal="untargeted"))

@@ -359,3 +359,17 @@ def test_a_forged_simulation_is_deterministic_and_seeded(synthetic):
                        data=synthetic)
     other.run()
     assert not torch.equal(other.state.global_params, runs[0].state.global_params)
+
+
+def test_an_undefined_derived_z_is_refused_when_the_config_is_validated():
+    """The spec's `check` runs in parse_config, so a grid fails before any trial starts."""
+    from fl_core.config import parse_config
+    from fl_core.errors import ConfigError
+
+    for kind in ("alie", "alie-backdoor"):
+        with pytest.raises(ConfigError, match=r"attack\.params\.z"):
+            parse_config({"fl": {"clients_per_round": 10},
+                          "attack": {"kind": kind, "fraction": 0.2, "schedule": "random-sampling", "num_tasks": 3}})
+        parse_config({"fl": {"clients_per_round": 10},  # a given z is always accepted
+                      "attack": {"kind": kind, "fraction": 0.2, "schedule": "random-sampling", "num_tasks": 3,
+                                 "params": {"z": 1.5}}})
