@@ -343,18 +343,6 @@ class DefenseConfig(_Frozen):
         "updates; null = C·K/20 with weak DP on (defense.noise_sigma > 0), 0 without",
     )
 
-    @model_validator(mode="after")
-    def _adaptive_keys_need_quantile(self) -> "DefenseConfig":
-        if self.clip_quantile is None:
-            for key, default in (("clip_lr", DEFAULT_CLIP_LR), ("clip_count_noise", None)):
-                if getattr(self, key) != default:
-                    raise ConfigError(f"defense.{key}", getattr(self, key),
-                                      f"{default} (its default) unless defense.clip_quantile is set")
-        elif self.norm_bound is None:
-            raise ConfigError("defense.norm_bound", None, "a positive number, the initial bound C₀, "
-                              "when defense.clip_quantile is set (adaptive clipping starts there)")
-        return self
-
 
 def update_noise_multiplier(z: float, count_noise: float) -> float:
     """z_Δ of adaptive clipping (Andrew et al. 2021, Thm 1): the noise multiplier of the
@@ -373,6 +361,24 @@ def configured_noise_multiplier(noise_sigma: float, norm_bound: float, clients_p
     """z: the noise multiplier σ gives at bound M (σ/M on the sum, σ·C·K/M on the mean); under
     adaptive clipping M is the initial bound C₀, and z the total of update and count noise."""
     return noise_sigma / norm_bound * (clients_per_round if placement == "mean" else 1)
+
+
+def check_adaptive_clipping(config: "SimulationConfig") -> None:
+    """The cross-field rules of adaptive clipping (in `SimulationConfig`, not `DefenseConfig`:
+    a grid checks each axis value on its own model first). Its other keys do nothing without
+    `defense.clip_quantile`, so they must stay at their defaults (and out of the trial key);
+    with it, C₀ = `defense.norm_bound` is required and σ_b must leave room for z."""
+    d = config.defense
+    if d.clip_quantile is None:
+        for key, default in (("clip_lr", DEFAULT_CLIP_LR), ("clip_count_noise", None)):
+            if getattr(d, key) != default:
+                raise ConfigError(f"defense.{key}", getattr(d, key),
+                                  f"{default} (its default) when defense.clip_quantile is null")
+        return
+    if d.norm_bound is None:
+        raise ConfigError("defense.norm_bound", None, "a positive number, the initial bound C₀, "
+                          "when defense.clip_quantile is set (adaptive clipping starts there)")
+    adaptive_clip_noise(config)
 
 
 def adaptive_clip_noise(config: "SimulationConfig") -> tuple[float, float]:
@@ -429,8 +435,7 @@ class SimulationConfig(_Frozen):
                 "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
             )
         plugin_hooks().check_defense(self)
-        if d.clip_quantile is not None:
-            adaptive_clip_noise(self)
+        check_adaptive_clipping(self)
         plugin_hooks().check_data(self)
         return self
 

@@ -337,3 +337,44 @@ def test_the_new_keys_leave_every_other_config_hash_alone():
     assert config_hash(on) != config_hash(plain)
     other = parse_config({**base, "defense": {**base["defense"], "clip_quantile": 0.5, "clip_lr": 0.1}})
     assert config_hash(other) != config_hash(on)
+
+
+@pytest.mark.parametrize("backend", ["sequential", "vectorized"])
+def test_runs_on_every_backend_with_a_robust_rule(tiny_data, backend):
+    # the defense is server side (RoundFold), so every backend and both aggregator paths
+    # (streaming FedAvg above, the stacked matrix of a robust rule here) go through it
+    cfg = parse_config({**TINY, "fl": {**TINY["fl"], "rounds": 2, "backend": backend},
+                        "defense": {**TINY["defense"], "aggregator": "median"}})
+    sim = Simulation(cfg, data=tiny_data)
+    m = sim.run()
+    assert m[0]["clip_bound"] == 0.5
+    assert m[1]["clip_bound"] == next_bound(0.5, m[0]["clip_unclipped_share"], 0.5, 0.2)
+    assert float(sim.state.defense_state["clip_bound"]) == next_bound(
+        m[1]["clip_bound"], m[1]["clip_unclipped_share"], 0.5, 0.2)
+
+
+def test_a_grid_may_sweep_the_quantile_and_a_bad_pair_fails_before_anything_runs(tmp_path):
+    # a grid checks each axis value on its own model first: the cross-field rules must not
+    # fire there (γ alone has no C₀), only on the expanded trials
+    from sweeper.errors import GridError
+    from sweeper.grid import load_grid
+
+    text = """
+name: adaclip
+base:
+  data: {{source: synthetic, num_writers: 40, examples_per_writer: 10}}
+  fl: {{rounds: 2, clients_per_round: 4}}
+  attack: {{num_tasks: 3}}
+  defense: {{norm_bound: 3.0, noise_sigma: {sigma}}}
+grid:
+  defense.clip_quantile: [null, 0.5, 0.9]
+seeds: 1
+"""
+    (tmp_path / "g.yaml").write_text(text.format(sigma=0.01))
+    g = load_grid(tmp_path / "g.yaml")
+    assert [t.config.defense.clip_quantile for t in g.trials] == [None, 0.5, 0.9]
+    assert len({t.trial_key for t in g.trials}) == 3
+    # σ = 3 at C₀ = 3 is z = 1; the default σ_b = 4/20 = 0.2 leaves 2σ_b = 0.4 ≤ z
+    (tmp_path / "g.yaml").write_text(text.format(sigma=3.0))
+    with pytest.raises(GridError, match="clip_count_noise"):
+        load_grid(tmp_path / "g.yaml")
