@@ -375,7 +375,7 @@ def account(cell: str, cfg: Mapping[str, Any], rounds: int, delta: float = DEFAU
         z_update, z_count = adaptive
         mechanism = (f"adaptive clipping (Andrew et al. 2021, Thm 1): update noise z_Δ = {z_update:.4g} "
                      f"and count noise σ_b = {z_count / 2:.4g} (multiplier 2σ_b = {z_count:.4g}) "
-                     f"compose to z = {z:.4g}, the configured σ's at the initial bound C₀")
+                     f"compose to z = {z:.4g}, the z of the configured σ at the initial bound C₀")
         verdict = f"{verdict} [{mechanism}]"
         extra = {"mechanism": mechanism, "update_noise_multiplier": z_update, "count_noise": z_count / 2}
     return PrivacyResult(
