@@ -285,6 +285,7 @@ class AttackConfig(_Frozen):
 
 
 DEFAULT_AGGREGATOR = "fedavg"
+DEFAULT_CLIP_LR = 0.2  # η_C: Andrew et al. 2021, TF-Privacy, Flower
 
 
 class DefenseConfig(_Frozen):
@@ -326,6 +327,83 @@ class DefenseConfig(_Frozen):
             return raw
         return plugin_hooks().defense(raw)
 
+    # Adaptive clipping (Andrew et al. 2021, fl_core/defenses/adaptive_clipping.py); the
+    # defaults are TF-Privacy's and the paper's.
+    clip_quantile: float | None = Field(
+        None, ge=0, le=1,
+        description="γ: adaptive clipping's target share of unclipped updates (0.5 = the median "
+        "norm); the bound starts at defense.norm_bound and follows this quantile; null = the "
+        "fixed bound M",
+    )
+    clip_lr: float = Field(
+        DEFAULT_CLIP_LR, gt=0, le=10,
+        description="η_C: adaptive clipping's geometric learning rate, C ← C·exp(−η_C (b̄ − γ)); "
+        "the bound moves by at most a factor e^η_C per round",
+    )
+    clip_count_noise: float | None = Field(
+        None, ge=0,
+        description="σ_b: std of the Gaussian noise on adaptive clipping's count of unclipped "
+        "updates; null = C·K/20 with weak DP on (defense.noise_sigma > 0), 0 without",
+    )
+
+
+def update_noise_multiplier(z: float, count_noise: float) -> float:
+    """z_Δ of adaptive clipping (Andrew et al. 2021, Thm 1): the noise multiplier of the
+    update sum such that it and the count query (sensitivity ½, noise σ_b: multiplier 2σ_b)
+    together are one Gaussian mechanism of multiplier z, z⁻² = z_Δ⁻² + (2σ_b)⁻²; 0 when
+    z = 0. Raises ValueError when 2σ_b ≤ z (the count alone would spend the budget)."""
+    if z == 0:
+        return 0.0
+    if not 2 * count_noise > z:
+        raise ValueError(f"2σ_b = {2 * count_noise:g} must exceed the noise multiplier z = {z:g}")
+    return (z ** -2 - (2 * count_noise) ** -2) ** -0.5
+
+
+def configured_noise_multiplier(noise_sigma: float, norm_bound: float, clients_per_round: int,
+                                placement: str) -> float:
+    """z: the noise multiplier σ gives at bound M (σ/M on the sum, σ·C·K/M on the mean); under
+    adaptive clipping M is the initial bound C₀, and z the total of update and count noise."""
+    return noise_sigma / norm_bound * (clients_per_round if placement == "mean" else 1)
+
+
+def check_adaptive_clipping(config: "SimulationConfig") -> None:
+    """The cross-field rules of adaptive clipping (in `SimulationConfig`, not `DefenseConfig`:
+    a grid checks each axis value on its own model first). Its other keys do nothing without
+    `defense.clip_quantile`, so they must stay at their defaults (and out of the trial key);
+    with it, C₀ = `defense.norm_bound` is required and σ_b must leave room for z."""
+    d = config.defense
+    if d.clip_quantile is None:
+        for key, default in (("clip_lr", DEFAULT_CLIP_LR), ("clip_count_noise", None)):
+            if getattr(d, key) != default:
+                raise ConfigError(f"defense.{key}", getattr(d, key),
+                                  f"{default} (its default) when defense.clip_quantile is null")
+        return
+    if d.norm_bound is None:
+        raise ConfigError("defense.norm_bound", None, "a positive number, the initial bound C₀, "
+                          "when defense.clip_quantile is set (adaptive clipping starts there)")
+    adaptive_clip_noise(config)
+
+
+def adaptive_clip_noise(config: "SimulationConfig") -> tuple[float, float]:
+    """(σ_b, z_Δ) of adaptive clipping in `config` (TFF's `adaptive_clip_noise_params`, Flower's
+    `compute_adaptive_noise_params`): σ_b = defense.clip_count_noise, null = C·K/20 with weak DP
+    and 0 without; z_Δ from the configured z (`update_noise_multiplier`). Raises ConfigError
+    when σ_b leaves no room for z."""
+    d, m = config.defense, config.fl.clients_per_round
+    count_noise = d.clip_count_noise
+    if count_noise is None:
+        count_noise = m / 20 if d.noise_sigma > 0 else 0.0
+    z = configured_noise_multiplier(d.noise_sigma, d.norm_bound, m, d.noise_placement) if d.noise_sigma > 0 else 0.0
+    try:
+        return count_noise, update_noise_multiplier(z, count_noise)
+    except ValueError:
+        raise ConfigError(
+            "defense.clip_count_noise", d.clip_count_noise,
+            f"a number above z/2 = {z / 2:g} (null: C·K/20 = {m / 20:g}), where z = {z:g} is the noise "
+            "multiplier of defense.noise_sigma at the initial bound defense.norm_bound; the count's "
+            "noise shares that budget, z⁻² = z_Δ⁻² + (2σ_b)⁻² (or lower defense.noise_sigma)",
+        ) from None
+
 
 class SimulationConfig(_Frozen):
     seed: int = Field(0, ge=0, lt=2**63, description="the one seed every random stream derives from")
@@ -366,6 +444,7 @@ class SimulationConfig(_Frozen):
                 "attack.target_label", a.target_label, f"a label other than source_label={a.source_label}"
             )
         plugin_hooks().check_defense(self)
+        check_adaptive_clipping(self)
         plugin_hooks().check_data(self)
         return self
 
@@ -447,7 +526,8 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 # trial key, its warm-up key and its checkpoints' result hash. A new key goes here. (An empty
 # `attack.params` or `defense.aggregator_params` flattens to no key at all.)
 HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic"}
+    {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic",
+     "defense.clip_quantile": None, "defense.clip_lr": DEFAULT_CLIP_LR, "defense.clip_count_noise": None}
 )
 
 

@@ -37,7 +37,7 @@ from fl_core.aggregation import fedavg_weight, key_order
 from fl_core.aggregators.base import AggregatorContext, needs_matrix
 from fl_core.attacks.base import ForgeContext, forger
 from fl_core.config import SimulationConfig
-from fl_core.defenses.base import AggregateContext
+from fl_core.defenses.base import AggregateContext, begin_round, end_round
 from fl_core.errors import DivergedError
 from fl_core.executor import ClientExecutor, stream_results
 from fl_core.params import l2_norm
@@ -115,7 +115,7 @@ class RoundFold:
         self.held: dict[tuple[int, int], ClientResult] = {}
         self.forge_metrics: dict = {}
         self.config, self.state, self.plan, self.device = config, state, plan, device
-        self.defenses, self.aggregator = list(defenses), aggregator
+        self.defenses, self.aggregator = begin_round(defenses, state.defense_state), aggregator
         self.keys = sorted((t.client_index, t.slot) for t in plan.tasks)
         self._key_set = set(self.keys)
         self.ctx = AggregatorContext(config.seed, plan.round_idx, len(self.keys), tuple(k for k, _ in self.keys))
@@ -228,7 +228,7 @@ class RoundFold:
             extra=extra,
         )
         new_state = state.replace(round_idx=plan.round_idx + 1, global_params=new_params,
-                                  aggregator_state=agg.state)
+                                  aggregator_state=agg.state, defense_state=end_round(self.defenses))
         return new_state, stats
 
 

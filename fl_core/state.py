@@ -57,6 +57,9 @@ class SimulationState:
     config_hash: `result_hash` of the config that produced this state.
     aggregator_state: what the aggregator keeps between rounds (FoolsGold's per-writer
         histories), CPU tensors by name; {} for the stateless ones. Saved as tensors.
+    defense_state: what the defenses keep between rounds (adaptive clipping's bound
+        `clip_bound`), CPU tensors by name; {} when none does, and in checkpoints written
+        before this field existed. Saved as tensors, like aggregator_state.
     metrics: the metric rows (dicts with an int `round`) this checkpoint vouches for: the
         evaluated rounds since the previous checkpoint, and at least the last evaluated
         one (`fl_core.loop` fills it). A crash can cut the last line of a run's metrics
@@ -74,6 +77,7 @@ class SimulationState:
     env: dict = field(default_factory=dict)
     aggregator_state: dict = field(default_factory=dict)
     metrics: tuple = ()
+    defense_state: dict = field(default_factory=dict)
 
     def replace(self, **changes) -> "SimulationState":
         return replace(self, **changes)
@@ -171,6 +175,7 @@ def save_state(path: str | os.PathLike, state: SimulationState) -> None:
         "header": json.dumps(header, sort_keys=True),
         "global_params": state.global_params.cpu(),
         "aggregator_state": {k: v.cpu() for k, v in state.aggregator_state.items()},
+        "defense_state": {k: v.cpu() for k, v in state.defense_state.items()},
         # a JSON string, not in the (key-sorted) header: the rows keep their key order, so
         # a row restored from here is the very line the run wrote
         "metrics": json.dumps(list(state.metrics)),
@@ -232,12 +237,13 @@ def _check_tensor(path: Path, name: str, t, require_float32: bool) -> None:
                               "forged file: a run that diverges writes no checkpoint)")
 
 
-def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor", dict, tuple]:
-    """(header, global_params, aggregator_state, metrics) of a checkpoint file, checked as
-    hostile input, or CheckpointError naming the file and the field: an empty, truncated or
-    overwritten file fails in torch's zip reader or unpickler, a foreign or forged one in
-    the schema. Checkpoints written before aggregators kept state have no
-    aggregator_state ({}), those written before the metric rows no metrics (())."""
+def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor", dict, tuple, dict]:
+    """(header, global_params, aggregator_state, metrics, defense_state) of a checkpoint
+    file, checked as hostile input, or CheckpointError naming the file and the field: an
+    empty, truncated or overwritten file fails in torch's zip reader or unpickler, a foreign
+    or forged one in the schema. Checkpoints written before aggregators kept state have no
+    aggregator_state ({}), those written before the metric rows no metrics (()), those
+    written before defenses kept state no defense_state ({})."""
     import torch
     from pydantic import ValidationError
 
@@ -274,13 +280,19 @@ def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor", dict, tuple]:
 
     params = payload.get("global_params")
     _check_tensor(path, "global_params", params, require_float32=True)
-    agg_state = payload.get("aggregator_state", {})
-    if not isinstance(agg_state, dict) or not all(isinstance(k, str) for k in agg_state):
-        raise CheckpointError(str(path), "`aggregator_state` is not a mapping of names to tensors")
-    for k, v in agg_state.items():
-        _check_tensor(path, f"aggregator_state.{k}", v, require_float32=False)
+    agg_state = _read_tensor_map(path, payload, "aggregator_state")
     metrics = _read_metrics(path, payload.get("metrics", "[]"), header["round_idx"], rows_adapter)
-    return header, params, agg_state, metrics
+    return header, params, agg_state, metrics, _read_tensor_map(path, payload, "defense_state")
+
+
+def _read_tensor_map(path: Path, payload: dict, name: str) -> dict:
+    """The payload's `name` entry: a mapping of names to finite dense tensors ({} if absent)."""
+    entries = payload.get(name, {})
+    if not isinstance(entries, dict) or not all(isinstance(k, str) for k in entries):
+        raise CheckpointError(str(path), f"`{name}` is not a mapping of names to tensors")
+    for k, v in entries.items():
+        _check_tensor(path, f"{name}.{k}", v, require_float32=False)
+    return entries
 
 
 def _read_metrics(path: Path, raw, round_idx: int, adapter) -> tuple:
@@ -335,7 +347,7 @@ def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) 
     path = Path(path)
     if not path.exists():
         raise DatasetError(str(path), "no checkpoint file", "start a fresh run without --resume")
-    header, params, agg_state, metrics = _read_checkpoint(path)
+    header, params, agg_state, metrics, defense_state = _read_checkpoint(path)
     if config is not None and header["config_hash"] != result_hash(config):
         raise CheckpointMismatchError(
             f"config hash {result_hash(config)[:12]}…",
@@ -356,4 +368,5 @@ def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) 
         env=header["env"],
         aggregator_state=agg_state,
         metrics=metrics,
+        defense_state=defense_state,
     )

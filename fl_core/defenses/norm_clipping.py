@@ -29,5 +29,7 @@ class NormClipping:
         return mean, {}
 
 
-register(DefenseSpec("norm-clipping", lambda cfg: cfg.defense.norm_bound is not None,
+# with defense.clip_quantile set, adaptive clipping clips instead (from the bound M as C₀)
+register(DefenseSpec("norm-clipping",
+                     lambda cfg: cfg.defense.norm_bound is not None and cfg.defense.clip_quantile is None,
                      lambda cfg: NormClipping(cfg.defense.norm_bound), order=0))

@@ -39,5 +39,6 @@ class GaussianNoise:
         return mean + std * noise.to(mean.device), {"noise_std_on_mean": std}
 
 
-register(DefenseSpec("weak-dp", lambda cfg: cfg.defense.noise_sigma > 0,
+# with defense.clip_quantile set, adaptive clipping adds the noise (scaled to the round's bound)
+register(DefenseSpec("weak-dp", lambda cfg: cfg.defense.noise_sigma > 0 and cfg.defense.clip_quantile is None,
                      lambda cfg: GaussianNoise(cfg.defense.noise_sigma, cfg.defense.noise_placement), order=1))

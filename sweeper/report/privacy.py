@@ -20,6 +20,17 @@ cohort is a fixed-size sample without replacement (the paper) or with replacemen
 reference code), accounted here as Poisson sampling with the same expected size; and only
 the aggregation is accounted (the model is public, evaluation uses no private data).
 
+Adaptive clipping (`defense.clip_quantile`, Andrew et al. 2021): the bound C_t follows a
+quantile of the update norms, learnt from a noisy count of the unclipped updates. Per round
+there are two Gaussian queries on the same sampled cohort: the update sum at noise multiplier
+z_Δ (std z_Δ·C_t, sensitivity C_t) and the count of Σ(b_i − ½) with std σ_b (sensitivity ½,
+so multiplier 2σ_b). By the paper's Theorem 1 they are one Gaussian mechanism with
+z⁻² = z_Δ⁻² + (2σ_b)⁻², and the engine picks z_Δ so that this z is the configured one (σ at
+the initial bound C₀ = M). The accountant is given the pair as TF-Privacy reports it
+(`PoissonSampledDpEvent(q, ComposedDpEvent([Gaussian(z_Δ), Gaussian(2σ_b)]))`) for RDP, and
+the one Gaussian of the composed multiplier for PLD (which takes no composition inside the
+sampling); the bound's update is post-processing of the noisy count and costs nothing.
+
 With the paper's values (M = 5, σ = 0.025, placement sum) z = 0.005: a noise std of 1/200
 of one writer's sensitivity. No accountant gives a meaningful ε for that.
 
@@ -37,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from fl_core.config import update_noise_multiplier
 from fl_core.errors import FLCoreError
 from sweeper.report.load import ReportError, SweepData, na_to_none
 
@@ -104,6 +116,9 @@ class PrivacyResult:
     pld_note: str
     verdict: str
     pld_interval: float | None = None
+    mechanism: str = "fixed clipping"
+    update_noise_multiplier: float | None = None
+    count_noise: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,15 +149,25 @@ def noise_multiplier(sigma: float, norm_bound: float, clients_per_round: int,
     raise ValueError(f"noise placement must be `sum` or `mean`, got {placement!r}")
 
 
-def _event(z: float, q: float, rounds: int):
+def _event(z: float, q: float, rounds: int, parts: tuple[float, ...] | None = None):
+    """T rounds of a Poisson-sampled Gaussian of multiplier z, or, with `parts`, of the
+    Gaussians of those multipliers composed on the same sample (adaptive clipping)."""
     import dp_accounting as dpa
 
-    return dpa.SelfComposedDpEvent(
-        dpa.PoissonSampledDpEvent(min(1.0, q), dpa.GaussianDpEvent(min(z, Z_MAX))), int(rounds))
+    inner = (dpa.GaussianDpEvent(min(z, Z_MAX)) if parts is None else
+             dpa.ComposedDpEvent([dpa.GaussianDpEvent(min(p, Z_MAX)) for p in parts]))
+    return dpa.SelfComposedDpEvent(dpa.PoissonSampledDpEvent(min(1.0, q), inner), int(rounds))
 
 
-def epsilon_rdp(z: float, q: float, rounds: int, delta: float) -> tuple[float, float]:
-    """(ε, optimal Rényi order) from the RDP accountant over the fixed `RDP_ORDERS`.
+def composed_noise_multiplier(parts: tuple[float, ...]) -> float:
+    """The multiplier of Gaussian queries composed on one sample: z = (Σ z_j⁻²)^(−1/2)."""
+    return sum(p ** -2 for p in parts) ** -0.5
+
+
+def epsilon_rdp(z: float, q: float, rounds: int, delta: float,
+                parts: tuple[float, ...] | None = None) -> tuple[float, float]:
+    """(ε, optimal Rényi order) from the RDP accountant over the fixed `RDP_ORDERS`; with
+    `parts`, of those Gaussians composed per round (z is then their composed multiplier).
 
     z < Z_MIN gives (∞, NaN): the accountant's α²/z² overflows there, and its NaN came
     back as ε = 0 ("strong privacy") for no noise at all."""
@@ -151,7 +176,7 @@ def epsilon_rdp(z: float, q: float, rounds: int, delta: float) -> tuple[float, f
     if not z >= Z_MIN:
         return math.inf, math.nan
     acc = RdpAccountant(orders=RDP_ORDERS)
-    acc.compose(_event(z, q, rounds))
+    acc.compose(_event(z, q, rounds, parts))
     eps, order = acc.get_epsilon_and_optimal_order(delta)
     return (float(eps) if eps >= 0 else math.inf), float(order)
 
@@ -332,7 +357,10 @@ def account(cell: str, cfg: Mapping[str, Any], rounds: int, delta: float = DEFAU
         raise ReportError(f"{where}: the population size K is {how}; pass --population K")
     q = min(1.0, ck / k)
     z = noise_multiplier(sigma, m, ck, placement)
-    e_rdp, order = epsilon_rdp(z, q, rounds, delta)
+    adaptive = _adaptive_parts(where, cfg, z, ck)
+    if adaptive is not None:
+        z = composed_noise_multiplier(adaptive)
+    e_rdp, order = epsilon_rdp(z, q, rounds, delta, adaptive)
     e_pld, interval, note = None, None, ""
     try:
         interval = pld_interval(z, q, rounds, scale_hint=e_rdp)
@@ -342,13 +370,39 @@ def account(cell: str, cfg: Mapping[str, Any], rounds: int, delta: float = DEFAU
     if e_pld is not None and math.isinf(e_pld) and math.isfinite(e_rdp):
         note = f"PLD gives ε = ∞: δ = {delta:g} is below the mass its truncated tails leave out"
     best = e_rdp if e_pld is None else min(e_pld, e_rdp)
+    verdict, extra = plain_words(best, delta), {}
+    if adaptive is not None:
+        z_update, z_count = adaptive
+        mechanism = (f"adaptive clipping (Andrew et al. 2021, Thm 1): update noise z_Δ = {z_update:.4g} "
+                     f"and count noise σ_b = {z_count / 2:.4g} (multiplier 2σ_b = {z_count:.4g}) "
+                     f"compose to z = {z:.4g}, the z of the configured σ at the initial bound C₀")
+        verdict = f"{verdict} [{mechanism}]"
+        extra = {"mechanism": mechanism, "update_noise_multiplier": z_update, "count_noise": z_count / 2}
     return PrivacyResult(
         cell=cell, placement=placement, sigma=sigma, norm_bound=m, clients_per_round=ck,
         population=int(k), population_source=how, sampling_rate=q, rounds=rounds,
         noise_multiplier=z, delta=delta, epsilon_rdp=e_rdp, rdp_order=order,
-        epsilon_pld=e_pld, pld_note=note, verdict=plain_words(best, delta),
-        pld_interval=interval if e_pld is not None else None,
+        epsilon_pld=e_pld, pld_note=note, verdict=verdict,
+        pld_interval=interval if e_pld is not None else None, **extra,
     )
+
+
+def _adaptive_parts(where: str, cfg: Mapping[str, Any], z: float, ck: int) -> tuple[float, float] | None:
+    """(z_Δ, 2σ_b) of a cell with adaptive clipping, None for a fixed bound: the engine's
+    split of the configured z (`fl_core.config.adaptive_clip_noise`; σ_b null = C·K/20, as
+    σ > 0 here). A pair the engine refuses is a ReportError naming the key."""
+    quantile = na_to_none(cfg.get("defense.clip_quantile"))
+    if quantile is None:
+        return None
+    _config_number(where, "defense.clip_quantile", quantile, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+    raw = na_to_none(cfg.get("defense.clip_count_noise"))
+    count_noise = ck / 20 if raw is None else _config_number(
+        where, "defense.clip_count_noise", raw, "a finite number ≥ 0 (or null)", lambda v: v >= 0)
+    try:
+        return update_noise_multiplier(z, count_noise), 2 * count_noise
+    except ValueError as e:
+        raise ReportError(f"{where}: `defense.clip_count_noise` = {raw!r}: the DP accounting of "
+                          f"adaptive clipping needs 2σ_b > z ({e})") from None
 
 
 def privacy_report(data: SweepData, delta: float = DEFAULT_DELTA,
