@@ -57,6 +57,9 @@ class RoundStats:
     attacker_norm_post: float | None
     aggregate_norm: float
     extra: dict = field(default_factory=dict)
+    #: the aggregation rule's own wall time (a streaming rule sums while results arrive: its
+    #: last step); a timing, so not in `as_metrics` (the run loop logs it beside round_seconds)
+    aggregate_seconds: float = 0.0
 
     def as_metrics(self) -> dict:
         b = np.asarray(self.benign_norms) if self.benign_norms else None
@@ -204,8 +207,7 @@ class RoundFold:
             del updates
         else:
             agg = self.accumulator.result()
-        # the rule's own wall time (a streaming rule sums while results arrive: its last step)
-        extra["aggregate_seconds"] = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         _merge(extra, self.forge_metrics, "the attack's round hook")
         _merge(extra, agg.metrics, "the aggregator")
         if agg.accepted is not None:
@@ -226,6 +228,7 @@ class RoundFold:
             attacker_norm_post=max((self.post_norms[i] for i in att), default=None),
             aggregate_norm=l2_norm(mean),
             extra=extra,
+            aggregate_seconds=seconds,
         )
         new_state = state.replace(round_idx=plan.round_idx + 1, global_params=new_params,
                                   aggregator_state=agg.state, defense_state=end_round(self.defenses))

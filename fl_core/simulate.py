@@ -140,6 +140,7 @@ class Simulation:
         metrics = {"round": self.state.round_idx, **self.evaluator.evaluate(self.state.global_params)}
         metrics.update(stats.as_metrics())
         metrics["round_seconds"] = seconds
+        metrics["aggregate_seconds"] = stats.aggregate_seconds
         metrics["eval_seconds"] = time.perf_counter() - t1
         return metrics
 

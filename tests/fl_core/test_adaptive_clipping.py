@@ -205,7 +205,7 @@ TINY = {
     "attack": {"kind": "model-replacement", "fraction": 0.2, "frequency": 2, "num_tasks": 3},
     "defense": {"norm_bound": 0.5, "clip_quantile": 0.5, "noise_sigma": 0.01},
 }
-DROP = {"round_seconds", "eval_seconds"}
+DROP = {"round_seconds", "eval_seconds", "aggregate_seconds"}
 
 
 def strip(ms):

@@ -62,6 +62,7 @@ DEFENSES = {
     "clipped": {"norm_bound": 1.0},  # auto weighting: uniform when a defense is on
     "clipped-weighted": {"norm_bound": 1.0, "weighting": "weighted"},
     "clipped-noise": {"norm_bound": 1.0, "noise_sigma": 0.01},
+    "adaptive-noise": {"norm_bound": 1.0, "clip_quantile": 0.5, "noise_sigma": 0.01},
 }
 
 
