@@ -282,6 +282,9 @@ class AttackConfig(_Frozen):
 
 
 DEFAULT_AGGREGATOR = "fedavg"
+#: `defense.preaggregation` joins its step names with this: one scalar that a grid sweeps
+#: (`defense.preaggregation: [null, bucketing, nnm+bucketing]`), MLflow logs and a report groups by.
+PREAGGREGATION_SEPARATOR = "+"
 
 
 class DefenseConfig(_Frozen):
@@ -316,12 +319,30 @@ class DefenseConfig(_Frozen):
         "their defaults, which are filled in here so that equal settings hash equally",
     )
 
+    preaggregation: str | None = Field(
+        None,
+        min_length=1,
+        description="pre-aggregation steps applied in order to the clipped updates before the "
+        "aggregator, names registered in fl_core/preaggregators/ joined by '+' (bucketing, nnm, "
+        "nnm+bucketing); a YAML list of names is taken too; null = none",
+    )
+    preaggregation_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each pre-aggregation step's own parameters by step name (e.g. {bucketing: {s: 2}, "
+        "nnm: {f: 3}}); missing ones take their defaults, filled in here so that equal settings hash equally",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _aggregator(cls, raw: Any) -> Any:
         if not isinstance(raw, Mapping):
             return raw
         return plugin_hooks().defense(raw)
+
+    @property
+    def preaggregation_steps(self) -> tuple[str, ...]:
+        """The pre-aggregation step names in the order they run (() when none)."""
+        return tuple(self.preaggregation.split(PREAGGREGATION_SEPARATOR)) if self.preaggregation else ()
 
 
 class SimulationConfig(_Frozen):
@@ -436,9 +457,11 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 # Keys added after sweeps already existed, with the default that means "as before": left out
 # of `config_hash` while at that default, so every config that does not use them keeps its
 # trial key, its warm-up key and its checkpoints' result hash. A new key goes here. (An empty
-# `attack.params` or `defense.aggregator_params` flattens to no key at all.)
+# `attack.params`, `defense.aggregator_params` or `defense.preaggregation_params` flattens to
+# no key at all.)
 HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
-    {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic"}
+    {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic",
+     "defense.preaggregation": None}
 )
 
 
@@ -461,11 +484,15 @@ def result_hash(config: SimulationConfig) -> str:
 #: Dotted prefixes of the plug-ins' own parameters: `attack.params.<p>` (the attack's model),
 #: `attack.backdoor_params.<p>` (the backdoor task's) and `defense.aggregator_params.<p>` (the
 #: aggregator's). A grid may vary them; each trial's config then checks the name against the
-#: chosen plug-in (with a did-you-mean).
+#: chosen plug-in (with a did-you-mean). A pre-aggregation step's are one level deeper, under
+#: its name: `defense.preaggregation_params.<step>.<p>`.
 PLUGIN_PARAM_PREFIXES = ("attack.params.", "attack.backdoor_params.", "defense.aggregator_params.")
+PREAGGREGATION_PARAMS_PREFIX = "defense.preaggregation_params."
 
 
 def is_plugin_param(key: str) -> bool:
+    if key.startswith(PREAGGREGATION_PARAMS_PREFIX):
+        return key.count(".") == 3
     return key.startswith(PLUGIN_PARAM_PREFIXES) and key.count(".") == 2
 
 

@@ -33,6 +33,7 @@ from fl_core.defenses.base import AggregateContext
 from fl_core.errors import DivergedError
 from fl_core.executor import ClientExecutor, stream_results
 from fl_core.params import l2_norm
+from fl_core.preaggregators.compose import with_preaggregation
 from fl_core.state import SimulationState
 from fl_core.types import ClientResult, RoundPlan
 
@@ -97,6 +98,7 @@ class RoundFold:
             from fl_core.build import make_aggregator
 
             aggregator = make_aggregator(config)
+        aggregator = with_preaggregation(config, aggregator)  # defense.preaggregation's steps, then the rule
         self.config, self.state, self.plan, self.device = config, state, plan, device
         self.defenses, self.aggregator = list(defenses), aggregator
         self.keys = sorted((t.client_index, t.slot) for t in plan.tasks)
