@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
+from fl_core.config import PREAGGREGATION_SEPARATOR
 from fl_core.plugins import Params, Registry
 
 if TYPE_CHECKING:
@@ -90,3 +91,20 @@ def params_key(name: str) -> str:
 #: behind a step whose rows are not clients (`keeps_rows = False`). A name list, until the
 #: aggregator spec says it itself.
 PER_CLIENT_AGGREGATORS = frozenset({"foolsgold"})
+
+
+def pipeline_label(steps: str | None, params: "dict[str, dict] | None" = None) -> str:
+    """A report's text for `defense.preaggregation` with its params, e.g. "NNM f=2 → bucketing
+    s=2" ("" when there are no steps). A name or params this engine does not know print as
+    given (a run from another version)."""
+    if not steps:
+        return ""
+    parts = []
+    for name in str(steps).split(PREAGGREGATION_SEPARATOR):
+        spec = PREAGGREGATORS.get(name)
+        try:
+            parts.append(spec.label(spec.params.model_validate((params or {}).get(name) or {}, strict=False))
+                         if spec else name)
+        except ValueError:  # pydantic's ValidationError
+            parts.append(name)
+    return " → ".join(parts)

@@ -391,6 +391,16 @@ def test_params_that_do_not_fit_the_cohort_are_refused_at_validation():
     defense(aggregator="foolsgold", preaggregation="nnm")
 
 
+def test_the_report_label_of_a_pipeline():
+    from fl_core.preaggregators.base import pipeline_label
+
+    c = defense(preaggregation="nnm+bucketing", preaggregation_params={"nnm": {"f": 2}})
+    assert pipeline_label(c.defense.preaggregation, c.defense.preaggregation_params) == "NNM f=2 → bucketing s=2"
+    assert pipeline_label(None) == "" and pipeline_label("nnm") == "NNM"
+    # from a report's frame: a float for an int, and a step of another engine version
+    assert pipeline_label("bucketing+trim", {"bucketing": {"s": 3.0}}) == "bucketing s=3 → trim"
+
+
 def test_grids_can_vary_the_steps_and_their_params():
     assert is_plugin_param("defense.preaggregation_params.bucketing.s")
     assert not is_plugin_param("defense.preaggregation_params.s")
