@@ -245,7 +245,8 @@ def plugin_keys() -> set[str]:
     keys = {f"defense.aggregator_params.{k}" for s in _aggregators().values() for k in s.params.model_fields}
     keys |= {f"attack.params.{k}" for s in ATTACKS.values() for k in s.params.model_fields}
     keys |= {f"attack.backdoor_params.{k}" for s in BACKDOORS.values() for k in s.params.model_fields}
-    keys |= {f"{PREAGGREGATION_PARAMS_PREFIX}{n}.{k}" for n, s in _preaggregators().items() for k in s.params.model_fields}
+    keys |= {f"{PREAGGREGATION_PARAMS_PREFIX}{n}.{k}"
+             for n, s in _preaggregators().items() for k in s.params.model_fields}
     return keys
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Protocol
 
-from fl_core.config import PREAGGREGATION_SEPARATOR
+from fl_core.config import PREAGGREGATION_PARAMS_PREFIX, PREAGGREGATION_SEPARATOR
 from fl_core.plugins import Params, Registry
 
 if TYPE_CHECKING:
@@ -82,9 +82,10 @@ class PreaggregatorSpec:
 PREAGGREGATORS: Registry[PreaggregatorSpec] = Registry("pre-aggregation step", "defense.preaggregation")
 register = PREAGGREGATORS.register
 
+
 def params_key(name: str) -> str:
     """The config key of step `name`'s parameters."""
-    return f"defense.preaggregation_params.{name}"
+    return f"{PREAGGREGATION_PARAMS_PREFIX}{name}"
 
 
 #: Aggregators that keep a history per client (`AggregatorContext.client_indices`): refused
