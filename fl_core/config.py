@@ -286,6 +286,9 @@ class AttackConfig(_Frozen):
 
 DEFAULT_AGGREGATOR = "fedavg"
 DEFAULT_CLIP_LR = 0.2  # η_C: Andrew et al. 2021, TF-Privacy, Flower
+#: `defense.preaggregation` joins its step names with this: one scalar that a grid sweeps
+#: (`defense.preaggregation: [null, bucketing, nnm+bucketing]`), MLflow logs and a report groups by.
+PREAGGREGATION_SEPARATOR = "+"
 
 
 class DefenseConfig(_Frozen):
@@ -320,6 +323,19 @@ class DefenseConfig(_Frozen):
         "their defaults, which are filled in here so that equal settings hash equally",
     )
 
+    preaggregation: str | None = Field(
+        None,
+        min_length=1,
+        description="pre-aggregation steps applied in order to the clipped updates before the "
+        "aggregator, names registered in fl_core/preaggregators/ joined by '+' (bucketing, nnm, "
+        "nnm+bucketing); a YAML list of names is taken too; null = none",
+    )
+    preaggregation_params: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each pre-aggregation step's own parameters by step name (e.g. {bucketing: {s: 2}, "
+        "nnm: {f: 3}}); missing ones take their defaults, filled in here so that equal settings hash equally",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _aggregator(cls, raw: Any) -> Any:
@@ -345,6 +361,11 @@ class DefenseConfig(_Frozen):
         description="σ_b: std of the Gaussian noise on adaptive clipping's count of unclipped "
         "updates; null = C·K/20 with weak DP on (defense.noise_sigma > 0), 0 without",
     )
+
+    @property
+    def preaggregation_steps(self) -> tuple[str, ...]:
+        """The pre-aggregation step names in the order they run (() when none)."""
+        return tuple(self.preaggregation.split(PREAGGREGATION_SEPARATOR)) if self.preaggregation else ()
 
 
 def update_noise_multiplier(z: float, count_noise: float) -> float:
@@ -524,10 +545,12 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 # Keys added after sweeps already existed, with the default that means "as before": left out
 # of `config_hash` while at that default, so every config that does not use them keeps its
 # trial key, its warm-up key and its checkpoints' result hash. A new key goes here. (An empty
-# `attack.params` or `defense.aggregator_params` flattens to no key at all.)
+# `attack.params`, `defense.aggregator_params` or `defense.preaggregation_params` flattens to
+# no key at all.)
 HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic",
-     "defense.clip_quantile": None, "defense.clip_lr": DEFAULT_CLIP_LR, "defense.clip_count_noise": None}
+     "defense.clip_quantile": None, "defense.clip_lr": DEFAULT_CLIP_LR, "defense.clip_count_noise": None,
+     "defense.preaggregation": None}
 )
 
 
@@ -550,11 +573,15 @@ def result_hash(config: SimulationConfig) -> str:
 #: Dotted prefixes of the plug-ins' own parameters: `attack.params.<p>` (the attack's model),
 #: `attack.backdoor_params.<p>` (the backdoor task's) and `defense.aggregator_params.<p>` (the
 #: aggregator's). A grid may vary them; each trial's config then checks the name against the
-#: chosen plug-in (with a did-you-mean).
+#: chosen plug-in (with a did-you-mean). A pre-aggregation step's are one level deeper, under
+#: its name: `defense.preaggregation_params.<step>.<p>`.
 PLUGIN_PARAM_PREFIXES = ("attack.params.", "attack.backdoor_params.", "defense.aggregator_params.")
+PREAGGREGATION_PARAMS_PREFIX = "defense.preaggregation_params."
 
 
 def is_plugin_param(key: str) -> bool:
+    if key.startswith(PREAGGREGATION_PARAMS_PREFIX):
+        return key.count(".") == 3
     return key.startswith(PLUGIN_PARAM_PREFIXES) and key.count(".") == 2
 
 

@@ -3,7 +3,8 @@
 `fl_core.config` is a plain schema that imports no plug-in; the registries import it (their
 specs are typed by it). This module imports both and registers the hooks the schema calls
 (`fl_core.config.PluginHooks`): `attack.kind` + `attack.params`, `attack.backdoor` +
-`attack.backdoor_params`, `defense.aggregator` + `defense.aggregator_params`, each checked by
+`attack.backdoor_params`, `defense.aggregator` + `defense.aggregator_params`,
+`defense.preaggregation` + `defense.preaggregation_params`, each checked by
 the plug-in's own params model with a did-you-mean, and the plug-ins' cross-field checks. The
 `fl_core` package imports it, so the hooks are in place before any config is parsed.
 
@@ -27,12 +28,14 @@ from fl_core.data import SOURCES
 from fl_core.config import (
     DEFAULT_AGGREGATOR,
     LEGACY_ATTACK_KEYS,
+    PREAGGREGATION_PARAMS_PREFIX,
+    PREAGGREGATION_SEPARATOR,
     DeprecatedConfigWarning,
     PluginHooks,
     SimulationConfig,
     register_plugin_hooks,
 )
-from fl_core.errors import ConfigError
+from fl_core.errors import ConfigError, UnknownKeyError
 from fl_core.plugins import validate_params
 
 
@@ -96,8 +99,67 @@ def _aggregators():
     return AGGREGATORS
 
 
+def _preaggregators():
+    from fl_core.preaggregators import PREAGGREGATORS  # torch-free, but only read when named
+
+    return PREAGGREGATORS
+
+
+def _step_names(value: Any) -> tuple[str, ...]:
+    """`defense.preaggregation` as written (null or `none`, a '+'-joined string, or a list
+    of names) → the step names in the order they run."""
+    if value is None or value == "none":
+        return ()
+    if isinstance(value, str):
+        names = tuple(part.strip() for part in value.split(PREAGGREGATION_SEPARATOR))
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        names = tuple(v.strip() for v in value)
+    else:
+        names = ("",)
+    if any(not n for n in names):
+        raise ConfigError("defense.preaggregation", value,
+                          f"step names joined by '{PREAGGREGATION_SEPARATOR}' in the order they run "
+                          f"(e.g. nnm{PREAGGREGATION_SEPARATOR}bucketing), a list of names, or null "
+                          f"for none; steps: {', '.join(sorted(_preaggregators()))}")
+    return names
+
+
+def resolve_preaggregation(raw: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The raw `defense` section with `preaggregation` in its canonical '+'-joined form (null
+    when empty) and `preaggregation_params` holding every named step's params, validated by
+    its model with the defaults filled in (so equal settings hash equally)."""
+    if "preaggregation" not in raw and "preaggregation_params" not in raw:
+        return raw  # the default: parsing a config without it imports nothing
+    names = _step_names(raw.get("preaggregation"))
+    params = raw.get("preaggregation_params")
+    params = {} if params is None else params
+    registry = _preaggregators()
+    for name in names:
+        registry.spec_for(name)  # a did-you-mean on defense.preaggregation
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError("defense.preaggregation", raw.get("preaggregation"),
+                          f"each step at most once ({', '.join(twice)} is named twice)")
+    if not isinstance(params, Mapping):
+        raise ConfigError("defense.preaggregation_params", params,
+                          "a mapping of step name → its parameters, for steps named in defense.preaggregation")
+    for key in params:
+        if key not in names:
+            near = difflib.get_close_matches(str(key), list(names), n=1, cutoff=0.5)
+            hint = f"did you mean `{near[0]}`? " if near else ""
+            raise UnknownKeyError(f"{PREAGGREGATION_PARAMS_PREFIX}{key}", params[key],
+                                  f"{hint}parameters of a step named in defense.preaggregation "
+                                  f"({', '.join(names) if names else 'none is named'})")
+    resolved = {n: validate_params(f"{PREAGGREGATION_PARAMS_PREFIX}{n}", n, registry[n].params, params.get(n))
+                for n in names}
+    return {**raw, "preaggregation": PREAGGREGATION_SEPARATOR.join(names) or None,
+            "preaggregation_params": resolved}
+
+
 def resolve_defense(raw: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The raw `defense` section with `aggregator_params` validated by the aggregator's model."""
+    """The raw `defense` section with `aggregator_params` validated by the aggregator's model
+    and the pre-aggregation steps resolved (`resolve_preaggregation`)."""
+    raw = resolve_preaggregation(raw)
     name = raw.get("aggregator", DEFAULT_AGGREGATOR)
     params = raw.get("aggregator_params")
     if name == DEFAULT_AGGREGATOR and not params:
@@ -120,12 +182,47 @@ def check_attack(config: SimulationConfig) -> None:
         spec.check(spec.params(**a.params), config)
 
 
+def check_preaggregation(config: SimulationConfig) -> int:
+    """Each pre-aggregation step's params against the rows it receives (the cohort, or what
+    the step before left); returns the number of rows the aggregator will see."""
+    from fl_core.preaggregators.base import PER_CLIENT_AGGREGATORS
+
+    d = config.defense
+    rows = config.fl.clients_per_round
+    mixed = []
+    for name in d.preaggregation_steps:
+        spec = _preaggregators()[name]
+        params = spec.params(**d.preaggregation_params.get(name, {}))
+        if spec.check is not None:
+            spec.check(params, rows, config)
+        rows = spec.rows_out(params, rows)
+        if not spec.keeps_rows:
+            mixed.append(name)
+    if mixed and d.aggregator in PER_CLIENT_AGGREGATORS:
+        raise ConfigError("defense.preaggregation", d.preaggregation,
+                          f"no step that mixes clients into shared rows ({', '.join(mixed)}) with "
+                          f"defense.aggregator = {d.aggregator}, which keeps a history per client")
+    return rows
+
+
 def check_defense(config: SimulationConfig) -> None:
     d = config.defense
+    rows = check_preaggregation(config) if d.preaggregation_steps else config.fl.clients_per_round
     if d.aggregator != DEFAULT_AGGREGATOR:
         spec = _aggregators()[d.aggregator]
         if spec.check is not None:
-            spec.check(spec.params(**d.aggregator_params), config)
+            params = spec.params(**d.aggregator_params)
+            if rows == config.fl.clients_per_round:
+                spec.check(params, config)
+                return
+            # the aggregator sees the rows the steps leave: hold it to them, and say so
+            fewer = config.model_copy(update={"fl": config.fl.model_copy(update={"clients_per_round": rows})})
+            try:
+                spec.check(params, fewer)
+            except ConfigError as e:
+                raise type(e)(e.path, e.value, f"{e.allowed}; here the aggregator sees {rows} rows, what "
+                              f"defense.preaggregation = {d.preaggregation} leaves of fl.clients_per_round = "
+                              f"{config.fl.clients_per_round}", e.source) from None
 
 
 def check_source(name: str) -> None:
@@ -150,6 +247,8 @@ def plugin_keys() -> set[str]:
     keys = {f"defense.aggregator_params.{k}" for s in _aggregators().values() for k in s.params.model_fields}
     keys |= {f"attack.params.{k}" for s in ATTACKS.values() for k in s.params.model_fields}
     keys |= {f"attack.backdoor_params.{k}" for s in BACKDOORS.values() for k in s.params.model_fields}
+    keys |= {f"{PREAGGREGATION_PARAMS_PREFIX}{n}.{k}"
+             for n, s in _preaggregators().items() for k in s.params.model_fields}
     return keys
 
 

@@ -42,6 +42,7 @@ from fl_core.errors import DivergedError
 from fl_core.executor import ClientExecutor, stream_results
 from fl_core.params import l2_norm
 from fl_core.rng import Stream, torch_generator
+from fl_core.preaggregators.compose import with_preaggregation
 from fl_core.state import SimulationState
 from fl_core.types import ClientResult, RoundPlan
 
@@ -117,6 +118,7 @@ class RoundFold:
         self.forger = forger(attack) if plan.num_attackers else None
         self.held: dict[tuple[int, int], ClientResult] = {}
         self.forge_metrics: dict = {}
+        aggregator = with_preaggregation(config, aggregator)  # defense.preaggregation's steps, then the rule
         self.config, self.state, self.plan, self.device = config, state, plan, device
         self.defenses, self.aggregator = begin_round(defenses, state.defense_state), aggregator
         self.keys = sorted((t.client_index, t.slot) for t in plan.tasks)
