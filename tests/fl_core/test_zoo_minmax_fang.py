@@ -359,19 +359,26 @@ def test_fang_forger_against_median_pushes_each_coordinate_against_its_direction
     assert bool((out[:, :2] <= TRM.min(0).values[:2]).all() and (out[:, 2:] >= TRM.max(0).values[2:]).all())
 
 
-@pytest.mark.parametrize("agg,target", [("krum", "krum"), ("multi-krum", "krum"), ("trimmed-mean", "trimmed-mean"),
-                                        ("median", "trimmed-mean")])
+@pytest.mark.parametrize("agg,target", [("krum", "krum"), ("multi-krum", "krum"), ("bulyan", "krum"),
+                                        ("trimmed-mean", "trimmed-mean"), ("median", "trimmed-mean"),
+                                        ("fedavg", "trimmed-mean"), ("rfa", "trimmed-mean")])
 def test_auto_target_follows_the_aggregator(agg, target):
+    """Not an error under other rules (the rules × attacks grid runs every pair): the
+    coordinate-wise attack, and the explicit target wins."""
     assert resolve_target(FangParams(), cfg("fang", aggregator=agg)) == target
     assert resolve_target(FangParams(target="krum"), cfg("fang", aggregator=agg)) == "krum"
+    assert make_attack(cfg("fang", aggregator=agg)).target == target
 
 
-def test_auto_target_under_another_rule_is_a_config_error_naming_the_key():
-    """Raised where the config is checked; until AttackSpec carries a `check` (see the report),
-    that is when the attack is built, before any round."""
-    with pytest.raises(ConfigError, match=r"attack\.params\.target.*krum or trimmed-mean"):
-        make_attack(cfg("fang", aggregator="fedavg"))
-    assert make_attack(cfg("fang", aggregator="fedavg", params={"target": "krum"})).target == "krum"
+def test_krum_check_uses_the_servers_f():
+    """Krum/Multi-Krum: the config's f or Krum's default ⌊(n − 3)/2⌋; Bulyan: its own default
+    ⌊(n − 3)/4⌋; any other rule: c."""
+    from fl_core.attacks.fang import krum_f
+
+    assert krum_f(cfg("fang", aggregator="krum", clients=9), 9, 2) == 3
+    assert krum_f(cfg("fang", aggregator="multi-krum", agg_params={"f": 1}, clients=9), 9, 2) == 1
+    assert krum_f(cfg("fang", aggregator="bulyan", clients=11), 11, 2) == 2
+    assert krum_f(cfg("fang", aggregator="median", clients=9), 9, 2) == 2
 
 
 def test_bad_params_are_config_errors():
@@ -388,8 +395,8 @@ def test_bad_params_are_config_errors():
     ("min-max", "krum", "forge_gamma"),
     ("min-sum", "median", "forge_gamma"),
     ("fang", "krum", "forge_lambda"),
-    ("fang", "trimmed-mean", None),
-    ("fang", "median", None),
+    ("fang", "trimmed-mean", "forge_fang_krum"),
+    ("fang", "median", "forge_fang_krum"),
 ])
 def test_end_to_end_on_synthetic_data_both_backends(kind, aggregator, metric):
     """2 rounds, 6 clients, every-round schedule (round(⅓·6) = 2 attackers per round), on the
