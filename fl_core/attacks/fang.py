@@ -3,11 +3,11 @@ Byzantine-robust federated learning", USENIX Security, §4): the colluding attac
 against the aggregation rule they know. Updates here are Δ = w − w_t (update space, as the
 re-implementations NDSS21 and FLPoison apply them), not the paper's local models w.
 
-`target: krum` (the paper's attack on Krum; also used against Multi-Krum). Every attacker
+`target: krum` (the paper's attack on Krum; NDSS21 also runs it on Multi-Krum and Bulyan). Every attacker
 sends −λ·s, s = sign(μ), μ = mean of the known updates (the paper's w_Re − λs with w_Re the
 received global model, 0 in update space). λ starts at an upper bound and is halved until
 Krum — this project's own Krum (`fl_core.aggregators.krum.krum_scores`), with the config's
-f when the rule is krum/multi-krum, else f = c — picks a malicious row among
+f (or the rule's default f) when the rule is krum/multi-krum/bulyan, else f = c — picks a malicious row among
 [a malicious rows; the known rows], or λ ≤ 1e-5; then the attackers send μ − λ·s (nearly μ),
 as `get_malicious_updates_fang` of Shejwalkar & Houmansadr's re-implementation
 (vrt1shjwlkr/NDSS21-Model-Poisoning, cifar10 notebooks) does. The bound is that code's

@@ -22,9 +22,10 @@ each side is convex in γ, so the feasible γ ≥ 0 form one interval [0, γ*].
 |γ_succ − γ| > τ (τ = 1e-5): if the constraint holds, γ_succ = γ and γ += step/2, else
 γ −= step/2; then step /= 2. The result is γ_succ (0 if no γ tried held). It is a bisection
 on [0, 2·γ_init]: on exit the lowest failure above γ_succ is at most 2τ away, so
-γ_succ ≤ γ* < γ_succ + 2τ (when γ* < 2·γ_init). Where the brief's wording says "until the
-step < τ", the code's test is |γ_succ − γ| > τ, i.e. the next candidate's distance from
-the last success; we follow the code.
+γ_succ ≤ γ* < γ_succ + 2τ (when γ* < 2·γ_init). The stop test is the code's, on the next
+candidate's distance from the last success, not on the step size (the two differ by the
+factor 2 above); the paper's Algorithm 1 has this loop, which we could not check against its
+text here.
 
 Defaults from the authors' code: perturbation `std` (every Min-Max / Min-Sum run cell of their
 notebooks sets `dev_type = 'std'`; the functions' own default is `unit_vec`), std with
