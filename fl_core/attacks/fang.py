@@ -98,13 +98,16 @@ def krum_f(config: "SimulationConfig", n: int, c: int) -> int:
     return c
 
 
-def lambda_bound(known: "torch.Tensor", c: int) -> float:
-    """λ₀ (NDSS21 `compute_lambda_fang`, see the module docstring) from known [k, d] float64."""
+def lambda_bound(known: "torch.Tensor", c: int, sq_dists: "torch.Tensor | None" = None) -> float:
+    """λ₀ (NDSS21 `compute_lambda_fang`, see the module docstring) from known [k, d] float64
+    (`sq_dists`: their `pairwise_sq_dists`, if already computed)."""
     import torch
+
+    from fl_core.aggregators.base import pairwise_sq_dists
 
     k, d = known.shape
     mu = known.mean(dim=0)
-    dist = torch.stack([torch.linalg.vector_norm(known - r, dim=1) for r in known])
+    dist = (pairwise_sq_dists(known) if sq_dists is None else sq_dists).sqrt()  # Gram form, float64
     dist.fill_diagonal_(math.inf)
     nn = max(k - c - 2, 0)
     term1 = 0.0
@@ -117,22 +120,36 @@ def lambda_bound(known: "torch.Tensor", c: int) -> float:
 
 def krum_attack(known: "torch.Tensor", a: int, c: int, f: int,
                 threshold: float = LAMBDA_THRESHOLD) -> tuple["torch.Tensor", float, bool]:
-    """(malicious row [d] float32, λ, whether Krum with f picked it) from known [k, d]."""
+    """(malicious row [d] float32, λ, whether Krum with f picked it) from known [k, d].
+
+    Krum's choice among [a × (−λs); known] is scored by the project's `nearest_sum` (what
+    `krum_scores` applies) on the squared distances of those rows as the server sees them
+    (float32): the known–known block once (`pairwise_sq_dists`), the malicious–known ones per
+    λ from ‖λ₃₂s + g‖² = λ₃₂²‖s‖² + 2λ₃₂⟨s, g⟩ + ‖g‖² (exact, since s ∈ {−1, 0, 1}ᵈ and the
+    float32 row is −λ₃₂s), so each test is O(n²), not O(n²·d)."""
     import torch
 
-    from fl_core.aggregators.krum import krum_scores
+    from fl_core.aggregators.base import pairwise_sq_dists
+    from fl_core.aggregators.krum import nearest_sum
 
     x = known.double()
+    g = x if known.dtype == torch.float32 else known.float().double()  # the bits the server sees
+    d_g = pairwise_sq_dists(g)
     mu = x.mean(dim=0)
     s = torch.sign(mu)
-    lam = lambda_bound(x, c)
-    f = max(0, min(f, a + x.shape[0] - 2))  # Krum's score needs n − f − 2 ≥ 0 neighbours
-    known32 = known.float()
+    lam = lambda_bound(x, c, d_g if g is x else None)
+    k = x.shape[0]
+    n = a + k
+    f = max(0, min(f, n - 2))  # Krum's score needs n − f − 2 ≥ 0 neighbours
+    d = torch.zeros(n, n, dtype=torch.float64)
+    d[a:, a:] = d_g
+    g_sq, s_g, s_sq = (g * g).sum(dim=1), g @ s, float(s @ s)
     while lam > threshold:
-        mal = (-lam * s).float()  # the bits the server's Krum will see
-        rows = torch.cat([mal.expand(a, -1), known32])
-        if int(torch.argmin(krum_scores(rows, f))) < a:
-            return mal, lam, True
+        lam32 = float(torch.tensor(lam, dtype=torch.float32))
+        dm = (lam32 * lam32 * s_sq + 2 * lam32 * s_g + g_sq).clamp_min(0.0)
+        d[:a, a:], d[a:, :a] = dm, dm[:, None]
+        if int(torch.argmin(nearest_sum(d, n - f - 2))) < a:  # first minimum: ties to a malicious row
+            return (-lam * s).float(), lam, True
         lam *= 0.5
     return (mu - lam * s).float(), lam, False
 

@@ -94,38 +94,37 @@ def gamma_search(feasible: Callable[[float], bool], gamma_init: float = 10.0, ta
     return succ
 
 
-def sq_dists_to(rows: "torch.Tensor", x: "torch.Tensor") -> "torch.Tensor":
-    """[k]: ‖rows_i − x‖² (float64 differences)."""
-    diff = rows - x
-    return (diff * diff).sum(dim=1)
-
-
-def pairwise_sq(rows: "torch.Tensor") -> "torch.Tensor":
-    """[k, k] squared distances from differences, one row at a time (k × d memory, not k² × d)."""
-    import torch
-
-    return torch.stack([sq_dists_to(rows, r) for r in rows])
-
-
 def min_max_forge(known: "torch.Tensor", kind: str, rule: str, gamma_init: float = 10.0,
                   tau: float = 1e-5) -> tuple["torch.Tensor", float]:
-    """(m [d] float64, γ) for `rule` "min-max" or "min-sum" from the known updates [k ≥ 1, d]."""
+    """(m [d] float64, γ) for `rule` "min-max" or "min-sum" from the known updates [k ≥ 1, d].
+
+    Each test of the search is O(k), not O(k·d): with r_i = μ − ∇_i,
+    ‖m − ∇_i‖² = ‖r_i‖² − 2γ⟨r_i, p⟩ + γ²‖p‖², its three terms computed once (float64)."""
+    from fl_core.aggregators.base import pairwise_sq_dists
+
     x = known.double()
     mu = x.mean(dim=0)
     p = perturbation_vector(x, mu, kind)
     if not bool(p.ne(0).any()):
         return mu, 0.0
-    d2 = pairwise_sq(x)
+    r = mu - x
+    r_sq, r_p, p_sq = (r * r).sum(dim=1), r @ p, float(p @ p)
+    del r
+    d2 = pairwise_sq_dists(x)  # the Gram form, float64: one matmul
+
+    def dists(g: float) -> "torch.Tensor":
+        return r_sq - 2 * g * r_p + g * g * p_sq
+
     if rule == "min-max":
         bound = float(d2.max())
 
         def feasible(g: float) -> bool:
-            return float(sq_dists_to(x, mu - g * p).max()) <= bound
+            return float(dists(g).max()) <= bound
     else:
         bound = float(d2.sum(dim=1).min())
 
         def feasible(g: float) -> bool:
-            return float(sq_dists_to(x, mu - g * p).sum()) <= bound
+            return float(dists(g).sum()) <= bound
 
     gamma = gamma_search(feasible, gamma_init, tau)
     return mu - gamma * p, gamma

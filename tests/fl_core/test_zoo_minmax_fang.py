@@ -310,6 +310,28 @@ def test_fang_krum_agrees_with_the_authors_code():
     assert len(halvings) > 2 and fallbacks >= 1, (halvings, fallbacks)
 
 
+def test_fang_krum_check_is_the_projects_krum_scores():
+    """The O(n²) check inside `krum_attack` decides as `krum_scores` on the stacked float32
+    rows: at the λ it returns Krum picks a malicious row, at 2λ (the candidate before, when
+    there was one) it did not."""
+    from fl_core.aggregators.krum import krum_scores
+
+    gen = torch.Generator().manual_seed(4)
+    seen_halving = False
+    for _ in range(25):
+        known = torch.randn(9, 17, generator=gen) + 0.3 * torch.randn(17, generator=gen)
+        a, f = 2, 3
+        mal, lam, picked = krum_attack(known, a, a, f)
+        if not picked:
+            continue
+        assert int(torch.argmin(krum_scores(torch.cat([mal.expand(a, -1), known]), f))) < a
+        if lam < lambda_bound(known.double(), a) * 0.75:
+            seen_halving = True
+            prev = (-2 * lam * torch.sign(known.double().mean(0))).float()
+            assert int(torch.argmin(krum_scores(torch.cat([prev.expand(a, -1), known]), f))) >= a
+    assert seen_halving
+
+
 # -- Fang: trimmed mean / median ----------------------------------------------------------
 
 #: μ = (2, ½, −1, −2): s = (+, +, −, −); min = (1, −1, −3, −3), max = (3, 2, 1, −1).
