@@ -381,6 +381,28 @@ def test_fang_forger_against_median_pushes_each_coordinate_against_its_direction
     assert bool((out[:, :2] <= TRM.min(0).values[:2]).all() and (out[:, 2:] >= TRM.max(0).values[2:]).all())
 
 
+def test_fang_own_data_crafts_from_the_attackers_updates_only():
+    """Own-data against median: the attackers' own rows are TRM (benign rows far away and
+    ignored), so the forged rows lie in TRM's μ ± [3σ, 4σ] (partial knowledge); against Krum
+    the attack runs on the own rows with c = max(1, ⌊a²/n⌋) = max(1, ⌊4/5⌋) = 1."""
+    rows = [result(0, "benign", [50, 50, 50, 50]), result(1, "attacker", TRM[0].tolist()),
+            result(2, "attacker", TRM[1].tolist()), result(3, "benign", [-50, 50, -50, 50]),
+            result(4, "benign", [50, -50, 50, -50])]
+    c = cfg("fang", aggregator="median", params={"knowledge": "own-data"})
+    forger = make_attack(c)
+    known = torch.stack([r.delta for r in rows if r.role == "attacker"])
+    out, metrics = forger.forge(known, known, ctx_for(c, 5, 2, "own-data"), torch.Generator().manual_seed(2))
+    ref = trimmed_mean_attack(TRM, 2, True, 2.0, torch.Generator().manual_seed(2))
+    assert torch.equal(out, ref) and metrics == {"forge_fang_krum": 0.0}
+
+    ck = cfg("fang", aggregator="krum", params={"knowledge": "own-data"})
+    out, metrics = make_attack(ck).forge(known, known, ctx_for(ck, 5, 2, "own-data"), torch.Generator())
+    # Krum on the 4 rows [2 malicious; 2 own] with the server's default f = ⌊(4 − 3)/2⌋ = 0
+    mal, lam, picked = krum_attack(known, 2, 1, 0)
+    assert torch.equal(out, mal.expand(2, -1)) and metrics["forge_lambda"] == lam
+    assert metrics["forge_krum_picked"] == float(picked)
+
+
 @pytest.mark.parametrize("agg,target", [("krum", "krum"), ("multi-krum", "krum"), ("bulyan", "krum"),
                                         ("trimmed-mean", "trimmed-mean"), ("median", "trimmed-mean"),
                                         ("fedavg", "trimmed-mean"), ("rfa", "trimmed-mean")])
