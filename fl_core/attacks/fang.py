@@ -198,4 +198,4 @@ def _build(params: FangParams, config: "SimulationConfig") -> Fang:
     return Fang(params, resolve_target(params, config))
 
 
-register(AttackSpec("fang", "Fang", _build, FangParams, rank=12))
+register(AttackSpec("fang", "Fang", _build, FangParams, rank=14, goal="untargeted"))

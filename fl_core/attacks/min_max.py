@@ -145,5 +145,7 @@ class MinMax(HonestCraft):
         return m.to(own.dtype).expand_as(own).clone(), {"forge_gamma": gamma}
 
 
-register(AttackSpec("min-max", "Min-Max", lambda params, config: MinMax("min-max", params), MinMaxParams, rank=10))
-register(AttackSpec("min-sum", "Min-Sum", lambda params, config: MinMax("min-sum", params), MinMaxParams, rank=11))
+register(AttackSpec("min-max", "Min-Max", lambda params, config: MinMax("min-max", params), MinMaxParams, rank=12,
+                    goal="untargeted"))
+register(AttackSpec("min-sum", "Min-Sum", lambda params, config: MinMax("min-sum", params), MinMaxParams, rank=13,
+                    goal="untargeted"))
