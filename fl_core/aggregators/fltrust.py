@@ -158,7 +158,8 @@ class FLTrust:
 
         data = ClientData(torch.from_numpy(self.root.pixels).to(device), torch.from_numpy(self.root.labels).to(device))
         gen = torch_generator(ctx.seed, Stream.ROOT, 1, ctx.round_idx)
-        with torch_threads(self.threads), client_rng_scope(derive_seed(ctx.seed, Stream.ROOT, 2, ctx.round_idx), device):
+        scope = derive_seed(ctx.seed, Stream.ROOT, 2, ctx.round_idx)
+        with torch_threads(self.threads), client_rng_scope(scope, device):
             model = CNN().to(device)  # its init draws are overwritten by w_t; inside the scope, as dropout
             g0, m = local_train(model, global_params.to(device), data, self.hp, gen)
         return g0, float(m["train_loss"])
