@@ -9,12 +9,12 @@ An update pointing away from g0 gets no weight, and no update weighs more than g
 
 The root set (the paper's default size, 100 images): the train images of writers OUTSIDE
 the training population, i.e. the writers the data source holds beyond `data.max_writers`
-(the population is its first max_writers writers, `fl_core.data.load_data`). Those writers
-are walked in a seeded random order (`fl_core.rng` Stream.ROOT, key 0) and taken whole until
-they hold at least `root_size` images; `root_size` of those rows are then drawn uniformly
-without replacement (same stream). The set is drawn once, when the aggregator is built,
-and described by `FLTrust.root` (writer ids and positions, images) and by the metrics
-`fltrust_root_writers` / `fltrust_root_images` of every round. A config without
+(the population is its first max_writers writers, `fl_core.data.load_data`): `root_size`
+images drawn uniformly without replacement from all of those writers' train images
+(`fl_core.rng` Stream.ROOT, key 0), as the paper samples its root set uniformly from the
+training data, but from writers no client is. The set is drawn once, when the aggregator
+is built, and described by `FLTrust.root` (writer ids and positions, images per writer) and
+by the metrics `fltrust_root_writers` / `fltrust_root_images` of every round. A config without
 `data.max_writers`, or one leaving no writer (or too few images) beyond it, is refused
 (ConfigError naming the key).
 Each round's server training draws its shuffles from Stream.ROOT keyed (1, round) and its
@@ -46,9 +46,6 @@ from fl_core.aggregators.base import (
 from fl_core.errors import ConfigError
 from fl_core.rng import Stream, derive_seed, numpy_rng, torch_generator
 
-_DRAW = 1024  # writer offsets drawn per step of the seeded walk
-
-
 class FLTrustParams(Params):
     root_size: int = Field(100, ge=1, le=1_000_000, description="images in the server's clean root set, "
                            "drawn from writers beyond data.max_writers (the paper's default 100)")
@@ -78,51 +75,35 @@ class RootSet:
     images_per_writer: tuple[int, ...]
 
 
-def held_out_order(seed: int, first: int, total: int):
-    """Writers first..total−1 in a seeded uniformly random order (Stream.ROOT, key 0),
-    drawn offset by offset so a huge lazy source is never enumerated."""
-    rng = numpy_rng(seed, Stream.ROOT, 0)
-    held, seen = total - first, set()
-    while len(seen) < held:
-        for o in rng.integers(0, held, size=_DRAW).tolist():
-            if o not in seen:
-                seen.add(o)
-                yield first + o
-                if len(seen) == held:
-                    return
-
-
 def draw_root_set(data, first: int, size: int, seed: int) -> RootSet:
-    """`size` train images of the writers of `data` at positions ≥ `first` (see the module
-    docstring); ConfigError when there are none or too few."""
+    """`size` train images drawn uniformly without replacement from all the train images of
+    the writers of `data` at positions ≥ `first` (Stream.ROOT, key 0); only the writers
+    drawn are read (a lazy source stays lazy). ConfigError when there are none or too few."""
     total = data.num_writers
     if first >= total:
         raise ConfigError("data.max_writers", first, f"less than the data source's {total} writers "
                           "(FLTrust's root set is drawn from the writers beyond it)")
-    chosen, parts, have = [], [], 0
-    for k in held_out_order(seed, first, total):
-        pix, lab = data.writer_train(k)
-        if len(lab):
-            chosen.append(k)
-            parts.append((pix, lab))
-            have += len(lab)
-        if have >= size:
-            break
+    counts = np.asarray(data.train_counts(), dtype=np.int64)[first:]
+    have = int(counts.sum())
     if have < size:
         raise ConfigError("defense.aggregator_params.root_size", size, f"at most {have}, the train images "
                           f"of the {total - first} writers beyond data.max_writers = {first}")
-    pixels = np.concatenate([p for p, _ in parts])
-    labels = np.concatenate([lb for _, lb in parts]).astype(np.int64)
-    owner = np.concatenate([np.full(len(lb), i) for i, (_, lb) in enumerate(parts)])
-    rows = np.sort(numpy_rng(seed, Stream.ROOT, 0, 1).choice(have, size=size, replace=False))
-    counts = np.bincount(owner[rows], minlength=len(chosen))
-    used = [i for i in range(len(chosen)) if counts[i] > 0]
+    rows = np.sort(numpy_rng(seed, Stream.ROOT, 0).choice(have, size=size, replace=False))
+    ends = np.cumsum(counts)
+    owner = np.searchsorted(ends, rows, side="right")  # offset of the writer holding each row
+    within = rows - (ends[owner] - counts[owner])
+    pixels, labels, positions, per_writer = [], [], [], []
+    for o in np.unique(owner).tolist():
+        pix, lab = data.writer_train(first + o)
+        take = within[owner == o]
+        pixels.append(pix[take])
+        labels.append(lab[take])
+        positions.append(first + o)
+        per_writer.append(len(take))
     ids = getattr(data, "writer_ids", None)
     return RootSet(
-        np.ascontiguousarray(pixels[rows]), labels[rows],
-        tuple(chosen[i] for i in used),
-        tuple(str(ids[chosen[i]]) if ids is not None else str(chosen[i]) for i in used),
-        tuple(int(counts[i]) for i in used),
+        np.ascontiguousarray(np.concatenate(pixels)), np.concatenate(labels).astype(np.int64), tuple(positions),
+        tuple(str(ids[k]) if ids is not None else str(k) for k in positions), tuple(per_writer),
     )
 
 
@@ -185,6 +166,7 @@ def build(p: FLTrustParams, cfg) -> FLTrust:
     from fl_core.data import load_data
     from fl_core.training import SGDParams
 
+    check(p, cfg)  # built without a validated config (tests): the same refusal
     source = load_data(cfg.data.model_copy(update={"max_writers": None}), cfg.seed)
     root = draw_root_set(source, cfg.data.max_writers, p.root_size, cfg.seed)
     hp = SGDParams(cfg.fl.local_epochs, cfg.fl.batch_size, cfg.fl.client_lr)

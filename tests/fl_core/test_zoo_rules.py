@@ -351,11 +351,15 @@ def test_fltrust_root_set_comes_from_writers_beyond_max_writers(tiny_data):
     assert all(8 <= k < 12 for k in root.positions) and sum(root.images_per_writer) == 25
     assert root.writer_ids == tuple(data.writer_ids[k] for k in root.positions)
     assert root.pixels.shape == (25, 28, 28) and root.labels.shape == (25,)
-    # every root image is one of its writers' train images (random pixels: unique)
-    for img, lab in zip(root.pixels, root.labels):
-        owners = [k for k in root.positions if any(np.array_equal(img, p) and lab == lb
-                                                  for p, lb in zip(*data.writer_train(k)))]
-        assert len(owners) == 1
+    # uniform without replacement over the pooled train images of writers 8..11, from
+    # Stream.ROOT key 0, in pool order
+    pool = [data.writer_train(k) for k in range(8, 12)]
+    pix, lab = np.concatenate([p for p, _ in pool]), np.concatenate([lb for _, lb in pool])
+    rows = np.sort(numpy_rng(4, Stream.ROOT, 0).choice(len(lab), size=25, replace=False))
+    assert np.array_equal(root.pixels, pix[rows]) and np.array_equal(root.labels, lab[rows])
+    counts = [len(lb) for _, lb in pool]
+    owner = np.searchsorted(np.cumsum(counts), rows, side="right")
+    assert root.images_per_writer == tuple(int((owner == o).sum()) for o in sorted(set(owner.tolist())))
     again = draw_root_set(data, 8, 25, seed=4)
     assert np.array_equal(again.pixels, root.pixels) and again.positions == root.positions
     other = draw_root_set(data, 8, 25, seed=5)
