@@ -26,6 +26,8 @@ imported only when SignGuard runs.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from pydantic import Field
@@ -82,7 +84,11 @@ def largest_cluster(feats: np.ndarray) -> tuple[np.ndarray, float]:
     n = feats.shape[0]
     bandwidth = float(estimate_bandwidth(feats, quantile=0.5, n_samples=50))
     if bandwidth > 0:
-        labels = MeanShift(bandwidth=bandwidth, bin_seeding=True, cluster_all=False).fit(feats).labels_
+        with warnings.catch_warnings():
+            # "Binning data failed ... using data points as seeds": bin_seeding's documented
+            # fallback when every bin holds one point (small cohorts); same result, every round
+            warnings.filterwarnings("ignore", message="Binning data failed", category=UserWarning)
+            labels = MeanShift(bandwidth=bandwidth, bin_seeding=True, cluster_all=False).fit(feats).labels_
     else:  # groups of identical rows, labelled in order of first appearance
         _, first, inverse = np.unique(feats, axis=0, return_index=True, return_inverse=True)
         rank = np.argsort(np.argsort(first, kind="stable"), kind="stable")
