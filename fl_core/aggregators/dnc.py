@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fl_core.aggregation import ordered_weighted_mean
+from fl_core.aggregation import RunningMean
 from fl_core.aggregators.base import (
     Aggregate,
     AggregatorContext,
@@ -45,12 +45,12 @@ from fl_core.rng import Stream, numpy_rng
 class DnCParams(Params):
     f: int | None = Field(None, ge=0, description="assumed number of attackers per round; "
                           "null = floor((n - 1) / 2)")
-    iterations: int = Field(1, ge=1, le=1000, description="niters: subsample-and-filter rounds, "
-                            "their kept sets intersected (Blades: 1)")
-    subsample: int = Field(10_000, ge=1, description="b: coordinates sampled per iteration; "
-                           "at least d takes all (Blades: 10000)")
-    filter_fraction: float = Field(1.0, gt=0, description="c: each iteration keeps the "
-                                   "floor(n - c·f) lowest scores (Blades: 1)")
+    niters: int = Field(1, ge=1, le=1000, description="subsample-and-filter iterations, their kept "
+                        "sets intersected (Blades: 1)")
+    b: int = Field(10_000, ge=1, description="coordinates sampled per iteration; at least d takes "
+                   "all (Blades: 10000)")
+    c: float = Field(1.0, gt=0, description="filtering fraction: each iteration keeps the "
+                     "floor(n - c·f) lowest scores (Blades: 1)")
 
 
 def resolve_f(f: int | None, n: int) -> int:
@@ -64,11 +64,10 @@ def kept_count(n: int, f: int, c: float) -> int:
 def check(p: DnCParams, cfg) -> None:
     n = cfg.fl.clients_per_round
     f = resolve_f(p.f, n)
-    if kept_count(n, f, p.filter_fraction) < 1:
-        key, value = ("defense.aggregator_params.f", p.f) if p.f is not None else \
-            ("defense.aggregator_params.filter_fraction", p.filter_fraction)
+    if kept_count(n, f, p.c) < 1:
+        key, value = ("defense.aggregator_params.f", p.f) if p.f is not None else ("defense.aggregator_params.c", p.c)
         raise ConfigError(key, value, f"n − c·f ≥ 1 with n = fl.clients_per_round = {n}, "
-                          f"c = {p.filter_fraction:g}, f = {f} (DnC keeps the n − c·f lowest scores)")
+                          f"c = {p.c:g}, f = {f} (DnC keeps the n − c·f lowest scores)")
 
 
 def coordinates(d: int, b: int, ctx: AggregatorContext, iteration: int) -> torch.Tensor | None:
@@ -95,25 +94,27 @@ class DnC:
                   state: dict) -> Aggregate:
         n, d = updates.shape
         f = resolve_f(self.p.f, n)
-        k = kept_count(n, f, self.p.filter_fraction)
+        k = kept_count(n, f, self.p.c)
         assert 1 <= k <= n, "check() keeps n − c·f within 1..n"
         good = set(range(n))
-        for it in range(self.p.iterations):
-            idx = coordinates(d, self.p.subsample, ctx, it)
+        for it in range(self.p.niters):
+            idx = coordinates(d, self.p.b, ctx, it)
             sub = updates if idx is None else updates[:, idx.to(updates.device)]
             order = torch.sort(dnc_scores(sub).cpu(), stable=True).indices
             good &= {int(i) for i in order[:k]}
         accepted = tuple(i in good for i in range(n))
-        metrics = {**flag_metrics(accepted), "dnc_f": f, "dnc_b": min(self.p.subsample, d)}
+        metrics = {**flag_metrics(accepted), "dnc_f": f, "dnc_b": min(self.p.b, d)}
         if not good:
             return Aggregate(torch.zeros(d, device=updates.device), metrics, accepted=accepted)
-        keep = torch.tensor(sorted(good), device=updates.device)
-        delta = ordered_weighted_mean(updates[keep], torch.ones(len(good), dtype=torch.float64))
-        return Aggregate(delta, metrics, accepted=accepted)
+        run = RunningMean(updates.device)
+        for i in sorted(good):  # key order, float64 sum
+            run.add(updates[i], 1.0)
+        return Aggregate(run.mean(), metrics, accepted=accepted)
 
 
 SPEC = register(AggregatorSpec(
     "dnc", DnCParams, lambda p, cfg: DnC(p),
-    lambda p: "DnC" + ("" if p.f is None else f" f={p.f}"),
+    lambda p: "DnC" + "".join(f" {k}={v:g}" for k, v, default in (
+        ("f", p.f, None), ("niters", p.niters, 1), ("b", p.b, 10_000), ("c", p.c, 1.0)) if v != default),
     check=check,
 ))

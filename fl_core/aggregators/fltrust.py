@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fl_core.aggregation import ordered_weighted_mean
+from fl_core.aggregation import RunningMean
 from fl_core.aggregators.base import (
     Aggregate,
     AggregatorContext,
@@ -123,7 +123,11 @@ def trust_combine(updates: torch.Tensor, g0: torch.Tensor) -> tuple[torch.Tensor
     total = float(ts.sum())
     if total == 0.0:
         return torch.zeros(d, device=updates.device), ts
-    return ordered_weighted_mean(updates, scale, total=total), ts
+    run = RunningMean(updates.device)
+    for i in range(n):  # key order, float64 sum; rows with TS 0 add nothing
+        if ts[i] > 0:
+            run.add(updates[i], float(scale[i]))
+    return run.mean(total=total), ts
 
 
 class FLTrust:

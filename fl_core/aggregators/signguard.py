@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from fl_core.aggregation import ordered_weighted_mean
+from fl_core.aggregation import RunningMean
 from fl_core.aggregators.base import (
     Aggregate,
     AggregatorContext,
@@ -106,7 +106,8 @@ class SignGuard:
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: AggregatorContext,
                   state: dict) -> Aggregate:
         n, d = updates.shape
-        norms = torch.linalg.vector_norm(updates.to(torch.float64), dim=1)
+        # row by row in float64: no [n, d] float64 copy
+        norms = torch.stack([torch.linalg.vector_norm(updates[i].to(torch.float64)) for i in range(n)])
         s = median_1d(norms)
         norms_cpu = norms.cpu()
         by_norm = ((norms_cpu > self.p.norm_lower * s) & (norms_cpu < self.p.norm_upper * s)).numpy()
@@ -119,13 +120,17 @@ class SignGuard:
         keep = [i for i in range(n) if accepted[i]]
         if not keep:
             return Aggregate(torch.zeros(d, device=updates.device), metrics, accepted=accepted)
-        idx = torch.tensor(keep, device=updates.device)
-        scale = torch.where(norms > s, s / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(norms))
-        clipped = updates[idx].to(torch.float64) * scale[idx][:, None]
-        delta = ordered_weighted_mean(clipped, torch.ones(len(keep), dtype=torch.float64))
-        return Aggregate(delta, metrics, accepted=accepted)
+        # Σ_kept min(1, S/‖Δ_i‖)·Δ_i / |kept|, in key order with a float64 sum
+        run = RunningMean(updates.device)
+        for i in keep:
+            norm = float(norms_cpu[i])
+            run.add(updates[i], s / norm if norm > s else 1.0)
+        return Aggregate(run.mean(total=len(keep)), metrics, accepted=accepted)
 
 
 SPEC = register(AggregatorSpec(
-    "signguard", SignGuardParams, lambda p, cfg: SignGuard(p), lambda p: "SignGuard", check=check,
+    "signguard", SignGuardParams, lambda p, cfg: SignGuard(p),
+    lambda p: "SignGuard" + "".join(f" {k}={v:g}" for k, v, default in (
+        ("L", p.norm_lower, 0.1), ("R", p.norm_upper, 3.0), ("block", p.block_fraction, 0.1)) if v != default),
+    check=check,
 ))

@@ -207,7 +207,7 @@ def test_dnc_keeps_the_n_minus_cf_lowest_and_averages_them():
     assert out.accepted == (False, True, True, True, False)
     assert torch.equal(out.delta, torch.tensor([4 / 3, 4 / 3], dtype=F64).to(torch.float32))
     # c = 0.5, f = 3: floor(5 − 1.5) = 3 kept, the same
-    assert DnC(DnCParams(f=3, filter_fraction=0.5)).aggregate(DNC, ones(5), ctx(5), {}).accepted == \
+    assert DnC(DnCParams(f=3, c=0.5)).aggregate(DNC, ones(5), ctx(5), {}).accepted == \
         (False, True, True, True, False)
 
 
@@ -224,11 +224,11 @@ def test_dnc_intersects_the_iterations():
     # outliers (a union, as Blades', would drop none).
     x = t([[0, 0], [9, 0], [1, 1], [0, 9], [1, 0]])
     rnd = next(r for r in range(50) if {int(coordinates(2, 1, ctx(5, r), i)[0]) for i in (0, 1)} == {0, 1})
-    out = DnC(DnCParams(f=1, iterations=2, subsample=1)).aggregate(x, ones(5), ctx(5, rnd), {})
+    out = DnC(DnCParams(f=1, niters=2, b=1)).aggregate(x, ones(5), ctx(5, rnd), {})
     assert out.accepted == (True, False, True, False, True)
     assert torch.equal(out.delta, t([2 / 3, 1 / 3]))  # (0+1+1)/3, (0+1+0)/3: one rounding each
     # one iteration drops only the drawn coordinate's outlier
-    one = DnC(DnCParams(f=1, iterations=1, subsample=1)).aggregate(x, ones(5), ctx(5, rnd), {})
+    one = DnC(DnCParams(f=1, niters=1, b=1)).aggregate(x, ones(5), ctx(5, rnd), {})
     dropped = 1 if int(coordinates(2, 1, ctx(5, rnd), 0)[0]) == 0 else 3
     assert one.accepted == tuple(i != dropped for i in range(5))
 
@@ -245,15 +245,15 @@ def test_dnc_coordinates_are_seeded_without_replacement():
 def test_dnc_config_checks():
     with pytest.raises(ConfigError, match="defense.aggregator_params.f"):
         parse_config({"fl": {"clients_per_round": 5}, "defense": {"aggregator": "dnc", "aggregator_params": {"f": 5}}})
-    with pytest.raises(ConfigError, match="filter_fraction"):  # f = 2 by default, 5 − 2.5·2 = 0
+    with pytest.raises(ConfigError, match=r"defense\.aggregator_params\.c`"):  # f = 2 by default, 5 − 2.5·2 = 0
         parse_config({"fl": {"clients_per_round": 5}, "defense": {
-            "aggregator": "dnc", "aggregator_params": {"filter_fraction": 2.5}}})
+            "aggregator": "dnc", "aggregator_params": {"c": 2.5}}})
     parse_config({"fl": {"clients_per_round": 5}, "defense": {"aggregator": "dnc", "aggregator_params": {"f": 4}}})
 
 
 # ------------------------------------------------------------------------------ the round
 ZOO = [("centered-clipping", {"tau": 1.0, "iterations": 2}), ("signguard", {}),
-       ("dnc", {"iterations": 3, "subsample": 10})]
+       ("dnc", {"niters": 3, "b": 10})]
 
 
 @pytest.mark.parametrize("name,params", ZOO)
@@ -452,3 +452,15 @@ def test_simulation_runs_with_fltrust():
 def test_simulation_runs_with_fltrust_through_the_round():
     history = Simulation(parse_config(FLTRUST_RAW)).run()
     assert history[-1]["fltrust_root_images"] == 30
+
+
+def test_labels_name_the_non_default_params():
+    from fl_core.aggregators import AGGREGATORS
+
+    def label(name, **p):
+        return AGGREGATORS[name].label(AGGREGATORS[name].params(**p))
+
+    assert label("centered-clipping") == "CC τ=100" and label("centered-clipping", tau=10.0, iterations=3) == "CC τ=10 L=3"
+    assert label("signguard") == "SignGuard" and label("signguard", norm_upper=2.0) == "SignGuard R=2"
+    assert label("dnc") == "DnC" and label("dnc", f=2, niters=5, c=0.5) == "DnC f=2 niters=5 c=0.5"
+    assert label("fltrust") == "FLTrust" and label("fltrust", root_size=50) == "FLTrust root=50"
