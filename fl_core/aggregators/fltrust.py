@@ -7,7 +7,8 @@ giving g0. Then
 An update pointing away from g0 gets no weight, and no update weighs more than g0's norm.
 `accepted` is TS_i > 0, so the round reports flag rates. The FedAvg weights are not used.
 
-The root set (the paper's default size, 100 images): the train images of writers OUTSIDE
+The root set (100 images by default: FLPoison's default, and as we read Cao et al. their
+default root-set size; the paper was not re-checked here): train images of writers OUTSIDE
 the training population, i.e. the writers the data source holds beyond `data.max_writers`
 (the population is its first max_writers writers, `fl_core.data.load_data`): `root_size`
 images drawn uniformly without replacement from all of those writers' train images
@@ -48,7 +49,7 @@ from fl_core.rng import Stream, derive_seed, numpy_rng, torch_generator
 
 class FLTrustParams(Params):
     root_size: int = Field(100, ge=1, le=1_000_000, description="images in the server's clean root set, "
-                           "drawn from writers beyond data.max_writers (the paper's default 100)")
+                           "drawn from writers beyond data.max_writers (FLPoison's default 100)")
 
 
 def check(p: FLTrustParams, cfg) -> None:

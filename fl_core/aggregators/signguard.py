@@ -1,4 +1,4 @@
-"""SignGuard (Xu, Huang, Wang and Chen 2022, "SignGuard: Byzantine-robust federated learning
+"""SignGuard (Xu, Huang, Song and Lan 2022, "SignGuard: Byzantine-robust federated learning
 through collaborative malicious gradient filtering", ICDCS), its plain variant (the authors'
 `signguard_multiclass`, JianXu95/SignGuard `aggregators/signguard.py`):
   1. norm filter: with S the median of the n update norms, keep the updates with
