@@ -33,12 +33,16 @@ class AggregatorContext:
         cohort_size: n, the number of updates.
         client_indices: the writers' stable indices, aligned with the update rows (a
             writer's identity across rounds, for per-client history; not its role).
+        global_params: the round's starting global weights w_t (flat float32, CPU), for a
+            rule that trains on them itself (FLTrust's root set); None when the caller
+            does not pass them.
     """
 
     seed: int
     round_idx: int
     cohort_size: int
     client_indices: tuple[int, ...]
+    global_params: "torch.Tensor | None" = None
 
 
 @dataclass(frozen=True)
