@@ -123,7 +123,8 @@ class RoundFold:
         self.defenses, self.aggregator = begin_round(defenses, state.defense_state), aggregator
         self.keys = sorted((t.client_index, t.slot) for t in plan.tasks)
         self._key_set = set(self.keys)
-        self.ctx = AggregatorContext(config.seed, plan.round_idx, len(self.keys), tuple(k for k, _ in self.keys))
+        self.ctx = AggregatorContext(config.seed, plan.round_idx, len(self.keys), tuple(k for k, _ in self.keys),
+                                     global_params=state.global_params)
         self.accumulator = None if needs_matrix(aggregator) else aggregator.accumulator(
             self.ctx, state.aggregator_state, device)
         self.uniform = config.uniform_weighting

@@ -53,7 +53,7 @@ FIVE = t([[0, 0], [2, 0], [0, 2], [1, 1], [10, 10]])
 
 def test_registry_has_every_aggregator():
     assert set(AGGREGATORS) == {"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "rfa",
-                                "foolsgold", "flame", "bulyan"}
+                                "foolsgold", "flame", "bulyan", "centered-clipping", "signguard", "dnc", "fltrust"}
 
 
 # ------------------------------------------------------------------------------ fedavg
@@ -350,4 +350,5 @@ def test_no_flag_rates_for_fedavg_and_none_without_attackers():
 def test_every_aggregator_has_a_label_and_builds_from_defaults():
     for name, spec in AGGREGATORS.items():
         assert isinstance(spec.label(spec.params()), str) and spec.label(spec.params())
-        make_aggregator(parse_config({"defense": {"aggregator": name}}))
+        # FLTrust's root set comes from writers beyond data.max_writers (the embedded source has 439)
+        make_aggregator(parse_config({"data": {"max_writers": 400}, "defense": {"aggregator": name}}))

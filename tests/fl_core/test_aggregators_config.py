@@ -62,7 +62,7 @@ def test_bad_aggregator_settings_name_the_key_and_what_is_allowed(defense, key, 
 
 def test_unknown_aggregator_lists_the_registered_ones():
     with pytest.raises(ConfigError) as e:
-        parse_config({"defense": {"aggregator": "centered-clipping"}})
+        parse_config({"defense": {"aggregator": "no-such-rule"}})
     assert "one of: " + ", ".join(sorted(AGGREGATORS)) in e.value.allowed
 
 

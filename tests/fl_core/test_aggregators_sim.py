@@ -18,7 +18,10 @@ RAW = {
     "attack": {"kind": "model-replacement", "fraction": 0.2, "frequency": 1, "num_tasks": 3},
 }
 DROP = {"round_seconds", "eval_seconds", "aggregate_seconds"}
-SELECTS = {"krum", "multi-krum", "foolsgold", "flame", "bulyan"}
+SELECTS = {"krum", "multi-krum", "foolsgold", "flame", "bulyan", "signguard", "dnc", "fltrust"}
+# FLTrust draws its root set from writers beyond data.max_writers, which tiny_data has not:
+# its simulation tests are in test_zoo_rules.py
+ON_TINY_DATA = sorted(set(AGGREGATORS) - {"fltrust"})
 
 
 def config(name: str, rounds: int = 3, **params):
@@ -27,7 +30,7 @@ def config(name: str, rounds: int = 3, **params):
 
 
 @pytest.mark.slow  # two 3-round simulations per aggregator (~15-30 s each on 2 busy cores)
-@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+@pytest.mark.parametrize("name", ON_TINY_DATA)
 def test_simulation_is_deterministic_with_every_aggregator(name, tiny_data):
     runs = []
     for _ in range(2):

@@ -446,9 +446,6 @@ def test_simulation_runs_with_fltrust():
     assert last["fltrust_root_images"] == 30 and 0.0 <= last["flag_fpr"] <= 1.0
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="fl_core.round does not pass AggregatorContext.global_params yet; remove this "
-                          "marker when it does")
 def test_simulation_runs_with_fltrust_through_the_round():
     history = Simulation(parse_config(FLTRUST_RAW)).run()
     assert history[-1]["fltrust_root_images"] == 30
