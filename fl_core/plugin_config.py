@@ -185,8 +185,6 @@ def check_attack(config: SimulationConfig) -> None:
 def check_preaggregation(config: SimulationConfig) -> int:
     """Each pre-aggregation step's params against the rows it receives (the cohort, or what
     the step before left); returns the number of rows the aggregator will see."""
-    from fl_core.preaggregators.base import PER_CLIENT_AGGREGATORS
-
     d = config.defense
     rows = config.fl.clients_per_round
     mixed = []
@@ -198,7 +196,7 @@ def check_preaggregation(config: SimulationConfig) -> int:
         rows = spec.rows_out(params, rows)
         if not spec.keeps_rows:
             mixed.append(name)
-    if mixed and d.aggregator in PER_CLIENT_AGGREGATORS:
+    if mixed and _aggregators()[d.aggregator].per_client:
         raise ConfigError("defense.preaggregation", d.preaggregation,
                           f"no step that mixes clients into shared rows ({', '.join(mixed)}) with "
                           f"defense.aggregator = {d.aggregator}, which keeps a history per client")

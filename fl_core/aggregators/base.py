@@ -113,6 +113,9 @@ class AggregatorSpec:
         check: (params, config) → None, raising ConfigError for params that do not fit the
             rest of the config (e.g. Krum's f against the cohort size); run when the config
             is validated, so a grid fails before anything runs.
+        per_client: it keeps a history per client (`AggregatorContext.client_indices`, e.g.
+            FoolsGold), so it is refused behind a pre-aggregation step whose rows are not
+            clients (Bucketing).
     """
 
     name: str
@@ -120,6 +123,7 @@ class AggregatorSpec:
     build: Callable[..., Aggregator]
     label: Callable[[Params], str]
     check: Callable[..., None] | None = None
+    per_client: bool = False
 
 
 AGGREGATORS: Registry[AggregatorSpec] = Registry("aggregator", "defense.aggregator")

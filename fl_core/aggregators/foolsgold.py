@@ -104,4 +104,5 @@ SPEC = register(AggregatorSpec(
     "foolsgold", FoolsGoldParams,
     lambda p, cfg: FoolsGold(p.kappa, output_layer_size() if p.features == "output-layer" else None),
     lambda p: "FoolsGold" + ("" if p.features == "output-layer" else f" ({p.features})"),
+    per_client=True,
 ))

@@ -88,10 +88,6 @@ def params_key(name: str) -> str:
     return f"{PREAGGREGATION_PARAMS_PREFIX}{name}"
 
 
-#: Aggregators that keep a history per client (`AggregatorContext.client_indices`): refused
-#: behind a step whose rows are not clients (`keeps_rows = False`). A name list, until the
-#: aggregator spec says it itself.
-PER_CLIENT_AGGREGATORS = frozenset({"foolsgold"})
 
 
 def pipeline_label(steps: str | None, params: "dict[str, dict] | None" = None) -> str:

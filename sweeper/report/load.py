@@ -606,14 +606,37 @@ def format_value(key: str, v: Any) -> str:
     return "–" if v is None else str(v)
 
 
+PREAGGREGATION = "defense.preaggregation"
+PREAGGREGATION_PARAMS = "defense.preaggregation_params."
+
+
+def preaggregation_label(config: Mapping[str, Any]) -> str:
+    """`defense.preaggregation` and its steps' params as one part ("NNM f=2 → bucketing s=2"),
+    "no pre-aggregation" without steps."""
+    from fl_core.preaggregators.base import pipeline_label
+
+    params: dict[str, dict] = {}
+    for k, v in config.items():
+        if k.startswith(PREAGGREGATION_PARAMS) and na_to_none(v) is not None:
+            step, _, name = k[len(PREAGGREGATION_PARAMS):].partition(".")
+            params.setdefault(step, {})[name] = na_to_none(v)
+    steps = na_to_none(config.get(PREAGGREGATION))
+    return pipeline_label(steps, params) or "no pre-aggregation"
+
+
 def label_for(config: Mapping[str, Any], keys: Iterable[str]) -> str:
     """Human label of a cell from its values of `keys` (paper notation)."""
     parts = []
     baseline = na_to_none(config.get("attack.kind")) == "none"
-    aggregator_done = False
+    aggregator_done = preaggregation_done = False
     for k in keys:
         if baseline and k.startswith("attack.") and k != "attack.kind":
             continue  # attack settings mean nothing without an attack
+        if k == PREAGGREGATION or k.startswith(PREAGGREGATION_PARAMS):
+            if not preaggregation_done:  # one part for the steps and their parameters
+                parts.append(preaggregation_label(config))
+                preaggregation_done = True
+            continue
         if k == AGGREGATOR or k.startswith(AGGREGATOR_PARAMS):
             if not aggregator_done:  # one part for the name and its parameters
                 parts.append(aggregator_label(config))

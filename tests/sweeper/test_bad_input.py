@@ -81,6 +81,12 @@ GRID_PROBES = [
      ["`base.fl.rounds`", "invalid value True", "valid integer"]),
     ("krum-f-quoted", "name: k\nbase: {defense: {aggregator: krum, aggregator_params: {f: '1'}}}\nseeds: 1\n",
      "validate", ["`base.defense.aggregator_params.f`", "invalid value '1'", "valid integer"]),
+    ("misspelt-preaggregation", "name: k\ngrid: {defense.preaggregation: [null, buckting]}\nseeds: 1\n",
+     "validate", ["grid.defense.preaggregation", "did you mean `bucketing`"]),
+    ("alie-z-undefined", "name: k\nbase: {attack: {kind: alie, fraction: 0.2, schedule: random-sampling}}\n"
+     "seeds: 1\n", "validate", ["attack.params.z", "random-sampling"]),
+    ("fltrust-no-root-writers", "name: k\nbase: {defense: {aggregator: fltrust}}\nseeds: 1\n",
+     "validate", ["data.max_writers"]),
     ("attack-param-inf", "name: k\nbase: {attack: {kind: neurotoxin, fraction: 0.03, params: {top_k: .inf}}}\n"
      "seeds: 1\n", "validate", ["`base.attack.params.top_k`", "invalid value inf", "finite number"]),
     ("data-path-missing", "name: d\nbase: {data: {source: tff-h5, path: /nonexistent/h19}}\nseeds: 1\n", "validate",
