@@ -196,7 +196,7 @@ def check_preaggregation(config: SimulationConfig) -> int:
         rows = spec.rows_out(params, rows)
         if not spec.keeps_rows:
             mixed.append(name)
-    if mixed and _aggregators()[d.aggregator].per_client:
+    if mixed and d.aggregator != DEFAULT_AGGREGATOR and _aggregators()[d.aggregator].per_client:
         raise ConfigError("defense.preaggregation", d.preaggregation,
                           f"no step that mixes clients into shared rows ({', '.join(mixed)}) with "
                           f"defense.aggregator = {d.aggregator}, which keeps a history per client")
