@@ -1,6 +1,7 @@
-"""The newer plug-ins on the Ray actor pool (issue 12, item 6): DBA on the trigger task
-behind Krum, Neurotoxin behind FoolsGold (history in the state) and constrain-and-scale
-behind clipping, trained by two actors, equal the serial run bit for bit."""
+"""The newer plug-ins on the Ray actor pool (issue 12, item 6; issue 21): DBA on the trigger
+task behind Krum, Neurotoxin behind FoolsGold (history in the state), constrain-and-scale
+behind clipping, and the zoo's forging attacks, rules with state, pre-aggregation and
+adaptive clipping, trained by two actors, equal the serial run bit for bit."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def _run(cfg, data, executor=None):
     ({"kind": "dba"}, {"aggregator": "krum", "aggregator_params": {"f": 1}}),
     ({"kind": "neurotoxin"}, {"norm_bound": 2.0, "aggregator": "foolsgold"}),
     ({"kind": "constrain-and-scale"}, {"norm_bound": 2.0}),
+    # issue 21: colluding attackers forge on the server (the round hook), a rule with state,
+    # a pre-aggregation step and a stateful defense
+    ({"kind": "min-max", "schedule": "every-round"}, {"aggregator": "centered-clipping",
+                                                      "aggregator_params": {"tau": 0.5}}),
+    ({"kind": "alie", "schedule": "every-round"}, {"aggregator": "dnc", "preaggregation": "nnm"}),
+    ({"kind": "label-flip", "schedule": "every-round"}, {"norm_bound": 2.0, "clip_quantile": 0.5}),
 ])
 def test_plugins_on_two_actors_equal_the_serial_run(local_ray, tiny_data, attack, defense):
     torch.set_num_threads(1)
