@@ -49,8 +49,9 @@ from fl_core.rng import Stream, numpy_rng
 #
 # The reserved head holds only eligible writers, so drawing the pool among the writers
 # outside it (`attack.pool_rule: legacy-eligible`, the engine before issue 25) over-draws the
-# writers without a source-label image, mostly tiny ones: at K = 80, R = 50 the pool's median
-# writer had about half the population's images. `attack.pool_rule: unbiased` (the default)
+# writers without a source-label image, mostly tiny ones: on 80 of the embedded writers, R = 50,
+# 37–43% of the pool owned no 7 against 16% of the population (docs/REPRODUCTION.md §4c).
+# `attack.pool_rule: unbiased` (the default)
 # also reserves the ineligible writers that `unbiased_reserve` walks past, which makes the pool
 # a uniform draw from the whole population; the targets are the same under both rules.
 #
