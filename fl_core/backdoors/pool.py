@@ -81,8 +81,3 @@ def pool_key(config) -> tuple:
     number of tasks N does not change it, by design)."""
     a = config.attack
     return (config.seed, a.fraction, a.max_tasks, a.source_label, a.backdoor, a.pool_rule)
-
-
-def format_profile(p: SizeProfile) -> str:
-    """`min / median / max` images, then the share without a source-label image."""
-    return f"{p.min} / {p.median:g} / {p.max}"
