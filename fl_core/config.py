@@ -282,6 +282,14 @@ class AttackConfig(_Frozen):
     boost: float | None = Field(
         None, gt=0, description="β override; null = Σn/(η·m·n_a) under the weighting in force"
     )
+    pool_rule: Literal["unbiased", "legacy-eligible"] = Field(
+        "unbiased",
+        description="how the attacker pool avoids the reserved target writers: unbiased (a uniform "
+        "draw of round(ε·K) writers from the whole population; a reserved writer drawn is replaced "
+        "by the next eligible one) or legacy-eligible (drawn among the unreserved writers, so biased "
+        "toward writers without a source-label image: the engine before issue 25, whose trial keys "
+        "it keeps)",
+    )
 
 
 DEFAULT_AGGREGATOR = "fedavg"
@@ -550,16 +558,29 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic",
      "defense.clip_quantile": None, "defense.clip_lr": DEFAULT_CLIP_LR, "defense.clip_count_noise": None,
-     "defense.preaggregation": None}
+     "defense.preaggregation": None, "attack.pool_rule": "legacy-eligible"}
 )
+
+#: Keys that change no result without an attack: left out of `config_hash` when
+#: `attack.kind` is none, so unattacked trials (baselines, warm-ups) keep their keys.
+ATTACK_ONLY_KEYS = ("attack.pool_rule",)
+
+#: Keys added after results existed whose default changed results (issue 25), with the value
+#: that reproduces the engine before them: a config the tool WROTE without the key (a trial
+#: spec, a run's config.yaml, logged params) was made by that engine and reads back with
+#: this value, never with today's default (`parse_flat`, `read_back`).
+READ_BACK_DEFAULTS: Mapping[str, Any] = MappingProxyType({"attack.pool_rule": "legacy-eligible"})
 
 
 def config_hash(config: SimulationConfig, exclude: tuple[str, ...] = ()) -> str:
     """sha256 of the canonical sorted-key JSON of the resolved config, minus `exclude`, the
-    `NEVER_HASHED` keys and the `HASH_NEUTRAL_DEFAULTS` keys that are at their neutral default."""
+    `NEVER_HASHED` keys, the `HASH_NEUTRAL_DEFAULTS` keys that are at their neutral default and,
+    without an attack, the `ATTACK_ONLY_KEYS`."""
+    attacked = config.attack.kind != "none"
     flat = {
         k: v for k, v in flatten(config).items()
         if k not in exclude and k not in NEVER_HASHED and not (k in HASH_NEUTRAL_DEFAULTS and v == HASH_NEUTRAL_DEFAULTS[k])
+        and (attacked or k not in ATTACK_ONLY_KEYS)
     }
     blob = json.dumps(flat, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -663,10 +684,27 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
 def parse_flat(flat: Mapping[str, Any], source: str | None = None) -> SimulationConfig:
     """A config from its dotted view (what `flatten` gives: MLflow params, a report's frame).
     That view spells the attack settings the old flat way on purpose (it is what trial keys
-    hash), so it is the tool's own form, not a user's old-shape file: no deprecation note."""
+    hash), so it is the tool's own form, not a user's old-shape file: no deprecation note, and
+    a key it lacks that changed results reads back as the engine that wrote it had it (`read_back`)."""
     nested: dict[str, Any] = {}
     for k, v in flat.items():
         set_dotted(nested, k, v)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecatedConfigWarning)
-        return parse_config(nested, source)
+        return read_back(nested, source)
+
+
+def read_back(raw: Mapping[str, Any] | None, source: str | None = None) -> SimulationConfig:
+    """`parse_config` for a config this tool wrote and reads back (a trial spec, a run's
+    config.yaml, a flat view of logged params): a `READ_BACK_DEFAULTS` key it lacks was absent
+    from the engine that wrote it, so it takes the value that reproduces that engine (e.g. an
+    attacked config of before issue 25 gets `attack.pool_rule: legacy-eligible` and keeps its
+    trial key and checkpoints), not today's default. A config a user writes goes through
+    `parse_config`, where a missing key means today's default."""
+    nested: dict[str, Any] = dict(raw or {})
+    for key, old in READ_BACK_DEFAULTS.items():
+        section, _, name = key.partition(".")
+        part = nested.get(section)
+        if isinstance(part, Mapping) and name not in part:
+            nested[section] = {**part, name: old}
+    return parse_config(nested, source)

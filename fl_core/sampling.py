@@ -3,7 +3,8 @@
 The attacker pool is a population property (Sun et al. 2019 §2): round(ε·K) writers, fixed
 for the run, never re-drawn per round, never a target writer, and the same for every number
 of backdoor tasks N (drawn outside the reserved head of the target order, see
-`fl_core.backdoors.semantic`).
+`fl_core.backdoors.semantic`); under `attack.pool_rule: unbiased` (default) it is a uniform
+draw from the whole population, whatever the writers' sizes (issue 25).
 - random sampling: the cohort is drawn from all K writers; pool members in it attack, so
   the count per round is hypergeometric(K, εK, C·K);
 - attackers act from `attack.start_round` up to (not including) `attack.stop_round`;
@@ -24,8 +25,8 @@ from typing import Sequence
 import numpy as np
 
 from fl_core.attacks import ATTACKS
+from fl_core.backdoors.base import LAZY_POOL_KEY, POOL_KEY, pool_order
 from fl_core.config import SimulationConfig
-from fl_core.data.population import seeded_writers
 from fl_core.errors import ConfigError
 from fl_core.rng import Stream, derive_seed, numpy_rng
 from fl_core.types import ClientTask, RoundPlan
@@ -42,9 +43,16 @@ class Population:
 
 
 def attacker_pool(config: SimulationConfig, num_writers: int, reserved: tuple[int, ...]) -> tuple[int, ...]:
-    """round(ε·K) writers drawn once from the POPULATION stream among the writers not
-    `reserved` (`BackdoorSets.reserved`: the targets of every N ≤ attack.max_tasks), so the
-    pool is the same for every number of backdoor tasks N."""
+    """round(ε·K) writers drawn once from the POPULATION stream, never a `reserved` one
+    (`BackdoorSets.reserved`: the targets of every N ≤ attack.max_tasks and what the pool
+    rule adds), so the pool is the same for every number of backdoor tasks N.
+
+    `attack.pool_rule: unbiased`: the first m unreserved writers of `pool_order` (a seeded
+    permutation of all K); with the backdoor task's reserve (`unbiased_reserve`) that is a
+    uniform draw from the whole population. `legacy-eligible`: a permutation of the unreserved
+    writers, the engine before issue 25 (biased toward small writers, see
+    `fl_core.backdoors.semantic`). Without reserved writers (the trigger task) both rules
+    give the same pool."""
     a = config.attack
     if a.kind == "none":
         return ()
@@ -57,18 +65,32 @@ def attacker_pool(config: SimulationConfig, num_writers: int, reserved: tuple[in
     candidates = np.setdiff1d(np.arange(num_writers), np.asarray(reserved, np.int64))
     if m > len(candidates):
         raise ConfigError("attack.fraction", a.fraction, f"at most {len(candidates) / num_writers:.4g} (non-target writers)")
-    rng = numpy_rng(config.seed, Stream.POPULATION, 1)
-    return tuple(int(i) for i in np.sort(rng.permutation(candidates)[:m]))
+    if a.pool_rule == "legacy-eligible":
+        rng = numpy_rng(config.seed, Stream.POPULATION, POOL_KEY)
+        return tuple(int(i) for i in np.sort(rng.permutation(candidates)[:m]))
+    return tuple(sorted(_first_unreserved(pool_order(config.seed, num_writers, lazy=False), reserved, m)))
 
 
-ATTACKER_POOL_KEY = 4  # POPULATION key of a lazy population's attacker pool
+def _first_unreserved(order, reserved: Sequence[int], m: int) -> list[int]:
+    skip = set(int(r) for r in reserved)
+    pool: list[int] = []
+    for k in order:
+        if k not in skip:
+            pool.append(k)
+            if len(pool) == m:
+                break
+    return pool
+
+
+ATTACKER_POOL_KEY = LAZY_POOL_KEY  # POPULATION key of a lazy population's attacker pool
 
 
 def sparse_attacker_pool(config: SimulationConfig, num_writers: int, reserved: Sequence[int]) -> np.ndarray:
     """`attacker_pool` for a lazy population (K up to 10^7): the first round(ε·K) writers
     not `reserved` of the seeded order `seeded_writers(seed, ATTACKER_POOL_KEY, K)`, as a
     sorted int64 array; O(εK) memory, no arange or permutation of K. The same rules
-    (≥ 1 attacker, never a reserved writer, independent of N) with another draw."""
+    (≥ 1 attacker, never a reserved writer, independent of N) with another draw. Both pool
+    rules walk this order; they differ in `reserved` only (`fl_core.backdoors.semantic`)."""
     a = config.attack
     if a.kind == "none":
         return np.zeros(0, np.int64)
@@ -81,15 +103,7 @@ def sparse_attacker_pool(config: SimulationConfig, num_writers: int, reserved: S
     skip = set(int(r) for r in reserved)
     if m > num_writers - len(skip):
         raise ConfigError("attack.fraction", a.fraction, f"at most {(num_writers - len(skip)) / num_writers:.4g} (non-target writers)")
-    pool = np.empty(m, np.int64)
-    i = 0
-    for k in seeded_writers(config.seed, ATTACKER_POOL_KEY, num_writers):
-        if k not in skip:
-            pool[i] = k
-            i += 1
-            if i == m:
-                break
-    return np.sort(pool)
+    return np.sort(np.asarray(_first_unreserved(pool_order(config.seed, num_writers, lazy=True), reserved, m), np.int64))
 
 
 def attack_frequency(config: SimulationConfig) -> int:

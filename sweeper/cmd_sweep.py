@@ -101,7 +101,37 @@ def validate(
 
     g = load_grid(grid, allow_large=allow_large)
     print_trial_table(g)
+    print_pool_table(g)
     typer.echo(f"ok: {len(g.trials)} trials")
+
+
+def print_pool_table(grid: Grid) -> None:
+    """The attacker pool of each attacked (data, ε, seed, pool rule) beside its population:
+    train images per writer (min / median / max) and the share of writers without a
+    source-label image (`sweeper.datafit.pool_rows`; issue 25)."""
+    from rich.table import Table
+
+    from sweeper.datafit import pool_rows
+
+    rows, notes = pool_rows(grid.trials)
+    con = _console()
+    for note in notes:
+        con.print(f"attacker pool: {escape(note)}")
+    if not rows:
+        return
+    table = Table(show_edge=False, pad_edge=False,
+                  title="attacker pool vs population (train images per writer: min / median / max; "
+                        "share without a source-label image)")
+    for col in ("data", "backdoor", "ε", "pool rule", "seed", "pool", "pool images", "pool w/o src",
+                "population", "pop. images", "pop. w/o src"):
+        table.add_column(col, justify="left" if col in ("data", "backdoor", "pool rule") else "right")
+    for r in rows:
+        p, q = r["pool"], r["population"]
+        table.add_row(escape(str(r["data"])), escape(str(r["backdoor"])), _v(r["fraction"]),
+                      escape(str(r["pool_rule"])), str(r["seed"]), str(p.writers),
+                      f"{p.min} / {p.median:g} / {p.max}", f"{p.without_source:.0%}", str(q.writers),
+                      f"{q.min} / {q.median:g} / {q.max}", f"{q.without_source:.0%}")
+    con.print(table)
 
 
 @app.command()

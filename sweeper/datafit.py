@@ -67,3 +67,44 @@ def check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) 
             file, where(e.path), f"invalid value {short(e.value)} in the trial {short(overrides)}; "
             f"allowed: {e.allowed}",
         ) from None
+
+
+def pool_rows(trials) -> tuple[list[dict[str, Any]], list[str]]:
+    """The attacker pool of each distinct (data, seed, ε, pool rule, ...) among the attacked
+    `trials` beside its population (`fl_core.backdoors.pool`), for `fl-sweep validate`:
+    (rows, notes). A population whose labels the metadata does not give (lazy, LEAF, large
+    synthetic) is named in a note instead. Computed with the engine's own target selection
+    and pool draw on the writers' labels: what the trials will draw."""
+    from fl_core.backdoors.pool import pool_key, pool_profile
+
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    seen: set = set()
+    for t in trials:
+        cfg = t.config
+        if cfg.attack.kind == "none":
+            continue
+        key = (cfg.data, pool_key(cfg))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            summary = data_summary(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
+        except FLCoreError:
+            continue  # check_data_fit has said why
+        if summary.labels is None:
+            note = f"{summary.name}: the pool is drawn when the trial walks the writers (no labels in the metadata)"
+            if note not in notes:
+                notes.append(note)
+            continue
+        try:
+            p = pool_profile(cfg, summary.labels)
+        except ConfigError:
+            continue  # check_data_fit has said why
+        if p is None:
+            continue
+        rows.append({"data": summary.name, "backdoor": cfg.attack.backdoor, "fraction": cfg.attack.fraction,
+                     "pool_rule": cfg.attack.pool_rule, "seed": cfg.seed, "pool": p.pool,
+                     "population": p.population})
+    rows.sort(key=lambda r: (r["data"], r["backdoor"], r["fraction"], r["pool_rule"], r["seed"]))
+    return rows, notes

@@ -13,7 +13,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from fl_core.backdoors.base import BackdoorSets, BackdoorSpec, EvalSets, num_attackers, register, reserved_count
+from fl_core.backdoors.base import (
+    BackdoorSets,
+    BackdoorSpec,
+    EvalSets,
+    num_attackers,
+    pool_order,
+    register,
+    reserved_count,
+    unbiased_reserve,
+)
 from fl_core.config import SimulationConfig
 from fl_core.data.base import FederatedData
 from fl_core.data.population import WriterPopulation, gather, is_lazy, seeded_writers
@@ -37,6 +46,14 @@ from fl_core.rng import Stream, numpy_rng
 # TARGET_ORDER_KEY, K)` filtered to those with a source-label train image, walked until R
 # are found (R = min(attack.max_tasks, K − εK); fewer only if the walk runs out of writers).
 # Only the walked writers' labels are made, and only the N targets' pixels.
+#
+# The reserved head holds only eligible writers, so drawing the pool among the writers
+# outside it (`attack.pool_rule: legacy-eligible`, the engine before issue 25) over-draws the
+# writers without a source-label image, mostly tiny ones: on 80 of the embedded writers, R = 50,
+# 37–43% of the pool owned no 7 against 16% of the population (docs/REPRODUCTION.md §4c).
+# `attack.pool_rule: unbiased` (the default)
+# also reserves the ineligible writers that `unbiased_reserve` walks past, which makes the pool
+# a uniform draw from the whole population; the targets are the same under both rules.
 #
 # Target writers stay in the population as benign clients with correct labels, so honest
 # training keeps pulling the model back. Backdoor accuracy is measured on D_mal itself (the
@@ -104,8 +121,19 @@ def select_semantic(config: SimulationConfig, data: WriterPopulation) -> Backdoo
         np.flatnonzero(data.test_labels[data.test_slice(k)] == src) + data.test_offsets[k] for k in targets
     ]
     heldout_rows = np.concatenate(held) if held else np.zeros(0, np.int64)
+    head = [int(t) for t in order[:r]]
+    reserved = head + _pool_reserve(config, data.num_writers, head, lambda k: bool(counts[k] > 0), lazy=False)
     return BackdoorSets(
-        tuple(int(t) for t in targets), tuple(int(t) for t in np.sort(order[:r])), train_rows.astype(np.int64), heldout_rows.astype(np.int64))
+        tuple(int(t) for t in targets), tuple(sorted(reserved)), train_rows.astype(np.int64), heldout_rows.astype(np.int64))
+
+
+def _pool_reserve(config: SimulationConfig, num_writers: int, head: list[int], eligible, lazy: bool) -> list[int]:
+    """What `attack.pool_rule` reserves besides the head: nothing (legacy-eligible), or the
+    ineligible writers the unbiased pool's walk passes over (`unbiased_reserve`)."""
+    if config.attack.pool_rule == "legacy-eligible":
+        return []
+    m = num_attackers(config, num_writers)
+    return unbiased_reserve(pool_order(config.seed, num_writers, lazy), set(head), m, eligible)
 
 
 def _select_lazy(config: SimulationConfig, data: WriterPopulation) -> BackdoorSets:
@@ -128,8 +156,9 @@ def _select_lazy(config: SimulationConfig, data: WriterPopulation) -> BackdoorSe
     targets = np.sort(np.asarray(order[:n], np.int64))
     _, train_labels, _ = gather(data, targets, "train")
     _, test_labels, _ = gather(data, targets, "test")
+    extra = _pool_reserve(config, k_all, order, lambda k: bool(np.any(data.writer_train_labels(k) == src)), lazy=True)
     return BackdoorSets(
-        tuple(int(t) for t in targets), tuple(sorted(order)),
+        tuple(int(t) for t in targets), tuple(sorted(order + extra)),
         np.flatnonzero(train_labels == src).astype(np.int64), np.flatnonzero(test_labels == src).astype(np.int64),
     )
 

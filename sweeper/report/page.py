@@ -6,7 +6,8 @@ Files written to the output directory:
 - `figures/panels.png`, `figures/overlay.png`: see `figures`;
 - `cells.csv`: the per-cell table (mean, min, max over seeds of every statistic);
 - `claims.json` (with `--claims`): each claim, its verdict, checks, numbers and cells;
-- `privacy.json`: (ε, δ) per noisy cell.
+- `privacy.json`: (ε, δ) per noisy cell;
+- `pool.csv`: each attacked cell's attacker pool beside its population, per seed (`pool`).
 
 Every value that comes from the data (sweep, cell and directory names, config values, notes,
 claim texts) reaches the page through `lit`: as text, never as Markdown or HTML (a config
@@ -36,6 +37,7 @@ from sweeper.report.privacy import (
     check_population,
     privacy_report,
 )
+from sweeper.report.pool import POOL_INTRO, PoolRow, pool_lines, pool_report
 from sweeper.report.stats import cell_summary
 
 # (column in cell_summary, header) of the page's table, in order.
@@ -124,6 +126,8 @@ class Report:
     claims: list[ClaimResult] | None
     privacy: list[PrivacyResult]
     notes: list[str] = field(default_factory=list)
+    pool: list[PoolRow] = field(default_factory=list)
+    pool_notes: list[str] = field(default_factory=list)
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -223,6 +227,12 @@ def _sections(data: SweepData, rep: Report, tail: float, burn_in: float
                         + ". Thresholds are parameters (`--threshold name=value`); a verdict is "
                         "PASS iff every check holds on the seed means."),
                      claims_rows(rep.claims), CLAIMS_HEADER))
+    if rep.pool or rep.pool_notes:
+        lines = [POOL_INTRO + (md(" Not shown: {}.", "; ".join(rep.pool_notes)) if rep.pool_notes else ""), ""]
+        for cell, rule, population, seeds in pool_lines(rep.pool):
+            lines.append(md("- **{}** (`attack.pool_rule: {}`); population: {}", cell, rule, population))
+            lines += [md("    - seed {}: pool of {}", seed, text) for seed, text in seeds]
+        secs.append(("Attacker pool", Md("\n".join(lines)), None, None))
     if rep.privacy:
         secs.append(("How private is the weak DP?", Md(PRIVACY_INTRO), privacy_rows(rep.privacy),
                      PRIVACY_HEADER))
@@ -312,13 +322,18 @@ def build_report(
     cells = cell_summary(data, th.tail, th.burn_in)
     privacy = privacy_report(data, delta, population)
     claim_results = check_claims(data, th) if claims else None
-    rep = Report(out_dir, [], cells, claim_results, privacy, list(data.notes))
+    pool, pool_notes = pool_report(data)
+    rep = Report(out_dir, [], cells, claim_results, privacy, list(data.notes), pool, pool_notes)
     (out_dir / "figures" / "heatmap.png").unlink(missing_ok=True)  # never a stale one
     figures = plot_all(data, out_dir / "figures", backdoor_metric, cells)
     cells.to_csv(out_dir / "cells.csv", index=False)
     files = [*figures, out_dir / "cells.csv"]
     (out_dir / "privacy.json").write_text(json.dumps([p.to_dict() for p in privacy], indent=2))
     files.append(out_dir / "privacy.json")
+    (out_dir / "pool.csv").unlink(missing_ok=True)  # never a stale one
+    if pool:
+        pd.DataFrame([r.to_dict() for r in pool]).to_csv(out_dir / "pool.csv", index=False)
+        files.append(out_dir / "pool.csv")
     (out_dir / "claims.json").unlink(missing_ok=True)  # never leave a stale one behind
     if claim_results is not None:
         payload = {"thresholds": th.__dict__, "claims": [c.to_dict() for c in claim_results]}
