@@ -33,7 +33,7 @@ def simulate(
     force: bool = typer.Option(False, "--force", help="start afresh even if --out holds a previous run (overwrites it)"),
 ) -> None:
     """Run one federated simulation; writes config.yaml, metrics.jsonl, state.pt in --out."""
-    from fl_core.config import parse_config, set_dotted
+    from fl_core.config import read_back, set_dotted
     from sweeper.configio import load_config, parse_override, read_yaml
     from sweeper.errors import SweeperError
     from sweeper.local import CONFIG, RunWriteError, check_fresh_out, run_local
@@ -45,7 +45,7 @@ def simulate(
         raw = read_yaml(out / CONFIG) or {}
         for item in overrides:
             set_dotted(raw, *parse_override(item))
-        cfg = parse_config(raw, source=str(out / CONFIG))
+        cfg = read_back(raw, source=str(out / CONFIG))
     else:
         cfg = load_config(config, overrides)
         check_fresh_out(out, force)

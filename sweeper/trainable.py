@@ -40,7 +40,7 @@ from typing_extensions import TypedDict  # pydantic validates this one on Python
 import ray
 from ray import tune
 
-from fl_core.config import SimulationConfig, flatten, parse_config
+from fl_core.config import SimulationConfig, config_hash, flatten, read_back
 from fl_core.errors import DivergedError, FLCoreError
 from fl_core.loop import DIVERGED, FINISHED, resume_history, run_loop
 from sweeper.actors import RayActorExecutor, set_determinism
@@ -225,8 +225,11 @@ def _train_trial(config: dict[str, Any]) -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     set_determinism(res["cpus_per_trial"], ray.get_gpu_ids())
-    cfg = parse_config(spec["config"])
+    cfg = read_back(spec["config"])  # a sweep started by an older engine resumes as it started
     trial_key = spec["trial_key"]
+    if config_hash(cfg) != trial_key:
+        raise SweeperError(f"trial {spec['index']}: its config hashes to {config_hash(cfg)[:12]}, not to its "
+                           f"trial key {trial_key[:12]}: written by another engine version; start a new sweep")
     tracker = Tracker(sweep["tracking_uri"])
 
     state, progress, history = None, {}, []

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from fl_core.config import EXECUTION_ONLY_KEYS, config_hash, flatten, parse_config, parse_flat
+from fl_core.config import EXECUTION_ONLY_KEYS, config_hash, flatten, parse_config, parse_flat, read_back
 from fl_core.errors import ConfigError
 from sweeper.errors import SweeperError
 from sweeper.rundir import CONFIG, METRICS, STATUS
@@ -239,7 +239,7 @@ def _config_mapping(raw: Any, where: str) -> dict[str, Any]:
 def _load_simulate_dir(d: Path, sweep: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     raw = _read_config(d / CONFIG)
     try:
-        cfg = parse_config(raw, source=str(d / CONFIG))
+        cfg = read_back(raw, source=str(d / CONFIG))
         flat = flatten(cfg)
         trial_key = config_hash(cfg)
     except ConfigError:
@@ -348,7 +348,7 @@ def _run_config(tracker, run, uri: str) -> dict[str, Any]:
         raise ReportError(f"{where}: not UTF-8 text; not the config.yaml the sweeper logs") from None
     raw = _config_mapping(yamlio.parse(text, where), where)
     try:
-        return flatten(parse_config(raw, source=where))
+        return flatten(read_back(raw, source=where))
     except ConfigError:
         return _flat_dict(raw)
 

@@ -29,13 +29,13 @@ def test_legacy_pool_rule_gives_every_shipped_trial_its_pre25_keys(download_dir)
 
     pre = json.loads(PRE25.read_text())["grids"]
     now = json.loads(NOW.read_text())["grids"]
-    assert sorted(pre) == GRIDS
+    assert set(pre) <= set(GRIDS)  # grids added after issue 25 (the Byzantine ones) have no pre-25 keys
     cwd = os.getcwd()
     os.chdir(download_dir)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            for rel in GRIDS:
+            for rel in sorted(pre):
                 g = load_grid(REPO / rel)
                 got = [[config_hash(legacy(t.config)), result_hash(legacy(t.config))] for t in g.trials]
                 assert got == pre[rel]["trials"], rel
