@@ -87,9 +87,9 @@ def apply_memory_format(model: torch.nn.Module) -> None:
                 continue
             # by strides, not `is_contiguous(memory_format=…)`: a 1-input-channel weight
             # (conv1) passes that test in both formats, and oneDNN then keeps NCHW for it
-            want = torch.empty_like(p, memory_format=fmt)
-            if p.stride() != want.stride():
-                p.data = want.copy_(p.data)
+            # (the meta tensor allocates nothing)
+            if p.stride() != torch.empty(p.shape, device="meta", memory_format=fmt).stride():
+                p.data = torch.empty_like(p, memory_format=fmt).copy_(p.data)
 
 
 def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
