@@ -18,10 +18,18 @@ Measured, in this order:
               one ClientApp actor per CPU) of the same clients, run in a SEPARATE venv
               (--flower-python, default .venv-flwr/bin/python) because flwr pins its own ray
   throughput  rounds/s per backend × precision with evaluation every --eval-every rounds,
-              and the paper grid's projected time (on CUDA: fp32/tf32/bf16; on CPU fp32)
+              and the paper grid's projected time (on CUDA: fp32/tf32/bf16; on CPU
+              --precisions, default fp32)
+  precisions  --precisions fp32,bf16 on a CPU (issue 24) adds, in the same run: the floor in
+              fp32 channels-last, bf16 autocast (NCHW) and bf16 channels-last (what
+              `fl.precision: bf16` runs on a CPU), the 2-process floor in bf16 channels-last,
+              and the sequential, vectorized and Ray-pool rows at bf16; every bf16 row is
+              also divided by the fp32 floor of the same run. The machine line gives the
+              CPU's model and its bf16-related flags.
 
 Ratios: in-process rows and the 1-worker pool are divided by the 1-process × 1-thread floor;
-the 2-worker pool and Flower by the N-process floor (the same cores in use).
+the 2-worker pool and Flower by the N-process floor (the same cores in use). Rows at another
+precision are divided by the fp32 floors (the floor's own variants too).
 """
 
 from __future__ import annotations
@@ -124,9 +132,36 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
+    try:
+        from fl_core.backends import cpu_bf16_support
+
+        cap = cpu_bf16_support()
+        info["cpu_bf16"] = {"supported": cap.supported, "present": list(cap.present), "source": cap.source}
+    except ImportError:
+        pass
+    info["cpu_flags"] = cpu_flags()
+    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+#: the CPU flags reported next to the figures (what decides fp32 and bf16 speed)
+REPORTED_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile",
+                  "amx_bf16", "amx_int8", "bf16", "asimd", "sve")
+
+
+def cpu_flags() -> list[str]:
+    """Which of `REPORTED_FLAGS` /proc/cpuinfo lists (Linux; empty elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, val = line.partition(":")
+            if key.strip() in ("flags", "Features"):
+                have = set(val.split())
+                return [f for f in REPORTED_FLAGS if f in have]
+    except OSError:
+        pass
+    return []
 
 
 # -- workload -----------------------------------------------------------------------------
@@ -199,10 +234,14 @@ def round_batches(data, cohort: list[int], epochs: int, batch: int) -> list[list
 
 # -- the bare-SGD floor -------------------------------------------------------------------
 def bare_sgd(batch_sizes: list[int], device: str, threads: int, reps: int, lr: float = 0.1,
-             barrier=None) -> list[tuple[float, float]]:
+             barrier=None, bf16: bool = False, channels_last: bool = False) -> list[tuple[float, float]]:
     """(start, end, cpu seconds) of `reps` repetitions of the steps (`time.monotonic()`,
     `time.process_time()`); nothing but forward, backward and `p -= lr·g` of the CNN on
-    pre-made batches."""
+    pre-made batches. `bf16`: the steps inside one `torch.autocast(bfloat16)` region with
+    the weight cache off, float32 weights (as `fl.precision: bf16` runs them);
+    `channels_last`: the CNN's weights in channels-last (NHWC) memory format."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -211,7 +250,12 @@ def bare_sgd(batch_sizes: list[int], device: str, threads: int, reps: int, lr: f
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
     model = CNN().to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     params = list(model.parameters())
+    dev_type = torch.device(device).type
+    region = (lambda: torch.autocast(dev_type, dtype=torch.bfloat16, cache_enabled=False)) if bf16 \
+        else contextlib.nullcontext
     xs = {b: torch.rand((b, 1, 28, 28), generator=gen).to(device) for b in set(batch_sizes)}
     ys = {b: torch.randint(0, 10, (b,), generator=gen).to(device) for b in set(batch_sizes)}
 
@@ -224,29 +268,33 @@ def bare_sgd(batch_sizes: list[int], device: str, threads: int, reps: int, lr: f
                 for p in params:
                     p.add_(p.grad, alpha=-lr)
 
-    steps(batch_sizes[:10])  # warm-up (allocator, oneDNN primitive cache)
+    with region():
+        steps(batch_sizes[:10])  # warm-up (allocator, oneDNN primitive cache)
     _sync(device)
     out = []
     for _ in range(reps):
         if barrier is not None:
             barrier.wait()
         t0, c0 = time.monotonic(), time.process_time()
-        steps(batch_sizes)
+        with region():
+            steps(batch_sizes)
         _sync(device)
         out.append((t0, time.monotonic(), time.process_time() - c0))
     return out
 
 
-def _floor_child(batch_sizes, device, reps, barrier, queue):
-    queue.put(bare_sgd(batch_sizes, device, 1, reps, barrier=barrier))
+def _floor_child(batch_sizes, device, reps, barrier, queue, bf16=False, channels_last=False):
+    queue.put(bare_sgd(batch_sizes, device, 1, reps, barrier=barrier, bf16=bf16, channels_last=channels_last))
 
 
-def floor_multiprocess(parts: list[list[int]], device: str, reps: int) -> dict[str, list[float]]:
+def floor_multiprocess(parts: list[list[int]], device: str, reps: int, bf16: bool = False,
+                       channels_last: bool = False) -> dict[str, list[float]]:
     """Wall seconds and summed CPU seconds per repetition of `len(parts)` processes × 1
     thread, started together."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(len(parts)), ctx.Queue()
-    procs = [ctx.Process(target=_floor_child, args=(p, device, reps, barrier, queue)) for p in parts]
+    procs = [ctx.Process(target=_floor_child, args=(p, device, reps, barrier, queue, bf16, channels_last))
+             for p in parts]
     for p in procs:
         p.start()
     spans = [queue.get() for _ in procs]
@@ -256,8 +304,9 @@ def floor_multiprocess(parts: list[list[int]], device: str, reps: int) -> dict[s
             "cpu_s": [sum(s[r][2] for s in spans) for r in range(reps)]}
 
 
-def floor_single(batch_sizes: list[int], device: str, threads: int, reps: int) -> dict[str, list[float]]:
-    spans = bare_sgd(batch_sizes, device, threads, reps)
+def floor_single(batch_sizes: list[int], device: str, threads: int, reps: int, bf16: bool = False,
+                 channels_last: bool = False) -> dict[str, list[float]]:
+    spans = bare_sgd(batch_sizes, device, threads, reps, bf16=bf16, channels_last=channels_last)
     return {"round_s": [b - a for a, b, _ in spans], "cpu_s": [c for _, _, c in spans]}
 
 
@@ -289,10 +338,10 @@ def time_rounds(sim, warmup: int, rounds: int, device: str,
     return {"round_s": wall, "cpu_s": used}
 
 
-def bench_backend(args, data, backend: str) -> dict[str, Any]:
+def bench_backend(args, data, backend: str, precision: str = "fp32") -> dict[str, Any]:
     from fl_core.simulate import Simulation
 
-    cfg = workload_config(args, backend)
+    cfg = workload_config(args, backend, precision)
     t0 = time.perf_counter()
     sim = Simulation(cfg, data)
     startup = time.perf_counter() - t0
@@ -301,7 +350,7 @@ def bench_backend(args, data, backend: str) -> dict[str, Any]:
 
 
 # -- Ray actor pool -----------------------------------------------------------------------
-def bench_ray(args, data, workers_list: list[int]) -> dict[str, Any]:
+def bench_ray(args, data, workers_list: list[int], precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
     import ray
 
     from fl_core.simulate import Simulation
@@ -329,8 +378,8 @@ def bench_ray(args, data, workers_list: list[int]) -> dict[str, Any]:
         out["idle_actor_mb"] = proc_memory(idle_pid)
         ray.kill(idle)
 
-        cfg = workload_config(args, "sequential")
-        for w in workers_list:
+        for p, w in [(p, w) for p in precisions for w in (workers_list if p == "fp32" else [max(workers_list)])]:
+            cfg = workload_config(args, "sequential", p)
             t0 = time.perf_counter()
             ref = ray.put(data)
             ex = RayActorExecutor(cfg, ref, w, cpus_per_worker=1.0, bundle_offset=0, device=args.device)
@@ -341,8 +390,8 @@ def bench_ray(args, data, workers_list: list[int]) -> dict[str, Any]:
                                 cpu=lambda pids=pids: time.process_time() + sum(proc_cpu(p) for p in pids))
             now = actor_pids(ex)
             mem = [proc_memory(p) for p in now]
-            out[f"workers{w}"] = {"startup_s": startup, **timed, "actor_mb": mem, "pids": pids,
-                                  "replaced_actors": now != pids}
+            out[f"workers{w}" + ("" if p == "fp32" else f"_{p}")] = {
+                "startup_s": startup, **timed, "actor_mb": mem, "pids": pids, "replaced_actors": now != pids}
             ex.close()
             del ex, sim, ref
     finally:
@@ -555,6 +604,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backends", default="sequential,vectorized")
     ap.add_argument("--workers", default="1,2", help="Ray pool sizes")
+    ap.add_argument("--precisions", default="fp32",
+                    help="CPU: fl.precision values to time (fp32,bf16: bf16 rows and floor variants next to fp32, "
+                    "issue 24; bf16 needs a CPU with avx512_bf16/amx_bf16); also the throughput rows' precisions "
+                    "on a CPU (CUDA's throughput rows always time fp32,tf32,bf16)")
     ap.add_argument("--no-floor", action="store_true")
     ap.add_argument("--no-ray", action="store_true")
     ap.add_argument("--no-flower", action="store_true")
@@ -597,6 +650,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# round_speed  {info['date']}  {info['cpu']} ({info['cores']} cores)  torch {info['torch']}"
           f"  load {info['load_avg'][0]:.2f}/{info['load_avg'][1]:.2f}/{info['load_avg'][2]:.2f}"
           + (f"  gpu {info['gpu']}" if "gpu" in info else ""))
+    print(f"# cpu flags: {' '.join(info['cpu_flags']) or '(none read)'}; torch CPU capability {info['cpu_capability']}"
+          + (f"; bf16 autocast supported: {info['cpu_bf16']['supported']}" if "cpu_bf16" in info else ""))
+    precisions = tuple(x for x in args.precisions.split(",") if x)
+    extra_p = [p for p in precisions if p != "fp32"] if args.device == "cpu" else []
     t0 = time.perf_counter()
     data, source = build_data(args.clients, args.examples, args.seed)
     data_s = time.perf_counter() - t0
@@ -629,8 +686,20 @@ def main(argv: list[str] | None = None) -> int:
             parts = [[b for per in batches[a:z] for b in per] for a, z in split(len(batches), args.cpus)]
             results[f"floor_{args.cpus}p1t"] = stage(f"floor {args.cpus} processes × 1 thread",
                                                      lambda: floor_multiprocess(parts, "cpu", reps))
+        if "bf16" in extra_p:  # the layout and the precision, each alone and together
+            for key, label, bf, cl in (("floor_1p1t_fp32_cl", "fp32 channels-last", False, True),
+                                       ("floor_1p1t_bf16", "bf16 autocast NCHW", True, False),
+                                       ("floor_1p1t_bf16_cl", "bf16 autocast channels-last", True, True)):
+                results[key] = stage(f"floor 1 process × 1 thread, {label}",
+                                     lambda bf=bf, cl=cl: floor_single(flat, "cpu", 1, reps, bf16=bf, channels_last=cl))
+            if args.cpus > 1:
+                results[f"floor_{args.cpus}p1t_bf16_cl"] = stage(
+                    f"floor {args.cpus} processes × 1 thread, bf16 channels-last",
+                    lambda: floor_multiprocess(parts, "cpu", reps, bf16=True, channels_last=True))
     for b in [x for x in args.backends.split(",") if x]:
         results[f"backend_{b}"] = stage(f"backend {b}", lambda b=b: bench_backend(args, data, b))
+        for p in extra_p:
+            results[f"backend_{b}_{p}"] = stage(f"backend {b} {p}", lambda b=b, p=p: bench_backend(args, data, b, p))
     workers = [int(w) for w in args.workers.split(",") if w]
     if not args.no_ray and workers:
         try:
@@ -638,19 +707,20 @@ def main(argv: list[str] | None = None) -> int:
 
             import sweeper.actors  # noqa: F401
 
-            results["ray"] = stage("ray actor pool", lambda: bench_ray(args, data, workers))
+            results["ray"] = stage("ray actor pool", lambda: bench_ray(args, data, workers, ("fp32", *extra_p)))
         except ImportError as e:
             results["ray"] = {"skipped": f"ray actor pool not available: {e}"}
     if not args.no_flower:
         results["flower"] = stage("flower", lambda: bench_flower(args, data, cohort))
     if args.throughput:
-        precisions = ["fp32", "tf32", "bf16"] if args.device == "cuda" else ["fp32"]
+        tp_precisions = ["fp32", "tf32", "bf16"] if args.device == "cuda" else ["fp32", *extra_p]
         tp = {}
         for b in [x for x in (args.throughput_backends or args.backends).split(",") if x]:
-            for p in precisions:
+            for p in tp_precisions:
                 tp[f"{b}/{p}"] = stage(f"throughput {b} {p}", lambda b=b, p=p: bench_throughput(args, data, b, p))
         if args.device != "cuda":
-            tp["note"] = "tf32/bf16 are CUDA-only (fl.precision rejects them on CPU)"
+            tp["note"] = ("tf32 is CUDA-only; bf16 on a CPU with avx512_bf16/amx_bf16: --precisions fp32,bf16"
+                          if not extra_p else "tf32 is CUDA-only")
         results["throughput"] = tp
 
     # -- table ----------------------------------------------------------------------------
@@ -675,10 +745,21 @@ def main(argv: list[str] | None = None) -> int:
         (f"bare-SGD floor, 1 process × {n} threads", f"floor_1p{n}t", None, "1p"),
         (f"bare-SGD floor, {n} processes × 1 thread", f"floor_{n}p1t", None, f"{n}p"),
     ]
-    rows += [(f"fl_core {b}, in-process, {args.threads} thread", f"backend_{b}", None, "1p")
-             for b in [x for x in args.backends.split(",") if x]]
+    if "bf16" in extra_p:
+        rows += [("bare-SGD floor, 1 process × 1 thread, fp32 channels-last", "floor_1p1t_fp32_cl", None, "1p"),
+                 ("bare-SGD floor, 1 process × 1 thread, bf16 autocast NCHW", "floor_1p1t_bf16", None, "1p"),
+                 ("bare-SGD floor, 1 process × 1 thread, bf16 channels-last", "floor_1p1t_bf16_cl", None, "1p"),
+                 (f"bare-SGD floor, {n} processes × 1 thread, bf16 channels-last", f"floor_{n}p1t_bf16_cl", None,
+                  f"{n}p")]
+    for b in [x for x in args.backends.split(",") if x]:
+        rows.append((f"fl_core {b}, in-process, {args.threads} thread", f"backend_{b}", None, "1p"))
+        rows += [(f"fl_core {b}, in-process, {args.threads} thread, {p}", f"backend_{b}_{p}", None, "1p")
+                 for p in extra_p]
     rows += [(f"fl_core Ray actor pool, {w} worker(s) × 1 CPU", "ray", f"workers{w}", "1p" if w == 1 else f"{n}p")
              for w in workers]
+    if workers:
+        rows += [(f"fl_core Ray actor pool, {max(workers)} worker(s) × 1 CPU, {p}", "ray", f"workers{max(workers)}_{p}",
+                  "1p" if max(workers) == 1 else f"{n}p") for p in extra_p]
     if fw[0]:
         rows.append((f"Flower {flw['version']} simulation, {n} actors × 1 CPU", "flower", None, f"{n}p"))
 
@@ -714,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         idle = ray_r.get("idle_actor_mb", {})
         print(f"- idle torch actor (imports fl_core.client, no data/model): peak RSS {idle.get('VmHWM', float('nan')):.0f} MB, "
               f"USS {idle.get('USS', float('nan')):.0f} MB")
-        for w in workers:
+        for w in [*(f"{w}" for w in workers), *(f"{max(workers)}_{p}" for p in extra_p)]:
             r = ray_r.get(f"workers{w}")
             if not r:
                 continue

@@ -149,8 +149,10 @@ class FLConfig(_Frozen):
         return v
     precision: Literal["fp32", "tf32", "bf16"] = Field(
         "fp32",
-        description="client-training arithmetic on CUDA: fp32 (IEEE, TF32 off), tf32 (TF32 "
-        "matmuls/convolutions), bf16 (autocast forward, fp32 weights); CPU runs fp32 only",
+        description="client-training arithmetic: fp32 (IEEE, TF32 off), tf32 (CUDA only: TF32 "
+        "matmuls/convolutions), bf16 (autocast, fp32 weights, optimizer and aggregation; on a CPU "
+        "only where it has avx512_bf16 or amx_bf16, checked on the machine that trains, and "
+        "channels-last there); changes float bits, so it is part of the result hash",
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device")
     workers: int = Field(1, ge=1, description="Ray client-worker actors per trial (sweeper)")
@@ -185,9 +187,11 @@ class FLConfig(_Frozen):
 
     @model_validator(mode="after")
     def _precision_on_cpu(self) -> "FLConfig":
-        # device auto is checked when it resolves (fl_core.backends.check_precision)
-        if self.device == "cpu" and self.precision != "fp32":
-            raise ConfigError("fl.precision", self.precision, "fp32 when fl.device = cpu (tf32/bf16 are CUDA-only)")
+        # tf32 never runs on a CPU. bf16 on a CPU needs the CPU's native bf16, which only the
+        # machine that trains can tell (a sweep's driver may not be one of its workers), and
+        # device auto resolves there too: fl_core.backends.check_precision, at run start.
+        if self.device == "cpu" and self.precision == "tf32":
+            raise ConfigError("fl.precision", self.precision, "fp32 or bf16 when fl.device = cpu (tf32 is CUDA-only)")
         return self
 
 

@@ -10,6 +10,7 @@ orchestration (runner, backends, attacks), so every one of them can import it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -51,8 +52,51 @@ def to_input(pixels_u8: torch.Tensor) -> torch.Tensor:
     return pixels_u8.unsqueeze(1).to(torch.float32).div_(255.0)
 
 
+#: The memory format client training runs in: None (the default: every tensor as it is,
+#: the fp32 path) or a torch.memory_format that `precision_scope` sets for the bf16 CPU path.
+_MEMORY_FORMAT: contextvars.ContextVar[torch.memory_format | None] = contextvars.ContextVar(
+    "fl_core_memory_format", default=None)
+
+
+@contextlib.contextmanager
+def memory_format_scope(fmt: torch.memory_format | None) -> Iterator[None]:
+    """Train in `fmt` inside this scope (e.g. `torch.channels_last`): `sgd_step` puts the
+    model's 4-D weights in that format before its forward, so oneDNN picks NHWC kernels;
+    the values (and `params.get_flat`, which reads them in logical order) are unchanged."""
+    token = _MEMORY_FORMAT.set(fmt)
+    try:
+        yield
+    finally:
+        _MEMORY_FORMAT.reset(token)
+
+
+def current_memory_format() -> torch.memory_format | None:
+    """The format `memory_format_scope` set, or None outside any."""
+    return _MEMORY_FORMAT.get()
+
+
+def apply_memory_format(model: torch.nn.Module) -> None:
+    """Put `model`'s 4-D weights in the scope's memory format (a no-op outside a scope, and
+    after the first call inside one). In place: the Parameter objects stay the same."""
+    fmt = _MEMORY_FORMAT.get()
+    if fmt is None:
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() != 4:
+                continue
+            # by strides, not `is_contiguous(memory_format=…)`: a 1-input-channel weight
+            # (conv1) passes that test in both formats, and oneDNN then keeps NCHW for it
+            # (the meta tensor allocates nothing)
+            if p.stride() != torch.empty(p.shape, device="meta", memory_format=fmt).stride():
+                p.data = torch.empty_like(p, memory_format=fmt).copy_(p.data)
+
+
 def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float) -> float:
-    """One plain SGD step on the mean cross-entropy of the batch; returns the loss."""
+    """One plain SGD step on the mean cross-entropy of the batch; returns the loss. Under
+    `fl.precision: bf16` it runs inside `precision_scope` (autocast; channels-last on a
+    CPU), with the weights, their gradients and this update in float32."""
+    apply_memory_format(model)
     model.zero_grad(set_to_none=True)
     loss = F.cross_entropy(model(x), y)
     loss.backward()

@@ -31,7 +31,9 @@ Exactly the same steps as `sequential`, client by client:
   statistically (the test suite checks the accuracy trajectories).
 
 The SGD update is plain `w ← w − lr·g` on the stacked weights (`torch._foreach_add_`);
-`fl.precision` (TF32 / bf16 autocast on CUDA) is applied around it by `ClientRunner`.
+`fl.precision` (TF32 on CUDA; bf16 autocast on CUDA and on CPUs with native bf16) is applied
+around it by `ClientRunner` (`backends.precision_scope`): the stacked weights, their
+gradients and this update stay float32 under bf16.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from fl_core.backends.base import BackendContext, require_benign
-from fl_core.training import Cohort, task_generator, to_input
+from fl_core.training import Cohort, current_memory_format, task_generator, to_input
 from fl_core.types import ClientResult, ClientTask
 
 _M32 = 0xFFFFFFFF
@@ -194,8 +196,10 @@ def _conv1_bmm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tor
     out = torch.bmm(patches, kernel)  # (m, B·oh·ow, 32)
     c = kernel.shape[2]
     # contiguous: at m = 1 the reshape would be a channels-last view, and conv2 would take
-    # another kernel (other bits) than for m > 1
-    return out.view(m, b, oh, ow, c).permute(1, 0, 4, 2, 3).reshape(b, m * c, oh, ow).contiguous()
+    # another kernel (other bits) than for m > 1; under the bf16 CPU path's channels-last
+    # scope, channels-last for every m, for the same reason
+    fmt = current_memory_format() or torch.contiguous_format
+    return out.view(m, b, oh, ow, c).permute(1, 0, 4, 2, 3).reshape(b, m * c, oh, ow).contiguous(memory_format=fmt)
 
 
 def _grouped_cnn_step(drop_names: tuple[str, str]):

@@ -358,17 +358,25 @@ def test_keyed_keep_scale_has_rate_p_and_inverted_scale(p):
 
 
 # -- precision ----------------------------------------------------------------------------
-def test_precision_is_fp32_only_on_cpu(data):
+def test_precision_on_cpu_is_fp32_or_bf16_where_the_cpu_has_it(data, monkeypatch):
+    """tf32 is CUDA-only (refused at validation); bf16 on a CPU is checked where training
+    runs (tests/fl_core/test_precision_cpu.py has the rest)."""
+    import fl_core.backends as backends
+
     assert parse_config({}).fl.precision == "fp32"
-    for p in ("tf32", "bf16"):
-        with pytest.raises(ConfigError, match="fl.precision"):
-            parse_config({"fl": {"device": "cpu", "precision": p}})
-        with pytest.raises(ConfigError, match="CUDA-only"):
-            check_precision(p, CPU)
+    with pytest.raises(ConfigError, match="fl.precision"):
+        parse_config({"fl": {"device": "cpu", "precision": "tf32"}})
+    with pytest.raises(ConfigError, match="CUDA-only"):
+        check_precision("tf32", CPU)
+    parse_config({"fl": {"device": "cpu", "precision": "bf16"}})
     with pytest.raises(ConfigError, match="fl.precision"):
         parse_config({"fl": {"precision": "fp16"}})
     check_precision("fp32", CPU)
-    if not torch.cuda.is_available():  # device auto resolves to the CPU: rejected when it does
+    absent = backends.CpuBf16Support(False, "Test CPU", "x86_64", backends.X86_BF16_FLAGS, (), "test")
+    monkeypatch.setattr(backends, "cpu_bf16_support", lambda: absent)
+    with pytest.raises(ConfigError, match="fl.precision.*Test CPU"):
+        check_precision("bf16", CPU)
+    if not torch.cuda.is_available():  # device auto resolves to the CPU: checked when it does
         cfg = parse_config({"fl": {"device": "auto", "precision": "bf16"}, "attack": {"num_tasks": 2}})
         with pytest.raises(ConfigError, match="fl.precision"):
             ClientRunner(cfg, data)
