@@ -135,7 +135,8 @@ def round_speed_figures(plan: Plan, run: StepRun) -> dict[str, Any]:
         s, f = out[f"{k}_s_per_round"], out["floor_s_per_round"]
         out[f"{k}_x_floor"] = s / f if s and f else None
     if plan.device != "cuda":
-        out["note"] = "no CUDA device: fp32 only (tf32/bf16 are CUDA-only), CPU floor"
+        out["note"] = ("no CUDA device: fp32 only here, CPU floor (tf32 is CUDA-only; bf16 on a CPU: "
+                       "round_speed.py --precisions fp32,bf16)")
     return out
 
 

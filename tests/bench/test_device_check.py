@@ -110,7 +110,7 @@ def test_dry_run_writes_the_summary_with_every_step(tmp_path):
         assert steps["gpu_tests"]["status"] == "skipped"
         assert steps["gpu_tests"]["reason"].startswith("no CUDA device here")
         assert "pytest -m gpu" in steps["gpu_tests"]["reason"]
-        assert "tf32/bf16 are CUDA-only" in steps["round_speed"]["note"]
+        assert "tf32 is CUDA-only" in steps["round_speed"]["note"]
 
     rs = steps["round_speed"]
     assert rs["floor_s_per_round"] > 0 and rs["sequential_s_per_round"] > 0 and rs["vectorized_s_per_round"] > 0
