@@ -71,11 +71,11 @@ def check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) 
 
 def pool_rows(trials) -> tuple[list[dict[str, Any]], list[str]]:
     """The attacker pool of each distinct (data, seed, ε, pool rule, ...) among the attacked
-    `trials` beside its population (`fl_core.backdoors.pool`), for `fl-sweep validate`:
+    `trials` beside its population (`fl_core.pool_profile`), for `fl-sweep validate`:
     (rows, notes). A population whose labels the metadata does not give (lazy, LEAF, large
     synthetic) is named in a note instead. Computed with the engine's own target selection
     and pool draw on the writers' labels: what the trials will draw."""
-    from fl_core.backdoors.pool import pool_key, pool_profile
+    from fl_core.pool_profile import pool_key, pool_profile
 
     rows: list[dict[str, Any]] = []
     notes: list[str] = []

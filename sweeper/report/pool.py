@@ -2,7 +2,7 @@
 attacker pool's writers beside the population's (train images per writer: min / median /
 max; share without a source-label image), recomputed from the run's config with the
 engine's own target selection and pool draw on the data's labels
-(`fl_core.backdoors.pool`). A run whose data is not on this machine, whose population is
+(`fl_core.pool_profile`). A run whose data is not on this machine, whose population is
 lazy, or whose config this engine cannot read is named in a note instead."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ class PoolRow:
     cell: str
     seed: int
     pool_rule: str
-    pool: Any        # fl_core.backdoors.pool.SizeProfile
+    pool: Any        # fl_core.pool_profile.SizeProfile
     population: Any  # the same for the whole population
 
     def to_dict(self) -> dict[str, Any]:
@@ -31,7 +31,7 @@ class PoolRow:
 
 def pool_report(data: SweepData) -> tuple[list[PoolRow], list[str]]:
     """(rows, notes): one row per attacked cell and seed, in cell order."""
-    from fl_core.backdoors.pool import pool_profile
+    from fl_core.pool_profile import pool_profile
     from fl_core.config import parse_flat
     from fl_core.data import describe_data
     from fl_core.errors import FLCoreError

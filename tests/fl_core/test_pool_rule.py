@@ -30,7 +30,7 @@ import pytest
 
 from fl_core.backdoors import select_backdoor
 from fl_core.backdoors.base import unbiased_reserve
-from fl_core.backdoors.pool import pool_members, pool_profile, writer_sizes
+from fl_core.pool_profile import pool_members, pool_profile, writer_sizes
 from fl_core.config import config_hash, parse_config, parse_flat, flatten, read_back, result_hash
 from fl_core.data import describe_data
 from fl_core.data.base import labels_only

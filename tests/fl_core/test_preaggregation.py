@@ -298,11 +298,13 @@ def test_the_spellings_of_one_pipeline_hash_equally_and_defaults_are_filled_in()
     assert config_hash(parse_config(a.model_dump(mode="json"))) == config_hash(a)
 
 
-# Hashes computed before aggregators existed (tests/fl_core/test_aggregators_config.py's OLD).
+# Hashes computed before aggregators existed (tests/fl_core/test_aggregators_config.py's OLD);
+# the attacked config names the attacker pool of that time (issue 25: `legacy-eligible` keeps it).
 OLD = [
     ({}, "afad744cbbd6d3e1e54174811b9876a6f486f37b0403144c56654f0cb389af29",
      "cee929af3c6f589583f6b7ab1bca5f7045742f22cbf95e221c0c5a3d525dddc2"),
-    ({"attack": {"kind": "pgd", "fraction": 0.033}, "defense": {"norm_bound": 3.0, "weighting": "uniform"}},
+    ({"attack": {"kind": "pgd", "fraction": 0.033, "pool_rule": "legacy-eligible"},
+      "defense": {"norm_bound": 3.0, "weighting": "uniform"}},
      "2a9b44eb4f4772420495546a9aa5adafc2cb0d1d2157eb2cfe5d4320fe85e8bb",
      "0611ed2d3ae62ee1b47c1cbad2c5bba6c7504ced51fda8e22748f1ff855bcb11"),
 ]

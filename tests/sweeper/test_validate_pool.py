@@ -8,7 +8,7 @@ import contextlib
 import io
 import re
 
-from fl_core.backdoors.pool import pool_profile
+from fl_core.pool_profile import pool_profile
 from fl_core.config import parse_config
 from fl_core.data import describe_data
 from sweeper.cli import main

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from fl_core.backdoors.pool import pool_profile
+from fl_core.pool_profile import pool_profile
 from fl_core.config import parse_config
 from fl_core.data import describe_data
 from sweeper.report.load import load_sweeps
