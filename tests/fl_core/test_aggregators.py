@@ -280,7 +280,9 @@ def test_flame_small_cohort_admits_everyone():
 # ------------------------------------------------------------------------------ the round
 ALL = [("fedavg", {}), ("median", {}), ("trimmed-mean", {"beta": 0.2}), ("krum", {"f": 1}),
        ("multi-krum", {"f": 1, "m": 3}), ("rfa", {}), ("foolsgold", {"features": "all"}),
-       ("flame", {"noise_lambda": 0.01})]
+       ("flame", {"noise_lambda": 0.01}),
+       # the zoo (issue 21); FLTrust needs writers beyond data.max_writers (test_zoo_rules.py)
+       ("centered-clipping", {"tau": 1.0, "iterations": 2}), ("signguard", {}), ("dnc", {"niters": 3, "b": 10})]
 
 
 def round_inputs(n=6, d=40, seed=3):

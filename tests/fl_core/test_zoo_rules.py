@@ -25,10 +25,8 @@ from fl_core.aggregators.signguard import SignGuard, SignGuardParams, block_star
 from fl_core.config import parse_config
 from fl_core.errors import ConfigError
 from fl_core.rng import Stream, derive_seed, numpy_rng, torch_generator
-from fl_core.round import apply_round
 from fl_core.simulate import Simulation
-from fl_core.state import SimulationState, load_state, save_state
-from fl_core.types import ClientResult, ClientTask, RoundPlan
+from fl_core.state import load_state, save_state
 
 F64 = torch.float64
 
@@ -251,26 +249,7 @@ def test_dnc_config_checks():
     parse_config({"fl": {"clients_per_round": 5}, "defense": {"aggregator": "dnc", "aggregator_params": {"f": 4}}})
 
 
-# ------------------------------------------------------------------------------ the round
-ZOO = [("centered-clipping", {"tau": 1.0, "iterations": 2}), ("signguard", {}),
-       ("dnc", {"niters": 3, "b": 10})]
-
-
-@pytest.mark.parametrize("name,params", ZOO)
-def test_round_is_bit_identical_under_any_result_order(name, params):
-    c = parse_config({"fl": {"clients_per_round": 6}, "defense": {"aggregator": name, "aggregator_params": params}})
-    g = torch.Generator().manual_seed(3)
-    results = [ClientResult(k, 0, "attacker" if k == 2 else "benign", 5 + k, torch.randn(40, generator=g))
-               for k in range(6)]
-    plan = RoundPlan(0, tuple(ClientTask(0, r.client_index, 0, r.role, 0) for r in results))
-    state = SimulationState(0, torch.zeros(40), "h")
-    base, stats = apply_round(c, state, plan, results, [])
-    for perm in ([5, 4, 3, 2, 1, 0], [2, 0, 5, 1, 3, 4]):
-        again, stats2 = apply_round(c, state, plan, [results[i] for i in perm], [])
-        assert torch.equal(base.global_params, again.global_params)
-        assert stats2.as_metrics() == stats.as_metrics()
-        assert base.aggregator_state.keys() == again.aggregator_state.keys()
-        assert all(torch.equal(base.aggregator_state[k], again.aggregator_state[k]) for k in base.aggregator_state)
+# the round: order invariance of these rules is in test_aggregators.py (ALL)
 
 
 # ------------------------------------------------------------------------------ end to end
