@@ -54,8 +54,9 @@ import torch
 from fl_core.config import adaptive_clip_noise
 from fl_core.defenses.base import AggregateContext, DefenseSpec, register
 from fl_core.defenses.norm_clipping import clip_l2
+from fl_core.defenses.weak_dp import dp_noise
 from fl_core.errors import CheckpointError
-from fl_core.rng import Stream, numpy_rng, torch_generator
+from fl_core.rng import Stream, numpy_rng
 from fl_core.types import Delta
 
 STATE_KEY = "clip_bound"
@@ -125,8 +126,7 @@ class AdaptiveRound:
             # the sum's noise std is z_Δ·C_t (the round's bound, not the next one); the mean's
             # is that over the cohort, as weak DP's placement `sum`
             std = s.z_update * self.bound / ctx.cohort_size
-            gen = torch_generator(ctx.seed, Stream.DP_NOISE, ctx.round_idx)
-            draw = torch.randn(mean.shape, generator=gen, dtype=torch.float32)
+            draw = dp_noise(mean.shape, ctx)
             assert draw.shape == mean.shape  # one draw per coordinate, nothing broadcast
             mean = mean + std * draw.to(mean.device)
             metrics["noise_std_on_mean"] = std

@@ -21,13 +21,19 @@ def noise_std_on_mean(sigma: float, placement: str, cohort_size: int) -> float:
     return sigma / cohort_size if placement == "sum" else sigma
 
 
+def dp_noise(shape: torch.Size, ctx: AggregateContext) -> torch.Tensor:
+    """The round's N(0, 1) draw, one full flat vector from its DP_NOISE stream (float32, CPU);
+    weak DP and adaptive clipping scale it."""
+    gen = torch_generator(ctx.seed, Stream.DP_NOISE, ctx.round_idx)
+    return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+
 class GaussianNoise:
     def __init__(self, sigma: float, placement: str):
         self.sigma, self.placement = sigma, placement
 
     def draw(self, shape: torch.Size, ctx: AggregateContext) -> torch.Tensor:
-        gen = torch_generator(ctx.seed, Stream.DP_NOISE, ctx.round_idx)
-        return torch.randn(shape, generator=gen, dtype=torch.float32)
+        return dp_noise(shape, ctx)
 
     def on_client(self, delta: Delta) -> tuple[Delta, dict]:
         return delta, {}
