@@ -7,7 +7,10 @@ seeded order `seeded_writers(seed, EVAL_WRITERS_KEY, K)`, taken whole until
 `fl.eval_subsample` images (LAZY_EVAL_IMAGES when unset) are reached, then cut to exactly
 that many; collateral is measured on those writers' source-label images (targets excluded). Backdoor: the fraction of D_mal (the attacker's own backdoor images,
 the reference code's figure) and of the target writers' held-out source-label test images
-classified as the target label.
+classified as the target label. An attack that learns its own trigger (A3FL, IBA:
+`fl_core.attacks.base.LearnedTrigger`; on the trigger task) is measured with the trigger it
+holds at that round: `backdoor_acc` stamps the `main_acc_clean` rows (the test images whose
+label is not the target label) with `stamp` and the state in force.
 
 A semantic backdoor spreads: the attacked model also turns OTHER writers' source-label images
 into the target label (measured up to 98% on real writers, `../shared/paper/NOTES.md`), which
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fl_core.attacks.base import learned_trigger
 from fl_core.training import to_input, torch_threads
 from fl_core.config import SimulationConfig
 from fl_core.backdoors import build_task
@@ -66,7 +70,8 @@ def main_test_set(config: SimulationConfig, data: WriterPopulation) -> tuple[np.
 
 
 class Evaluator:
-    def __init__(self, config: SimulationConfig, data: WriterPopulation, backdoor: BackdoorSets, device: torch.device):
+    def __init__(self, config: SimulationConfig, data: WriterPopulation, backdoor: BackdoorSets, device: torch.device,
+                 attack=None):
         self.device = device
         self.target = config.attack.target_label
         self.threads = config.fl.threads
@@ -78,6 +83,7 @@ class Evaluator:
         self.collateral_mask = torch.from_numpy(np.asarray(sets.collateral, bool)).to(device)
         self.mal_x = torch.from_numpy(np.ascontiguousarray(sets.backdoor)).to(device)
         self.held_x = None if sets.heldout is None else torch.from_numpy(np.ascontiguousarray(sets.heldout)).to(device)
+        self.trigger = learned_trigger(attack)  # its own trigger replaces the task's pattern
         self.model = CNN().to(device)
 
     @torch.no_grad()
@@ -96,11 +102,16 @@ class Evaluator:
         preds, _ = self._predict(pixels)
         return float((preds == self.target).double().mean())
 
-    def evaluate(self, params: torch.Tensor) -> dict:
+    def evaluate(self, params: torch.Tensor, attack_state: dict | None = None) -> dict:
+        """The metrics of the module docstring for weights `params`; `attack_state` is the
+        learned trigger in force (`SimulationState.attack_state`), for an attack that has one."""
         with torch_threads(self.threads):
-            return self._evaluate(params)
+            return self._evaluate(params, attack_state or {})
 
-    def _evaluate(self, params: torch.Tensor) -> dict:
+    def _evaluate(self, params: torch.Tensor, attack_state: dict) -> dict:
+        mal_x = self.mal_x
+        if self.trigger is not None:
+            mal_x = self.trigger.stamp(self.test_x[self.clean_mask], attack_state)
         set_flat(self.model, params.to(self.device))
         self.model.eval()
         preds, loss_sum = self._predict(self.test_x, self.test_y)
@@ -111,7 +122,7 @@ class Evaluator:
             "main_acc_clean": _mean(correct, self.clean_mask),
             "collateral_rate": _mean(preds == self.target, self.collateral_mask),
             "main_loss": loss_sum / n,
-            "backdoor_acc": self._rate(self.mal_x),
+            "backdoor_acc": self._rate(mal_x),
             "backdoor_acc_heldout": self._rate(self.held_x),
         }
 

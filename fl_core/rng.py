@@ -34,6 +34,7 @@ class Stream(IntEnum):
     PREAGG = 10       # pre-aggregation draws of a round (Bucketing's shuffle)
     ROOT = 11         # a server's own clean data and training (FLTrust's root set)
     CLIP_COUNT = 12   # adaptive clipping's noisy count of unclipped updates, per round
+    TRIGGER = 13      # a learned-trigger attack's optimisation of its trigger, per round (A3FL, IBA)
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

@@ -9,16 +9,18 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from fl_core.attacks.base import TriggerContext, learned_trigger
 from fl_core.client import ClientRunner
-from fl_core.training import resolve_device
+from fl_core.training import ClientData, resolve_device
 from fl_core.config import SimulationConfig, result_hash
 from fl_core.data import load_data
-from fl_core.data.population import WriterPopulation, is_lazy
+from fl_core.data.population import WriterPopulation, gather, is_lazy
 from fl_core.errors import ConfigError, DivergedError
 from fl_core.evaluation import Evaluator
 from fl_core.loop import run_loop
@@ -26,10 +28,11 @@ from fl_core.executor import ClientExecutor, SerialExecutor
 from fl_core.models import CNN
 from fl_core.params import get_flat
 from fl_core.build import make_aggregator, make_attack, make_defenses
-from fl_core.rng import Stream, client_rng_scope, derive_seed
+from fl_core.rng import Stream, client_rng_scope, derive_seed, torch_generator
 from fl_core.round import run_round
 from fl_core.sampling import Population, attacker_pool, plan_round, sparse_attacker_pool
 from fl_core.state import SimulationState, load_state, model_size, runtime_env
+from fl_core.types import RoundPlan
 
 
 def initial_state(
@@ -120,7 +123,8 @@ class Simulation:
         self.defenses = make_defenses(config)
         self.aggregator = make_aggregator(config)
         self.attack = make_attack(config)  # its round hook (colluding attackers), if it has one
-        self.evaluator = Evaluator(config, self.data, self.backdoor, self.device)
+        self.trigger = learned_trigger(self.attack)  # a trigger the attackers optimise, if any
+        self.evaluator = Evaluator(config, self.data, self.backdoor, self.device, self.attack)
         self.state = state if state is not None else initial_state(config, self.device)
 
     @property
@@ -131,18 +135,40 @@ class Simulation:
         """Run round `state.round_idx`; return its metrics if it is evaluated, else None."""
         t0 = time.perf_counter()
         plan = plan_round(self.config, self.population, self.state.round_idx)
+        trigger_metrics: dict = {}
+        if self.trigger is not None and plan.num_attackers:
+            plan, trigger_metrics = self._learn_trigger(plan)
         self.state, stats = run_round(self.config, self.state, plan, self.executor, self.defenses,
                                       self.aggregator, self.device, self.attack)
         seconds = time.perf_counter() - t0
         if not is_eval_round(self.config, self.state.round_idx):
             return None
         t1 = time.perf_counter()
-        metrics = {"round": self.state.round_idx, **self.evaluator.evaluate(self.state.global_params)}
+        metrics = {"round": self.state.round_idx,
+                   **self.evaluator.evaluate(self.state.global_params, self.state.attack_state)}
         metrics.update(stats.as_metrics())
+        metrics.update(trigger_metrics)
         metrics["round_seconds"] = seconds
         metrics["aggregate_seconds"] = stats.aggregate_seconds
         metrics["eval_seconds"] = time.perf_counter() - t1
         return metrics
+
+    def _learn_trigger(self, plan: RoundPlan) -> tuple[RoundPlan, dict]:
+        """The round's trigger (`LearnedTrigger.learn`, on the round's attackers' pooled
+        data, from Stream.TRIGGER keyed by round), kept in the state, and the plan whose
+        attacker tasks carry it. It runs before any client of the round trains, so the
+        executor and the order in which clients train change nothing."""
+        attackers = tuple(sorted({t.client_index for t in plan.tasks if t.role == "attacker"}))
+        px, lb, _ = gather(self.data, attackers, "train")
+        data = ClientData(torch.from_numpy(px).to(self.device), torch.from_numpy(lb).to(self.device))
+        ctx = TriggerContext(self.config.seed, plan.round_idx, attackers, data,
+                             self.state.global_params.to(self.device), self.device, self.config)
+        gen = torch_generator(self.config.seed, Stream.TRIGGER, plan.round_idx)
+        state, metrics = self.trigger.learn(ctx, dict(self.state.attack_state), gen)
+        state = {k: v.detach().to("cpu") for k, v in state.items()}
+        self.state = self.state.replace(attack_state=state)
+        tasks = tuple(replace(t, attack_state=state) if t.role == "attacker" else t for t in plan.tasks)
+        return replace(plan, tasks=tasks), metrics
 
     def run(self, on_round_end: Callable[[SimulationState, dict | None], None] | None = None) -> list[dict]:
         """Run to `config.fl.rounds` in memory (tests, benchmarks: nothing persisted);

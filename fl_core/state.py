@@ -57,6 +57,9 @@ class SimulationState:
     config_hash: `result_hash` of the config that produced this state.
     aggregator_state: what the aggregator keeps between rounds (FoolsGold's per-writer
         histories), CPU tensors by name; {} for the stateless ones. Saved as tensors.
+    attack_state: what the attack keeps between rounds (a learned trigger: A3FL's patch,
+        IBA's generator), CPU tensors by name; {} for the others, and in checkpoints written
+        before attacks kept state. Saved as tensors, like aggregator_state.
     defense_state: what the defenses keep between rounds (adaptive clipping's bound
         `clip_bound`), CPU tensors by name; {} when none does, and in checkpoints written
         before this field existed. Saved as tensors, like aggregator_state.
@@ -168,7 +171,6 @@ def save_state(path: str | os.PathLike, state: SimulationState) -> None:
         "round_idx": state.round_idx,
         "config_hash": state.config_hash,
         "server_opt_state": state.server_opt_state,
-        "attack_state": state.attack_state,
         "env": state.env,
     }
     payload = {
@@ -176,6 +178,7 @@ def save_state(path: str | os.PathLike, state: SimulationState) -> None:
         "global_params": state.global_params.cpu(),
         "aggregator_state": {k: v.cpu() for k, v in state.aggregator_state.items()},
         "defense_state": {k: v.cpu() for k, v in state.defense_state.items()},
+        "attack_state": {k: v.cpu() for k, v in state.attack_state.items()},
         # a JSON string, not in the (key-sorted) header: the rows keep their key order, so
         # a row restored from here is the very line the run wrote
         "metrics": json.dumps(list(state.metrics)),
@@ -207,7 +210,9 @@ def _schemas():
         round_idx: Annotated[int, Field(ge=0)]
         config_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
         server_opt_state: dict[str, JsonValue] = {}
-        attack_state: dict[str, JsonValue] = {}
+        # checkpoints written before attacks kept tensor state carried an (always empty)
+        # JSON attack_state here; the state itself is a tensor map of the payload now
+        attack_state: Annotated[dict[str, JsonValue], Field(max_length=0)] = {}
         env: dict[str, str] = {}
 
     row = Annotated[dict[str, JsonValue], Field(max_length=10_000)]
@@ -237,13 +242,13 @@ def _check_tensor(path: Path, name: str, t, require_float32: bool) -> None:
                               "forged file: a run that diverges writes no checkpoint)")
 
 
-def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor", dict, tuple, dict]:
-    """(header, global_params, aggregator_state, metrics, defense_state) of a checkpoint
+def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor", dict, tuple, dict, dict]:
+    """(header, global_params, aggregator_state, metrics, defense_state, attack_state) of a checkpoint
     file, checked as hostile input, or CheckpointError naming the file and the field: an
     empty, truncated or overwritten file fails in torch's zip reader or unpickler, a foreign
     or forged one in the schema. Checkpoints written before aggregators kept state have no
     aggregator_state ({}), those written before the metric rows no metrics (()), those
-    written before defenses kept state no defense_state ({})."""
+    written before defenses (attacks) kept state no defense_state (attack_state): {}."""
     import torch
     from pydantic import ValidationError
 
@@ -282,7 +287,8 @@ def _read_checkpoint(path: Path) -> tuple[dict, "torch.Tensor", dict, tuple, dic
     _check_tensor(path, "global_params", params, require_float32=True)
     agg_state = _read_tensor_map(path, payload, "aggregator_state")
     metrics = _read_metrics(path, payload.get("metrics", "[]"), header["round_idx"], rows_adapter)
-    return header, params, agg_state, metrics, _read_tensor_map(path, payload, "defense_state")
+    return (header, params, agg_state, metrics, _read_tensor_map(path, payload, "defense_state"),
+            _read_tensor_map(path, payload, "attack_state"))
 
 
 def _read_tensor_map(path: Path, payload: dict, name: str) -> dict:
@@ -347,7 +353,7 @@ def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) 
     path = Path(path)
     if not path.exists():
         raise DatasetError(str(path), "no checkpoint file", "start a fresh run without --resume")
-    header, params, agg_state, metrics, defense_state = _read_checkpoint(path)
+    header, params, agg_state, metrics, defense_state, attack_state = _read_checkpoint(path)
     if config is not None and header["config_hash"] != result_hash(config):
         raise CheckpointMismatchError(
             f"config hash {result_hash(config)[:12]}…",
@@ -364,7 +370,7 @@ def load_state(path: str | os.PathLike, config: SimulationConfig | None = None) 
         config_hash=header["config_hash"],
         schema_version=header["schema_version"],
         server_opt_state=header["server_opt_state"],
-        attack_state=header["attack_state"],
+        attack_state=attack_state,
         env=header["env"],
         aggregator_state=agg_state,
         metrics=metrics,

@@ -32,6 +32,10 @@ class ClientTask:
         radius: PGD projection radius M/β around the global weights (attackers, pgd).
         rank: attackers: the writer's position in the sorted attacker pool (a stable
             identity among the attackers, e.g. DBA's local trigger); None for benign tasks.
+        attack_state: attackers of an attack that learns its trigger
+            (`fl_core.attacks.base.LearnedTrigger`): the round's trigger state (CPU tensors by
+            name), set by the simulation after planning; None otherwise. Not part of the
+            task's identity (equality, repr).
     """
 
     round_idx: int
@@ -42,6 +46,7 @@ class ClientTask:
     boost: float = 1.0
     radius: float | None = None
     rank: int | None = None
+    attack_state: "dict | None" = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

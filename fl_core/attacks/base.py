@@ -115,6 +115,59 @@ class HonestCraft:
         return local_train(model, global_params, benign, hp, gen)
 
 
+# -- learned triggers: an attack that optimises its own trigger between rounds -------------
+
+
+@dataclass(frozen=True)
+class TriggerContext:
+    """Read-only facts of the round a learned-trigger attack optimises its trigger in.
+
+    Attributes:
+        seed: the config seed; `learn`'s generator is already drawn from Stream.TRIGGER.
+        round_idx: 0-based round (one with attackers).
+        attackers: the round's attackers' writer indices, sorted.
+        data: their train examples concatenated in that order, on `device` (the data the
+            colluding attackers pool to optimise one shared trigger).
+        global_params: w_t, flat float32 on `device`.
+        device: where the optimisation runs (the trial's device).
+        config: the whole config.
+    """
+
+    seed: int
+    round_idx: int
+    attackers: tuple[int, ...]
+    data: "ClientData"
+    global_params: "torch.Tensor"
+    device: "torch.device"
+    config: "SimulationConfig"
+
+
+class LearnedTrigger(Protocol):
+    """An attack whose trigger is not a fixed pattern but optimised by the attackers
+    (A3FL's patch, IBA's generator). Before the clients of a round with attackers train,
+    the simulation calls `learn` once, on the server side of the simulation, with the
+    trigger state it kept (`SimulationState.attack_state`, checkpointed; {} before the
+    first attacked round); the new state rides to every attacker of the round in
+    `ClientTask.attack_state`, so `craft` stamps its D_mal with the round's trigger on any
+    backend or Ray actor. The evaluator measures `backdoor_acc` with `stamp` and the state
+    in force (so after `attack.stop_round` with the last trigger learnt: lifespan)."""
+
+    def learn(self, ctx: TriggerContext, state: dict, gen: "torch.Generator") -> tuple[dict, dict]:
+        """(the new state: CPU tensors by name, round metrics). Never modify `state`."""
+        ...
+
+    def stamp(self, pixels: "torch.Tensor", state: dict) -> "torch.Tensor":
+        """uint8 images (n, 28, 28) with the trigger of `state` applied (a new tensor, same
+        device); `state` {} means the attack's initial trigger."""
+        ...
+
+
+def learned_trigger(attack: object) -> "LearnedTrigger | None":
+    """The attack as a LearnedTrigger if it learns one (has `learn` and `stamp`), else None."""
+    ok = attack is not None and callable(getattr(attack, "learn", None)) and callable(getattr(attack, "stamp", None))
+    return attack if ok else None
+
+
 def no_radius(config: "SimulationConfig", beta: float) -> float | None:
     return None
 
