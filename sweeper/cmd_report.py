@@ -127,6 +127,8 @@ def report(
             con.print(f"[{style}]{c.verdict:>4}[/{style}] claim {c.number}: {escape(c.claim)}")
             for ch in c.checks:
                 con.print(f"       {format_check(ch)}", markup=False)
+            for ch in c.extras:
+                con.print(f"       extra `{ch.name}` (not in the verdict): {format_check(ch)}", markup=False)
             if c.note:
                 con.print(f"       {c.note}", markup=False)
     for n in rep.notes:

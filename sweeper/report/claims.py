@@ -1,5 +1,11 @@
 """The paper's six claims (Sun et al. 2019, §5 and figs 1–6) as explicit checks.
 
+Each claim's verdict tests only what the paper's text says, and carries the sentence it
+comes from (`QUOTES`, printed by the report). What we check beyond the text (claim 1's
+"main task intact", which the paper never states for the unconstrained attack; claim 5's
+"M = 10 does not mitigate") are named extra checks (`ClaimResult.extras`): printed beside
+the verdict with their numbers, never part of it.
+
 Each claim is a list of inequalities between numbers measured in the sweep (means over
 seeds of the run statistics defined in `stats`: `backdoor (avg)` = mean backdoor accuracy
 over the attacked run, `main (tail)` = mean main-task accuracy over the last 10% of
@@ -12,14 +18,14 @@ rounds) and bounds built from `Thresholds`. The verdict follows from the checks 
 Every check also says in how many seeds it holds on its own (seeds paired by seed
 number), which answers "how sure are you?" without changing the verdict.
 
-| # | claim (paper) | cells used |
-|---|---|---|
-| 1 | unconstrained attack at ε = 3.3% reaches high backdoor accuracy, main task intact (fig 1) | unconstrained, ε_high, N = 30, each schedule; baseline if loaded |
-| 2 | at ε = 0.33% the attack is much weaker (figs 1, 2) | ε_high and ε_low per attack (unconstrained; PGD M = 10) and schedule |
-| 3 | fixed-frequency is at least as effective as random sampling (figs 1, 2) | both schedules per attack and ε |
-| 4 | more backdoor tasks → lower backdoor accuracy (fig 3) | PGD M = 10, fixed-frequency, ε_high, every N |
-| 5 | M = 3 mitigates the norm-bounded attack with ≤ ~1 point main-task loss; M = 10 does not (fig 4a) | PGD fixed-frequency ε_high with M = 3 and 10, unattacked baseline |
-| 6 | M = 5 plus σ = 0.025 mitigates further than M = 5 alone (fig 4b) | PGD fixed-frequency ε_high, M = 5 with σ = 0 and σ = 0.025 |
+| # | verdict (what the paper's text says) | extra checks (ours, not in the verdict) | cells used |
+|---|---|---|---|
+| 1 | the unconstrained fixed-frequency attack at ε = 3.3% succeeds (fig 1); main-task cost and collateral printed beside | `main_intact` (≤ 2 points below the unattacked cell), `random_sampling_high` | unconstrained, ε_high, N = 30, each schedule; baseline if loaded |
+| 2 | at ε = 0.33% the attack is much weaker (figs 1, 2) | – | ε_high and ε_low per attack (unconstrained; PGD M = 10) and schedule |
+| 3 | fixed-frequency is at least as effective as random sampling (figs 1, 2) | – | both schedules per attack and ε |
+| 4 | more backdoor tasks → lower backdoor accuracy (fig 3) | – | PGD M = 10, fixed-frequency, ε_high, every N |
+| 5 | M = 3 mitigates the norm-bounded attack with almost no main-task loss (fig 4a) | `m_high_not_mitigated` (M = 10 does not) | PGD fixed-frequency ε_high with M = 3 and 10, unattacked baseline |
+| 6 | M = 5 alone does not mitigate; adding σ = 0.025 mitigates further without hurting the main task much (fig 4b) | – | PGD fixed-frequency ε_high, M = 5 with σ = 0 and σ = 0.025, unattacked baseline |
 """
 
 from __future__ import annotations
@@ -46,9 +52,10 @@ class Thresholds:
         eps_low: ε of the weak attack (0.33%, one attacker every 10th round).
         tasks: number of backdoor tasks N of claims 1–3, 5, 6 (the paper's 30).
         high_backdoor: claim 1: backdoor (avg) ≥ this counts as "high".
-        main_intact_drop: claim 1: baseline main − attacked main ≤ this (2 points);
-            used when the unattacked baseline is loaded.
-        min_main_acc: claim 1 without a baseline: attacked main ≥ this.
+        main_intact_drop: claim 1's extra check `main_intact`: baseline main − attacked
+            main ≤ this (2 points); used when the unattacked baseline is loaded.
+        min_main_acc: attacked main ≥ this where a main-task check has no baseline loaded
+            (claim 1's `main_intact`, claim 6).
         weaker_ratio: claim 2: backdoor(ε_low) ≤ weaker_ratio × backdoor(ε_high).
         schedule_tolerance: claim 3: backdoor(fixed) ≥ backdoor(random) − this.
         tasks_tolerance: claim 4: from one N to the next larger, backdoor may rise by at
@@ -60,6 +67,8 @@ class Thresholds:
             must stay above it.
         max_main_drop: claim 5: baseline main − main at M = m_low ≤ this (1 point).
         further_min_gap: claim 6: backdoor(σ = 0) − backdoor(σ) ≥ this.
+        dp_max_main_drop: claim 6: baseline main − main with the noise ≤ this (our reading
+            of "without hurting the overall performance much": 2 points).
         tail: fraction of the last evaluated rounds averaged into "main (tail)".
         burn_in: fraction of the first attacked rounds left out of "backdoor (avg)"
             (0 = the paper's cumulative mean; use ~0.25 for runs of a few dozen rounds,
@@ -83,6 +92,7 @@ class Thresholds:
     mitigated_max: float = 0.2
     max_main_drop: float = 0.01
     further_min_gap: float = 0.05
+    dp_max_main_drop: float = 0.02
     tail: float = DEFAULT_TAIL
     burn_in: float = 0.0
 
@@ -128,6 +138,7 @@ class Check:
     bound: float
     seeds_ok: int
     seeds_n: int
+    name: str = ""  # an extra check's name (`main_intact`, ...); "" for a verdict check
 
     @property
     def ok(self) -> bool:
@@ -143,11 +154,40 @@ class ClaimResult:
     checks: tuple[Check, ...]
     cells: tuple[str, ...]
     note: str = ""
+    quote: str = ""  # the paper's sentence(s) the verdict tests, with where they stand
+    extras: tuple[Check, ...] = ()  # named checks beyond the text: printed, not in the verdict
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["checks"] = [{**asdict(c), "ok": c.ok} for c in self.checks]
+        d["extras"] = [{**asdict(c), "ok": c.ok} for c in self.extras]
         return d
+
+
+#: What the paper says, per claim: the sentences each verdict tests (Sun et al. 2019,
+#: arXiv:1911.07963 v2; ../shared/paper/).
+QUOTES = {
+    1: ("§6: \"In the absence of any defense, we showed that the performance of the adversary "
+        "largely depends on the fraction of adversaries present. Hence, for reasonable success, "
+        "there needs to be a large number of adversaries.\" (fig 1, ε = 3.3%: one attacker every "
+        "round). §5 on the main task of this attack says only: \"Note that our attack approach "
+        "does not require 7s from other clients to be classified as 1s.\""),
+    2: ("§5, Fraction of corrupted users: \"we can infer that the backdoor attack success largely "
+        "depends on the fraction of adversaries and the performance of backdoor attack degrades as "
+        "the fraction of fully compromised users falls below 1%.\""),
+    3: ("§5, Random sampling vs. fixed frequency attacks: \"The figures show that both attack "
+        "models have similar behaviors, despite fixed frequency attacks being slightly more "
+        "effective than random sampling attacks.\""),
+    4: ("§5, Number of backdoor tasks: \"We can see from the plot that the more backdoor tasks we "
+        "have, the harder it is to fit a malicious model.\""),
+    5: ("§5, Norm bound for the update: \"We can see from the plot that selecting 3 as the norm "
+        "bound will successfully mitigate the attack with almost no effect on the performance of "
+        "the main task.\""),
+    6: ("§5, Weak differential privacy: \"We use norm bound of 5, which itself would not mitigate "
+        "the attack, and add independent Gaussian noise with variance 0.025 to each coordinate. "
+        "From the plots, we can see that adding Gaussian noise can also help mitigate the attack "
+        "beyond norm clipping without hurting the overall performance much.\""),
+}
 
 
 def holds(value: float, op: str, bound: float) -> bool:
@@ -211,14 +251,15 @@ def _fmt(x: float) -> str:
     return "nan" if math.isnan(x) else f"{x:.3f}"
 
 
-def make_check(text: str, lhs: pd.Series, op: str, rhs: pd.Series | float) -> Check:
-    """Compare seed means; count the seeds (present on both sides) for which it holds."""
+def make_check(text: str, lhs: pd.Series, op: str, rhs: pd.Series | float, name: str = "") -> Check:
+    """Compare seed means; count the seeds (present on both sides) for which it holds.
+    `name`: an extra check's name (outside the verdict)."""
     rhs_s = rhs if isinstance(rhs, pd.Series) else pd.Series(float(rhs), index=lhs.index)
     value = float(lhs.mean()) if len(lhs.dropna()) else float("nan")
     bound = float(rhs_s.mean()) if len(rhs_s.dropna()) else float("nan")
     common = lhs.dropna().index.intersection(rhs_s.dropna().index)
     ok = sum(holds(float(lhs[s]), op, float(rhs_s[s])) for s in common)
-    return Check(text, value, op, bound, int(ok), len(common))
+    return Check(text, value, op, bound, int(ok), len(common), name)
 
 
 # --------------------------------------------------------------------------- the claims
@@ -280,30 +321,55 @@ def _baseline_note(c: _Cells, pairs: list[tuple[str, str | None]]) -> str:
     return "; ".join(out)
 
 
+def _main_check(c: _Cells, cell: str, base: str | None, max_drop: float, drop_name: str,
+                name: str = "") -> Check:
+    """Baseline main (tail) − main (tail) of `cell` ≤ `max_drop`, or without a baseline
+    loaded main (tail) ≥ min_main_acc."""
+    if base is not None:
+        return make_check(f"main (tail) of [{base}] − main (tail) of [{cell}] ≤ {drop_name}",
+                          c.stat(base, "main_tail") - c.stat(cell, "main_tail"), "<=", max_drop, name)
+    return make_check(f"main (tail) of [{cell}] ≥ min_main_acc (no baseline loaded)",
+                      c.stat(cell, "main_tail"), ">=", c.th.min_main_acc, name)
+
+
 def claim1(c: _Cells) -> ClaimResult:
     th = c.th
-    claim = (f"the unconstrained attack at ε = {_pct(th.eps_high)} reaches high backdoor "
-             "accuracy with the main-task accuracy intact")
-    cells = c.find(**_family_filters(th)["unconstrained"], attack__fraction=th.eps_high)
+    claim = (f"the unconstrained fixed-frequency attack at ε = {_pct(th.eps_high)} (one attacker "
+             "every round) reaches high backdoor accuracy")
+    unc = _family_filters(th)["unconstrained"]
+    ff = c.find(**unc, attack__fraction=th.eps_high, attack__schedule="fixed-frequency")
+    rs = c.find(**unc, attack__fraction=th.eps_high, attack__schedule="random-sampling")
     checks: list[Check] = []
+    extras: list[Check] = []
     pairs: list[tuple[str, str | None]] = []
-    for cell in cells:
-        base = _baseline(c, cell)
-        pairs.append((cell, base))
+    beside: list[str] = []
+    for cell in ff[:1]:
         checks.append(make_check(f"backdoor (avg) of [{cell}] ≥ high_backdoor",
                                  c.stat(cell, "backdoor_avg"), ">=", th.high_backdoor))
+    for cell in rs[:1]:
+        extras.append(make_check(f"backdoor (avg) of [{cell}] ≥ high_backdoor",
+                                 c.stat(cell, "backdoor_avg"), ">=", th.high_backdoor, "random_sampling_high"))
+    for cell in ff[:1] + rs[:1]:
+        base = _baseline(c, cell)
+        pairs.append((cell, base))
+        extras.append(_main_check(c, cell, base, th.main_intact_drop, "main_intact_drop", "main_intact"))
+        parts = []
         if base is not None:
-            checks.append(make_check(
-                f"main (tail) of [{base}] − main (tail) of [{cell}] ≤ main_intact_drop",
-                c.stat(base, "main_tail") - c.stat(cell, "main_tail"), "<=",
-                th.main_intact_drop))
-        else:
-            checks.append(make_check(f"main (tail) of [{cell}] ≥ min_main_acc (no baseline loaded)",
-                                     c.stat(cell, "main_tail"), ">=", th.min_main_acc))
-    used = tuple(cells) + tuple(dict.fromkeys(b for _, b in pairs if b))
-    note = (_baseline_note(c, pairs) if cells else
-            f"needs an unconstrained cell with ε = {th.eps_high:g}, N = {th.tasks}, no defense (grids/paper/fig1_5.yaml)")
-    return ClaimResult(1, claim, "1, 5", verdict_of(checks), tuple(checks), used, note)
+            parts.append(f"main-task cost {float((c.stat(base, 'main_tail') - c.stat(cell, 'main_tail')).mean()):+.3f}")
+        col = c.stat(cell, "collateral_avg").dropna()
+        if len(col):
+            parts.append(f"collateral (avg) {float(col.mean()):.3f}")
+        if parts:
+            beside.append(f"[{cell}]: " + ", ".join(parts))
+    used = tuple(ff[:1] + rs[:1]) + tuple(dict.fromkeys(b for _, b in pairs if b))
+    if ff:
+        note = _baseline_note(c, pairs)
+        if beside:
+            note += "; (not part of the verdict) " + "; ".join(beside)
+    else:
+        note = (f"needs an unconstrained fixed-frequency cell with ε = {th.eps_high:g}, N = {th.tasks}, "
+                "no defense (grids/paper/fig1_5.yaml)")
+    return ClaimResult(1, claim, "1, 5", verdict_of(checks), tuple(checks), used, note, QUOTES[1], tuple(extras))
 
 
 def claim2(c: _Cells) -> ClaimResult:
@@ -321,7 +387,7 @@ def claim2(c: _Cells) -> ClaimResult:
                     c.stat(l, "backdoor_avg"), "<=", th.weaker_ratio * c.stat(h, "backdoor_avg")))
                 used += [h, l]
     note = "" if checks else "needs cells at both ε values with the same attack and schedule (fig1_5 / fig2_6)"
-    return ClaimResult(2, claim, "1, 2, 5, 6", verdict_of(checks), tuple(checks), tuple(used), note)
+    return ClaimResult(2, claim, "1, 2, 5, 6", verdict_of(checks), tuple(checks), tuple(used), note, QUOTES[2])
 
 
 def claim3(c: _Cells) -> ClaimResult:
@@ -339,7 +405,7 @@ def claim3(c: _Cells) -> ClaimResult:
                     c.stat(rs[0], "backdoor_avg") - th.schedule_tolerance))
                 used += [ff[0], rs[0]]
     note = "" if checks else "needs both schedules at the same ε and attack (fig1_5 / fig2_6)"
-    return ClaimResult(3, claim, "1, 2, 5, 6", verdict_of(checks), tuple(checks), tuple(used), note)
+    return ClaimResult(3, claim, "1, 2, 5, 6", verdict_of(checks), tuple(checks), tuple(used), note, QUOTES[3])
 
 
 def claim4(c: _Cells) -> ClaimResult:
@@ -364,7 +430,7 @@ def claim4(c: _Cells) -> ClaimResult:
             c.stat(lo, "backdoor_avg") - c.stat(hi, "backdoor_avg"), ">=", th.tasks_min_drop))
     note = "" if checks else f"needs PGD M = {th.m_high:g} cells at ≥ 2 values of N (grids/paper/fig3.yaml)"
     return ClaimResult(4, claim, "3", verdict_of(checks), tuple(checks),
-                       tuple(by_n[n] for n in ns) if checks else (), note)
+                       tuple(by_n[n] for n in ns) if checks else (), note, QUOTES[4])
 
 
 def _pgd_every_round(c: _Cells, m: float, sigma: float) -> list[str]:
@@ -376,54 +442,57 @@ def _pgd_every_round(c: _Cells, m: float, sigma: float) -> list[str]:
 
 def claim5(c: _Cells) -> ClaimResult:
     th = c.th
-    claim = (f"M = {th.m_low:g} clipping mitigates the norm-bounded attack with at most "
-             f"~{th.max_main_drop * 100:g} point{'' if th.max_main_drop == 0.01 else 's'} of main-task loss, while M = {th.m_high:g} does not")
+    claim = (f"M = {th.m_low:g} clipping mitigates the norm-bounded attack with almost no main-task "
+             f"loss (at most {th.max_main_drop * 100:g} point{'' if th.max_main_drop == 0.01 else 's'})")
     lo = _pgd_every_round(c, th.m_low, 0.0)
     hi = _pgd_every_round(c, th.m_high, 0.0)
     base = _baseline(c, lo[0]) if lo else None
-    if not (lo and hi and base):
-        miss = [n for n, x in ((f"PGD M={th.m_low:g}", lo), (f"PGD M={th.m_high:g}", hi),
+    if not (lo and base):
+        miss = [n for n, x in ((f"PGD M={th.m_low:g}", lo),
                                (f"the unattacked M={th.m_low:g} baseline (same weighting)", base)) if not x]
         return ClaimResult(5, claim, "4a", NA, (), (),
-                           f"missing: {', '.join(miss)} (grids/paper/fig4a.yaml + fig4_baseline.yaml)")
-    l, h = lo[0], hi[0]
+                           f"missing: {', '.join(miss)} (grids/paper/fig4a.yaml + fig4_baseline.yaml)", QUOTES[5])
+    l = lo[0]
     checks = (
         make_check(f"backdoor (avg) of [{l}] ≤ mitigated_max", c.stat(l, "backdoor_avg"), "<=",
                    th.mitigated_max),
         make_check(f"main (tail) of [{base}] − main (tail) of [{l}] ≤ max_main_drop",
                    c.stat(base, "main_tail") - c.stat(l, "main_tail"), "<=", th.max_main_drop),
-        make_check(f"backdoor (avg) of [{h}] ≥ mitigated_max (not mitigated)",
-                   c.stat(h, "backdoor_avg"), ">=", th.mitigated_max),
     )
+    extras = tuple(make_check(f"backdoor (avg) of [{h}] ≥ mitigated_max (not mitigated)",
+                              c.stat(h, "backdoor_avg"), ">=", th.mitigated_max, "m_high_not_mitigated")
+                   for h in hi[:1])
     note = _baseline_note(c, [(l, base)])
     unclipped = c.find(attack__kind="none", defense__norm_bound=None, defense__noise_sigma=0.0)
     if unclipped:
         cost = float((c.stat(unclipped[0], "main_tail") - c.stat(base, "main_tail")).mean())
         note += (f"; (not part of the verdict) main-task cost of clipping itself, unattacked "
                  f"[{unclipped[0]}] − [{base}]: {cost:+.3f}")
-    return ClaimResult(5, claim, "4a", verdict_of(checks), checks, (l, h, base), note)
+    return ClaimResult(5, claim, "4a", verdict_of(checks), checks, (l, *hi[:1], base), note, QUOTES[5], extras)
 
 
 def claim6(c: _Cells) -> ClaimResult:
     th = c.th
-    claim = (f"M = {th.m_mid:g} plus σ = {th.sigma:g} mitigates further than M = {th.m_mid:g} "
-             "alone")
+    claim = (f"M = {th.m_mid:g} alone does not mitigate; adding σ = {th.sigma:g} mitigates further "
+             "without hurting the main task much")
     plain = _pgd_every_round(c, th.m_mid, 0.0)
     noisy = _pgd_every_round(c, th.m_mid, th.sigma)
     if not (plain and noisy):
         return ClaimResult(6, claim, "4b", NA, (), (),
-                           f"needs PGD M = {th.m_mid:g} with σ = 0 and σ = {th.sigma:g} (grids/paper/fig4b.yaml)")
+                           f"needs PGD M = {th.m_mid:g} with σ = 0 and σ = {th.sigma:g} (grids/paper/fig4b.yaml)",
+                           QUOTES[6])
     p, n = plain[0], noisy[0]
-    checks = (make_check(
-        f"backdoor (avg) of [{p}] − backdoor (avg) of [{n}] ≥ further_min_gap",
-        c.stat(p, "backdoor_avg") - c.stat(n, "backdoor_avg"), ">=", th.further_min_gap),)
     base = _baseline(c, n)
-    note = ""
-    if base is not None:
-        drop = float((c.stat(base, "main_tail") - c.stat(n, "main_tail")).mean())
-        note = (f"(not part of the verdict) main-task cost of the attack under the noise, "
-                f"[{base}] − [{n}]: {drop:+.3f}")
-    return ClaimResult(6, claim, "4b", verdict_of(checks), checks, (p, n), note)
+    checks = (
+        make_check(f"backdoor (avg) of [{p}] ≥ mitigated_max (M = {th.m_mid:g} alone does not mitigate)",
+                   c.stat(p, "backdoor_avg"), ">=", th.mitigated_max),
+        make_check(f"backdoor (avg) of [{p}] − backdoor (avg) of [{n}] ≥ further_min_gap",
+                   c.stat(p, "backdoor_avg") - c.stat(n, "backdoor_avg"), ">=", th.further_min_gap),
+        _main_check(c, n, base, th.dp_max_main_drop, "dp_max_main_drop"),
+    )
+    note = _baseline_note(c, [(n, base)])
+    return ClaimResult(6, claim, "4b", verdict_of(checks), checks, (p, n) + ((base,) if base else ()), note,
+                       QUOTES[6])
 
 
 CLAIMS = (claim1, claim2, claim3, claim4, claim5, claim6)

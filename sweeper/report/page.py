@@ -170,12 +170,18 @@ def table_rows(cells: pd.DataFrame, privacy: list[PrivacyResult]) -> list[list[s
     return rows
 
 
+def format_extra(ch) -> str:
+    return f"extra check `{ch.name}` (not in the verdict): {format_check(ch)}"
+
+
 def claims_rows(claims: list[ClaimResult]) -> list[list[str]]:
     rows = []
     for c in claims:
         numbers = "; ".join(format_check(ch) for ch in c.checks) or c.note
         if c.checks and c.note:
             numbers += f"; {c.note}"
+        if c.extras:
+            numbers += "; " + "; ".join(format_extra(ch) for ch in c.extras)
         rows.append([str(c.number), c.claim, c.figure, c.verdict, numbers,
                      "; ".join(c.cells) or "–"])
     return rows
@@ -225,7 +231,9 @@ def _sections(data: SweepData, rep: Report, tail: float, burn_in: float
         secs.append(("Claims of the paper",
                      Md(" · ".join(f"{k}: {v}" for k, v in counts.items())
                         + ". Thresholds are parameters (`--threshold name=value`); a verdict is "
-                        "PASS iff every check holds on the seed means."),
+                        "PASS iff every check holds on the seed means. A verdict tests only what the "
+                        "paper's text says (its sentences are quoted below); our stricter checks are "
+                        "listed as extra checks, outside the verdict."),
                      claims_rows(rep.claims), CLAIMS_HEADER))
     if rep.pool or rep.pool_notes:
         lines = [POOL_INTRO + (md(" Not shown: {}.", "; ".join(rep.pool_notes)) if rep.pool_notes else ""), ""]
@@ -263,7 +271,10 @@ def _markdown(data: SweepData, rep: Report, secs, images: list[tuple[str, str]])
         for c in rep.claims:
             out.append(md("- **Claim {} — {}**: {}.", c.number, c.verdict, c.claim))
             # four spaces: Python-Markdown nests a list only at that indent
+            if c.quote:
+                out.append(md("    - the paper: {}", c.quote))
             out += [md("    - {}", format_check(ch)) for ch in c.checks]
+            out += [md("    - {}", format_extra(ch)) for ch in c.extras]
             if c.note:
                 out.append(md("    - {}", c.note))
         out.append("")

@@ -28,7 +28,7 @@ def check_claims_json(path: Path) -> list[dict]:
     claims = json.loads(path.read_text())["claims"]
     assert [c["number"] for c in claims] == [1, 2, 3, 4, 5, 6]
     for c in claims:
-        for ch in c["checks"]:
+        for ch in c["checks"] + c["extras"]:
             want = ch["value"] >= ch["bound"] if ch["op"] == ">=" else ch["value"] <= ch["bound"]
             assert ch["ok"] == want, ch
         if not c["checks"]:
@@ -98,7 +98,9 @@ def test_ci_small_sweep_report_with_claims(tmp_path, md_tables):
     assert tuple(claims_tbl[0]) == CLAIMS_HEADER and len(claims_tbl) == 7
     claims = check_claims_json(out / "claims.json")
     assert [r[3] for r in claims_tbl[1:]] == [c["verdict"] for c in claims]
-    assert claims[5]["verdict"] != "N.A." and len(claims[5]["checks"]) == 1
+    # claim 6: M = 5 alone, the gap, and the main task (no unattacked cell loaded: the floor)
+    assert claims[5]["verdict"] != "N.A." and len(claims[5]["checks"]) == 3
+    assert "variance 0.025" in claims[5]["quote"] and claims[5]["extras"] == []
     assert claims[5]["checks"][0]["seeds_n"] == 2
     # weak DP of the σ = 0.025 cell: z = 0.025 / 5, q = 6 / 40 writers, 3 rounds
     row = dict(zip(PRIVACY_HEADER, privacy_tbl[1]))
