@@ -182,3 +182,16 @@ def test_a_simulation_runs_on_the_filtered_population():
     (metrics,) = sim.run()
     assert sim.data.num_writers == 60 and sim.data.train_counts().min() >= 40
     assert np.isfinite(metrics["main_acc"])
+
+
+def test_fltrust_root_set_comes_from_qualifying_writers_beyond_the_population():
+    """FLTrust reloads the source without max_writers and draws beyond it: with the filter
+    first, its root writers also hold ≥ 40 images and none is a client (filter, then cut)."""
+    from fl_core.aggregators.fltrust import draw_root_set
+
+    cfg = DataConfig(min_examples=40, max_writers=100)
+    population = load_data(cfg, 0)
+    source = load_data(cfg.model_copy(update={"max_writers": None}), 0)
+    root = draw_root_set(source, cfg.max_writers, 100, 0)
+    assert min(root.positions) >= 100 and not set(root.writer_ids) & set(population.writer_ids)
+    assert all(source.num_train(k) >= 40 for k in root.positions)
