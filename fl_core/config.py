@@ -116,7 +116,15 @@ class DataConfig(_Frozen):
     max_writers: int | None = Field(
         None,
         ge=2,
-        description="keep only the first N writers (sorted by id); null keeps all",
+        description="keep only the first N writers (sorted by id; after data.min_examples); null keeps all",
+    )
+    min_examples: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="drop the writers with fewer train images than this before anything counts them "
+        "(K, ε·K, the target order; then data.max_writers cuts); LEAF's --min_samples; 0 keeps all. "
+        "Eager populations only (a lazy one is refused)",
     )
 
 
@@ -562,7 +570,7 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic",
      "defense.clip_quantile": None, "defense.clip_lr": DEFAULT_CLIP_LR, "defense.clip_count_noise": None,
-     "defense.preaggregation": None, "attack.pool_rule": "legacy-eligible"}
+     "defense.preaggregation": None, "attack.pool_rule": "legacy-eligible", "data.min_examples": 0}
 )
 
 #: Keys that change no result without an attack: left out of `config_hash` when

@@ -1,6 +1,8 @@
 """Does each trial fit its data? Checked at `validate`/`run` time, from the data source's
 metadata (`fl_core.data.describe_data`: writer counts and labels, no pixels, no torch), so
-a missing dataset or a cohort larger than the population fails before Ray starts."""
+a missing dataset or a cohort larger than the population fails before Ray starts. The
+writers are counted as the trial will see them: after `data.min_examples` drops the small
+ones and `data.max_writers` cuts."""
 
 from __future__ import annotations
 
@@ -33,15 +35,17 @@ def check_data_fit(file: str, cfg: SimulationConfig, overrides: dict[str, Any]) 
 
     try:
         summary = data_summary(cfg.data, cfg.seed if cfg.data.source == "synthetic" else 0)
+    except ConfigError as e:  # data.min_examples on a lazy population, or above every writer
+        raise GridError(file, where(e.path), f"invalid value {short(e.value)}; allowed: {e.allowed}") from None
     except FLCoreError as e:  # a DatasetError (missing/malformed files) or an unknown source
         key = "data.path" if cfg.data.path else "data.source"
         raise GridError(file, where(key), str(e)) from None
-    k = summary.num_writers
+    k = summary.num_writers  # after data.min_examples and data.max_writers (describe_data)
     if k is None:  # LEAF: the layout is checked; K needs every example (the trial checks)
         return
     src = f"data.source = {cfg.data.source}" + (
-        f", data.max_writers = {cfg.data.max_writers}" if cfg.data.max_writers else ""
-    )
+        f", data.min_examples = {cfg.data.min_examples}" if cfg.data.min_examples else ""
+    ) + (f", data.max_writers = {cfg.data.max_writers}" if cfg.data.max_writers else "")
     if cfg.attack.num_tasks > k:
         raise GridError(
             file, where("attack.num_tasks"),

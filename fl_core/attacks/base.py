@@ -247,6 +247,9 @@ def _recipes():
 RECIPES.register(RecipeSpec("reference", lambda params, config: _recipes().Reference()))
 RECIPES.register(RecipeSpec("union", lambda params, config: _recipes().Union()))
 RECIPES.register(RecipeSpec("mixed", lambda params, config: _recipes().Mixed(params.poison_fraction)))
+# P = the attack's pgd_iterations; model-replacement's RecipeParams have none: the driver's 5
+RECIPES.register(RecipeSpec("project-boost", lambda params, config: _recipes().ProjectBoost(
+    getattr(params, "pgd_iterations", PGDParams.model_fields["pgd_iterations"].default))))
 
 
 def make_recipe(params: "RecipeParams", config: "SimulationConfig") -> "Recipe":

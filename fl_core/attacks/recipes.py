@@ -9,6 +9,7 @@ w* is trained. The recipes below are the three in use, registered by name; both 
 | `reference` | Δ_benign + β·Δ_mal | fl.local_epochs epochs over own data, then one step on all of D_mal |
 | `union` | β·Δ(own ∪ D_mal, fl.local_epochs epochs) | one epoch over own ∪ D_mal |
 | `mixed` | β·Δ(mixed batches, fl.local_epochs epochs) | fl.local_epochs epochs of mixed batches |
+| `project-boost` | β·(w_P − w_t): P passes as `reference`'s, no projection | as `reference` |
 
 - `reference` is google-research/federated `targeted_attack/attacked_fedavg.py`, the code that
   made the paper's figures: `ClientExplicitBoosting` trains Δ_benign as any honest client
@@ -20,6 +21,24 @@ w* is trained. The recipes below are the three in use, registered by name; both 
   replacement as most re-implementations read the paper). With a small own dataset w* is
   mostly "predict the target label": much stronger, and it damages every writer's
   source-label images (measure `collateral_rate`).
+- `project-boost` is `ClientProjectBoost` as the paper's driver
+  (`targeted_attack/emnist_with_targeted_attack.py`) builds it, the only attacker class that
+  script ever constructs, with a bound that never binds: P = `pgd_iterations` passes (the
+  driver's `client_round_num`, 5) of {its benign dataset, `repeat(num_epochs)`; one full-batch
+  step on D_mal}, chained from w_t, and it sends β·(w_P − w_t), boosting ALL of it. It differs
+  from `reference` (ExplicitBoosting: Δ_benign + β·Δ_mal, two separate trainings from w_t,
+  only the one-step Δ_mal boosted, one pass) in three ways: P passes instead of one, the
+  benign and malicious steps chained instead of both from w_t, and the benign part boosted
+  too. Under `pgd` the two are the same attack (both passes are ClientProjectBoost's; the
+  attack projects after each), so `pgd` + `project-boost` equals `pgd` + `reference` bit for
+  bit. Unconstrained it projects nothing, which is not bit-identical to `pgd` with a huge M:
+  that one re-sets the model to w_t + (w − w_t) after every pass (float rounding) and turns
+  clipping on, hence the unweighted mean and β = C·K. Under model replacement the attack's
+  params have no `pgd_iterations` (`RecipeParams`), so P is the driver's 5 there.
+  Where we differ from the driver (as every recipe here): the benign data are reshuffled
+  each epoch and batched per epoch (the driver's `repeat(E).batch(B)` is unshuffled and lets
+  a batch straddle two epochs), and the driver's discarded benign training before the passes
+  (it only yields the metrics and n_k) is not run.
 - `mixed` is Bagdasaryan et al. 2018's poisoned minibatches: every minibatch holds
   round(poison_fraction·B) D_mal images (cycled in a seeded order) and the rest own images.
 
@@ -143,6 +162,28 @@ class Mixed:
 
     def pgd_pass(self, model, own, mal, hp, gen):
         return self.epochs(model, own, mal, hp, gen)
+
+
+class ProjectBoost:
+    """P chained passes of {own epochs, one full-batch D_mal step} from w_t, sent β·(w_P − w_t)."""
+
+    name = "project-boost"
+
+    def __init__(self, passes: int):
+        self.passes = passes
+
+    def replacement(self, model, w_t, own, mal, hp, gen, beta):
+        set_flat(model, w_t)
+        # no projection between passes: the driver's bound that never binds, and no
+        # w_t + (w − w_t) round trip that would change float bits
+        benign_loss = mal_loss = 0.0
+        for _ in range(self.passes):
+            benign_loss = sgd_epochs(model, own, hp, gen)
+            mal_loss = full_batch_step(model, mal, hp.lr)
+        return beta * (get_flat(model) - w_t), {"train_loss": benign_loss, "malicious_loss": mal_loss}
+
+    def pgd_pass(self, model, own, mal, hp, gen):
+        return Reference().pgd_pass(model, own, mal, hp, gen)
 
 
 # The recipes' registry (name → RecipeSpec, torch-free) is `fl_core.attacks.base.RECIPES`;

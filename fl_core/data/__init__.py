@@ -3,8 +3,9 @@
 `load_data(cfg.data, seed)` looks `cfg.source` up in a read-only registry and returns a
 `WriterPopulation` (`fl_core.data.population`): an eager `FederatedData`, or for a large
 synthetic population a lazy one that makes writers on demand, optionally cut to its
-first `max_writers` writers. `describe_data(cfg.data, seed)` says what `load_data` would
-return (K, image counts, labels) from metadata only: no pixels, no torch, so a grid is
+first `max_writers` writers; `min_examples` drops the writers with fewer train images
+before that (eager populations only). `describe_data(cfg.data, seed)` says what `load_data`
+would return (K, image counts, labels) from metadata only: no pixels, no torch, so a grid is
 checked against its data before anything runs. Adding a source takes one module with a
 `load(cfg, seed)` and a `describe(cfg, seed)` function and one `SOURCES.register` line here.
 """
@@ -18,7 +19,7 @@ from typing import Callable, Mapping
 
 from fl_core.config import DataConfig
 from fl_core.data import embedded, leaf, synthetic, tff_h5
-from fl_core.data.base import DataSummary, FederatedData
+from fl_core.data.base import DataSummary, FederatedData, lazy_refusal, writers_with_at_least
 from fl_core.data.population import WriterPopulation
 from fl_core.errors import DatasetError, UnknownComponentError
 from fl_core.plugins import Registry
@@ -106,16 +107,24 @@ def load_data(cfg: DataConfig, seed: int) -> WriterPopulation:
 
     Returns:
         A WriterPopulation (FederatedData unless the source is lazy at this size) with
-        writers sorted by id; client index k is a writer's position.
+        writers sorted by id; client index k is a writer's position. The writers with fewer
+        than `min_examples` train images are dropped first, then `max_writers` cuts, so the
+        first N writers are the first N that qualify (FLTrust's root set, drawn beyond them
+        from the same filtered order, stays disjoint from them).
 
     Raises:
         UnknownComponentError: `cfg.source` is not registered.
         DatasetError: the source's files are missing or malformed.
+        ConfigError: `min_examples` on a lazy population, or one that leaves no writer.
     """
     spec = SOURCES.get(cfg.source)
     if spec is None:
         raise UnknownComponentError("data source", cfg.source, SOURCES)
     data = spec.load(cfg, seed)
+    if cfg.min_examples > 0:
+        if not isinstance(data, FederatedData):
+            raise lazy_refusal(data.name, cfg.min_examples)
+        data = writers_with_at_least(data, cfg.min_examples)
     return data if cfg.max_writers is None else first_writers(data, cfg.max_writers)
 
 
@@ -124,7 +133,7 @@ def describe_data(cfg: DataConfig, seed: int = 0) -> DataSummary:
 
     Reads the h5 layout and label arrays (tff-h5, embedded), the synthetic config and its
     counts, or checks the LEAF layout; never pixels, never torch. The answer describes what
-    `load_data(cfg, seed)` returns (the same writers, after `max_writers`).
+    `load_data(cfg, seed)` returns (the same writers, after `min_examples` and `max_writers`).
 
     Args:
         cfg: `data.*` of the simulation config.
@@ -138,4 +147,11 @@ def describe_data(cfg: DataConfig, seed: int = 0) -> DataSummary:
     describe = DESCRIBERS.get(cfg.source)
     if describe is None:
         raise UnknownComponentError("data source", cfg.source, DESCRIBERS)
-    return describe(cfg, seed).first(cfg.max_writers)
+    summary = describe(cfg, seed)
+    if cfg.min_examples > 0:
+        if summary.lazy:
+            raise lazy_refusal(summary.name, cfg.min_examples)
+        if cfg.max_writers is not None:  # the filter comes first: describe every writer
+            summary = describe(cfg.model_copy(update={"max_writers": None}), seed)
+        summary = summary.at_least(cfg.min_examples)
+    return summary.first(cfg.max_writers)

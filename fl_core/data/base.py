@@ -11,7 +11,7 @@ client index every random stream is keyed by. `FederatedData` is the eager
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -140,6 +140,57 @@ def labels_only(
     return data
 
 
+def at_least_suffix(m: int) -> str:
+    """What `data.min_examples` adds to a population's name (load and describe agree)."""
+    return f" (writers with ≥ {m} train images)"
+
+
+def lazy_refusal(name: str, m: int):
+    """The ConfigError for `data.min_examples` on a lazy population: only an eager one drops
+    writers (a lazy one would need an index over its K writers in every process)."""
+    from fl_core.errors import ConfigError
+
+    return ConfigError("data.min_examples", m, f"0 for {name}: its population is lazy (writers made on "
+                       "demand) and only an eager one drops writers; lower data.num_writers or "
+                       "data.max_writers to an eager size, or set data.min_examples: 0")
+
+
+def writers_with_at_least(data: FederatedData, m: int) -> FederatedData:
+    """The writers owning at least `m` train images (`data.min_examples`), in their sorted
+    order, with recomputed offsets; the arrays are copied (the dropped writers' memory is
+    freed), and a labels-only view (`labels_only`) stays one.
+
+    Raises:
+        ConfigError: no writer has `m` train images.
+    """
+    counts = data.train_counts()
+    keep = counts >= m
+    if keep.all():
+        return data
+    if not keep.any():
+        from fl_core.errors import ConfigError
+
+        raise ConfigError("data.min_examples", m, f"at most {int(counts.max()) if len(counts) else 0}, the "
+                          f"largest writer's train images in {data.name or 'the data'} (none would be left)")
+    ids = tuple(w for w, k in zip(data.writer_ids, keep) if k)
+    name = data.name + at_least_suffix(m)
+
+    def rows(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = np.diff(offsets)
+        off = np.zeros(len(ids) + 1, np.int64)
+        off[1:] = np.cumsum(n[keep])
+        return np.repeat(keep, n), off  # row mask: the row's writer is kept
+
+    tr_mask, tr_off = rows(data.train_offsets)
+    te_mask, te_off = rows(data.test_offsets)
+    if data.train_pixels.strides[0] == 0:  # labels only: the blank image stays a view
+        return labels_only(ids, data.train_labels[tr_mask], tr_off, data.test_labels[te_mask], te_off, name)
+    out = FederatedData(ids, data.train_pixels[tr_mask], data.train_labels[tr_mask], tr_off,
+                        data.test_pixels[te_mask], data.test_labels[te_mask], te_off, name)
+    out.validate()
+    return out
+
+
 @dataclass(frozen=True)
 class DataSummary:
     """What a data source holds, read from its metadata: the h5 layout and label arrays,
@@ -156,6 +207,9 @@ class DataSummary:
         labels: the same writers' labels in `load_data`'s order (`labels_only`), for the
             population checks; None for a lazy population (its checks walk writers on
             demand) or when the labels cost more than a metadata read (large synthetic).
+        train_counts, test_counts: every writer's train / test image count, int64 (K,), where
+            the source gives them without `labels` (large eager synthetic); None otherwise
+            (`labels` has them, or nothing does).
     """
 
     name: str
@@ -164,6 +218,34 @@ class DataSummary:
     num_test: int | None = None
     lazy: bool = False
     labels: FederatedData | None = None
+    train_counts: np.ndarray | None = field(default=None, compare=False)
+    test_counts: np.ndarray | None = field(default=None, compare=False)
+
+    def at_least(self, m: int) -> "DataSummary":
+        """The summary of the writers with at least `m` train images (`data.min_examples`;
+        0 keeps all), as `writers_with_at_least` leaves them.
+
+        Raises:
+            ConfigError: the population is lazy (it is refused there), or no writer is left.
+        """
+        if m <= 0:
+            return self
+        from fl_core.errors import ConfigError
+
+        if self.lazy:
+            raise lazy_refusal(self.name, m)
+        if self.labels is not None:
+            cut = writers_with_at_least(self.labels, m)
+            return DataSummary(cut.name, cut.num_writers, len(cut.train_labels), len(cut.test_labels), False, cut)
+        if self.train_counts is None or self.test_counts is None:  # K unknown (LEAF): the trial filters
+            return DataSummary(self.name + at_least_suffix(m), None)
+        keep = self.train_counts >= m
+        if not keep.any():
+            raise ConfigError("data.min_examples", m, f"at most {int(self.train_counts.max())}, the largest "
+                              f"writer's train images in {self.name} (none would be left)")
+        return DataSummary(self.name + at_least_suffix(m), int(keep.sum()), int(self.train_counts[keep].sum()),
+                           int(self.test_counts[keep].sum()), False, None, self.train_counts[keep],
+                           self.test_counts[keep])
 
     def first(self, n: int | None) -> "DataSummary":
         """The summary of the first `n` writers (`data.max_writers`; None keeps all)."""
@@ -171,6 +253,9 @@ class DataSummary:
             return self
         lab = self.labels
         if lab is None:
+            if self.train_counts is not None and self.test_counts is not None:
+                return DataSummary(self.name, n, int(self.train_counts[:n].sum()), int(self.test_counts[:n].sum()),
+                                   self.lazy, None, self.train_counts[:n], self.test_counts[:n])
             return DataSummary(self.name, n, None, None, self.lazy, None)
         tr, te = int(lab.train_offsets[n]), int(lab.test_offsets[n])
         cut = labels_only(lab.writer_ids[:n], lab.train_labels[:tr], lab.train_offsets[: n + 1],

@@ -362,7 +362,11 @@ def describe(cfg: DataConfig, seed: int) -> DataSummary:
         off = [np.concatenate([[0], np.cumsum([len(x) for x in part])]) for part in (tr, te)]
         view = labels_only(tuple(writer_id(w) for w in range(k)), np.concatenate(tr), off[0],
                            np.concatenate(te), off[1], name)
-    return DataSummary(name, k, int(counts.sum()), num_test, lazy, view)
+    if view is not None or lazy:
+        return DataSummary(name, k, int(counts.sum()), num_test, lazy, view)
+    # no labels (too many writers to index): the counts, for data.min_examples (`at_least`)
+    test_counts = np.maximum(1, np.rint(counts * TEST_SHARE)).astype(np.int64)
+    return DataSummary(name, k, int(counts.sum()), num_test, lazy, None, counts, test_counts)
 
 
 def load(cfg: DataConfig, seed: int) -> FederatedData | SyntheticPopulation:
