@@ -210,7 +210,7 @@ class AttackConfig(_Frozen):
         if isinstance(raw, Mapping) and "pgd_pass" in raw:
             raise UnknownKeyError(
                 "attack.pgd_pass", raw["pgd_pass"],
-                "nothing: the key was replaced by `attack.params.recipe` (reference | union | mixed); "
+                "nothing: the key was replaced by `attack.params.recipe` (reference | union | mixed | project-boost); "
                 "pgd_pass: original → recipe: reference (now fl.local_epochs epochs per pass, as the "
                 "reference code), pgd_pass: union → recipe: union",
             )

@@ -273,7 +273,9 @@ class RecipeParams(PoisonParams):
         "reference",
         description="how the attacker trains its malicious model: reference (the paper's code: "
         "Δ_benign + β·one full-batch step on D_mal), union (train on own ∪ D_mal, boost all), mixed "
-        "(every minibatch carries poison_fraction of D_mal); see fl_core/attacks/recipes.py",
+        "(every minibatch carries poison_fraction of D_mal), project-boost (the paper driver's "
+        "ClientProjectBoost: pgd_iterations chained passes of {own epochs, one full-batch D_mal step}, "
+        "all boosted); see fl_core/attacks/recipes.py",
     )
 
     @field_validator("recipe")
