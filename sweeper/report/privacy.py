@@ -278,7 +278,10 @@ def _count_writers(source: Any, path: Any, cfg: Mapping[str, Any]) -> tuple[int 
     validate` too (`fl_core.data.describe_data`); a LEAF population is counted from its
     JSON (its labels sit beside the pixels), and a TFF pair not on this machine is
     assumed to be the full TFF digits."""
-    if source == "synthetic":  # K is the config itself (any K a config from elsewhere names)
+    filtered = _is_count(na_to_none(cfg.get("data.min_examples")))  # data.min_examples drops writers
+    if source == "leaf" and filtered:  # the JSON's user count is before the filter
+        return None, ""
+    if source == "synthetic" and not filtered:  # K is the config itself (any K a config names)
         n = na_to_none(cfg.get("data.num_writers"))
         return (int(n), "data.num_writers") if _is_count(n) else (None, "")
     if source == "tff-h5" and path and not (Path(path) / "fed_emnist_digitsonly_train.h5").exists():
@@ -288,7 +291,7 @@ def _count_writers(source: Any, path: Any, cfg: Mapping[str, Any]) -> tuple[int 
 
         users = train_users(Path(path))
         return (len(users), f"users in {path}/train/*.json") if users else (None, "")
-    if source not in ("tff-h5", "embedded"):
+    if source not in ("tff-h5", "embedded", "synthetic"):
         return None, ""
     from fl_core.config import DataConfig
     from fl_core.data import describe_data

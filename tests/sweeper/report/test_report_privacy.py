@@ -314,3 +314,20 @@ def test_a_hostile_leaf_file_is_not_counted(tmp_path):
         (tmp_path / name / "train" / "a.json").write_text(text)
         k, how = population_size({"data.source": "leaf", "data.path": str(tmp_path / name)})
         assert k is None and "cannot be counted" in how, (name, how)
+
+
+def test_population_size_counts_the_writers_data_min_examples_keeps():
+    """K of the accounting is the population the run trained on: after `data.min_examples`
+    (231 of the 439 embedded writers own ≥ 40 train images; tests/fl_core/test_min_examples.py
+    counts them by hand), for synthetic data too (there K is no longer the config's number), and
+    unknown for LEAF (its JSON's user count is before the filter)."""
+    assert population_size({"data.source": "embedded", "data.min_examples": 40})[0] == 231
+    syn = {"data.source": "synthetic", "data.num_writers": 50, "data.examples_per_writer": 8}
+    from fl_core.config import DataConfig
+    from fl_core.data import describe_data
+
+    kept = describe_data(DataConfig(source="synthetic", num_writers=50, examples_per_writer=8, min_examples=10)).num_writers
+    assert 1 <= kept < 50  # the synthetic writers' sizes vary around 8: 10 drops some
+    assert population_size({**syn, "data.min_examples": 10})[0] == kept
+    assert population_size({**syn, "data.min_examples": 0})[0] == 50
+    assert population_size({"data.source": "leaf", "data.path": "/nonexistent", "data.min_examples": 5})[0] is None
