@@ -220,6 +220,14 @@ class IBA:
     # -- the generator's round: learn -----------------------------------------------------
 
     def learn(self, ctx, state: dict, gen: "torch.Generator") -> tuple[dict, dict]:
+        from fl_core.training import torch_threads
+
+        # at fl.threads, as clients train and the evaluator measures: the bits of a CPU
+        # reduction depend on the thread count, and the simulation calls learn outside any scope
+        with torch_threads(ctx.config.fl.threads):
+            return self._learn(ctx, state, gen)
+
+    def _learn(self, ctx, state: dict, gen: "torch.Generator") -> tuple[dict, dict]:
         import torch
         import torch.nn.functional as F
 

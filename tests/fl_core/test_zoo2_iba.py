@@ -203,6 +203,24 @@ def test_learn_subsamples_and_never_modifies_its_inputs():
     assert set(new) == set(state)
 
 
+def test_learn_runs_at_the_configs_thread_count(monkeypatch):
+    """The simulation calls `learn` outside any thread scope; CPU reductions' bits depend on
+    the thread count, so learn sets fl.threads (1 here) itself and restores the caller's."""
+    a = attack()
+    seen = []
+    inner = IBA._learn
+    monkeypatch.setattr(IBA, "_learn", lambda self, *args: seen.append(torch.get_num_threads()) or inner(self, *args))
+    ctx = TriggerContext(5, 1, (0,), ClientData(images(4), torch.zeros(4, dtype=torch.long)), get_flat(CNN()),
+                         torch.device("cpu"), cfg())
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a.learn(ctx, {}, torch_generator(5, Stream.TRIGGER, 1))
+        assert seen == [cfg().fl.threads] == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
+
+
 # -- the attacker's update (craft) --------------------------------------------------------
 
 
