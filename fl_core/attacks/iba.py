@@ -20,7 +20,7 @@ Our reading of the authors' code (sail-research/iba @ 2536c81: `fl_trainer.py`, 
    (`eps`). `{}` is the initial G: every conv weight and bias drawn as torch's default init
    (kaiming-uniform, a = √5; bias U(±1/√fan_in)) from Stream.TRIGGER key `INIT_KEY`.
 2. `craft`, per attacker: every minibatch of its own data (fl.batch_size, fl.local_epochs
-   epochs, plain SGD at fl.lr: the engine's client loop) gives the loss
+   epochs, plain SGD at fl.client_lr: the engine's client loop) gives the loss
    α·CE(f(x), y) + (1 − α)·CE(f(x̃), target) (attack_alpha 0.5, every image poisoned:
    attack_portion 1.0), x̃ stamped by the round's G in eval mode (the code's `tgtmodel.eval()`);
    under clipping w − w_t is projected onto the L2 ball of radius M/β after every step (the
@@ -46,9 +46,12 @@ Where we differ from the authors' code, and why:
   from `attack.start_round` on. In the poisoning phase the code retrains G every other round
   ("alternative training"); we retrain it every attacked round.
 - MNIST settings, not CIFAR's: atk_lr 0.001 and atk_model_train_epoch 3 (exps/iba_mnist_fedavg.sh;
-  CIFAR: 1e-4 and 10; BackFed `poisons/iba.py`: Adam at 0.01 until a local ASR of 0.7). The code's
-  MNIST inputs are normalised and clipped to [-1, 1]; ours are [0, 1], so ε = 0.3 here is twice
-  the code's relative perturbation.
+  CIFAR: 1e-4 and 10; BackFed `poisons/iba.py`: Adam at 0.01 until a local ASR of 0.7).
+- Clamp to [0, 1]: the code's MNIST attacker and test images are unnormalised [0, 1] as ours
+  (`utils._load_mnist_dataset`), but its `clip_image` clamps x̃ to [-1, 1], so its x̃ goes
+  down to −ε below black; ours stays a valid image (uint8 could not hold it). Its benign
+  clients' loaders normalise with (0.1307, 0.3081) (`utils.get_dataloader`), a mismatch with
+  the attacker's we do not copy.
 - The classifier's local optimiser is the engine's plain SGD (the code: momentum 0.9, weight
   decay 1e-4, lr decayed by γ per round) over fl.local_epochs (the code's
   adversarial_local_training_period equals its benign local_train_period, 2).
@@ -57,6 +60,13 @@ Where we differ from the authors' code, and why:
   across rounds (the code's `historical_grad_mask`).
 - G is trained on float x̃ (no quantisation: the rounding has no gradient); what models see is
   quantised.
+
+`honest_control: true` is our control, not part of IBA: G is learnt each attacked round as
+above, but the attackers send honest updates. G is an input-specific perturbation optimised
+against the model, so at ε = 0.3 (±76 grey levels) it fools even a clean model (on the embedded
+writers after the clean warm-up, the first learnt G made the clean w_30 read 83% of the
+attackers' images as the target); that control's backdoor_acc is the part of IBA's that is an
+adversarial example rather than a backdoor.
 """
 
 from __future__ import annotations
@@ -100,6 +110,10 @@ class IBAParams(Params):
     mask_ratio: float | None = Field(None, gt=0, lt=1, description="null: no mask; else the share of coordinates "
                                      "(smallest |clean gradient| at w_t) the attacker trains, Neurotoxin-style "
                                      "(authors' neurotoxin mode: 0.30)")
+
+    honest_control: bool = Field(False, description="a control, not the attack: G is learnt as usual but the "
+                                 "attackers train honestly, so backdoor_acc measures G as an adversarial "
+                                 "perturbation of an unpoisoned model (read IBA's backdoor_acc against it)")
 
     @model_validator(mode="after")
     def _floor_below_start(self) -> "IBAParams":
@@ -304,6 +318,10 @@ class IBA:
         from fl_core.params import get_flat, set_flat
         from fl_core.training import apply_memory_format, to_input
 
+        if self.p.honest_control:
+            from fl_core.training import local_train
+
+            return local_train(model, global_params, benign, hp, gen)
         # D_mal is our own stamping of every own image (attack_portion 1.0), not the task's bars
         poisoned = self.stamp_with(benign.pixels, task.attack_state or {}, self.eps_at(task.round_idx))
         target = torch.full_like(benign.labels, self.target)

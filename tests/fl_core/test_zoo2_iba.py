@@ -325,6 +325,19 @@ def test_grad_mask_keeps_the_smallest_abs_gradient_coordinates():
     assert a.grad_mask(Bias(), torch.zeros(3), own).tolist() == [0.0, 1.0, 0.0]
 
 
+def test_the_honest_control_sends_the_honest_update():
+    """honest_control: craft is the benign client's local_train (same generator, same order),
+    whatever G and the round's radius and boost."""
+    from fl_core.training import local_train
+
+    a = attack(honest_control=True)
+    d, m, w = run_craft(a, radius=0.05, boost=4.0, state=constant_state(a, 0.5))
+    torch.manual_seed(0)
+    ref, rm = local_train(CNN(), w, own_data(), SGDParams(2, 4, 0.1), torch.Generator().manual_seed(1))
+    assert torch.equal(d, ref) and m == rm
+    assert not torch.equal(d, run_craft(attack(), radius=0.05, boost=4.0, state=constant_state(a, 0.5))[0])
+
+
 # -- through the simulation ---------------------------------------------------------------
 
 
