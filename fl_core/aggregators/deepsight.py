@@ -208,6 +208,20 @@ def ensemble_labels(cos_dist: np.ndarray, neups: np.ndarray, dd: np.ndarray, mcs
                    "deepsight_clusters": count(final), "deepsight_noise": int((final < 0).sum())}
 
 
+def clip_mean(updates: torch.Tensor, weights: torch.Tensor, accepted: tuple[bool, ...]) -> tuple[torch.Tensor, float]:
+    """(aggregate, S): the accepted updates scaled by min(1, S/‖Δ_i‖), S = the median norm
+    of ALL rows, averaged with their FedAvg weights; the zero update when none is accepted."""
+    norms = torch.linalg.vector_norm(updates.to(torch.float64), dim=1)
+    s = median_1d(norms)
+    keep = [i for i in range(updates.shape[0]) if accepted[i]]
+    if not keep:
+        return torch.zeros(updates.shape[1], device=updates.device), s
+    scale = torch.where(norms > s, s / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(norms))
+    idx = torch.tensor(keep, device=updates.device)
+    clipped = (updates[idx].to(torch.float64) * scale[idx][:, None]).to(torch.float32)
+    return ordered_weighted_mean(clipped, weights[idx.cpu()]), s
+
+
 class DeepSight:
     def __init__(self, p: DeepSightParams, threads: int):
         self.p, self.threads = p, threads
@@ -238,17 +252,10 @@ class DeepSight:
         labels, counts = ensemble_labels(cos_dist.cpu().numpy(), neups.cpu().numpy(), dd,
                                          p.min_cluster_size, p.min_samples)
         accepted = accept_clusters(labels, suspicious, p.tau)
-        norms = torch.linalg.vector_norm(updates.to(torch.float64), dim=1)
-        s = median_1d(norms)
+        delta, s = clip_mean(updates, weights, accepted)
         metrics = {**flag_metrics(accepted), **counts, "deepsight_suspicious": sum(suspicious),
                    "deepsight_te_median": median_1d(te.to(torch.float64)), "deepsight_median_norm": s}
-        keep = [i for i in range(n) if accepted[i]]
-        if not keep:
-            return Aggregate(torch.zeros(d, device=updates.device), metrics, accepted=accepted)
-        scale = torch.where(norms > s, s / norms.clamp_min(torch.finfo(torch.float64).tiny), torch.ones_like(norms))
-        idx = torch.tensor(keep, device=updates.device)
-        clipped = (updates[idx].to(torch.float64) * scale[idx][:, None]).to(torch.float32)
-        return Aggregate(ordered_weighted_mean(clipped, weights[idx.cpu()]), metrics, accepted=accepted)
+        return Aggregate(delta, metrics, accepted=accepted)
 
 
 def label(p: DeepSightParams) -> str:
