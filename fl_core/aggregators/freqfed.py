@@ -17,8 +17,10 @@ The reference code read is secretflow/secretflow examples/security/h_bd/agg_freq
   block and its bound ⌊(M + N)/4⌋ exactly as its `filtering`;
 - HDBSCAN min_cluster_size = 2, min_samples = 1 (its values), allow_single_cluster off. With
   min_cluster_size 2 HDBSCAN may split a benign majority into several small clusters and keep
-  only the largest of them; `min_cluster_size: majority` (⌊n/2⌋ + 1, FLAME's rule, same group)
-  allows one cluster at most.
+  only the largest of them; `min_cluster_size: majority` (⌊n/2⌋ + 1 with
+  allow_single_cluster, FLAME's rule, from the same group) allows one cluster at most, and
+  finds it when no split exists (without allow_single_cluster a lone majority plus outliers
+  is all noise).
 Where we differ: secretflow transforms the local MODEL weights W_i = w_t + Δ_i; we
 transform the update Δ_i (as FLAME's clustering here: the aggregator sees updates, and the
 shared w_t would dominate every cosine; the DCT is linear, DCT(W_i) = DCT(w_t) + DCT(Δ_i)).
@@ -115,9 +117,9 @@ def largest_cluster(labels: np.ndarray) -> tuple[bool, ...] | None:
     return tuple(bool(x == best) for x in labels)
 
 
-def cluster(features: np.ndarray, min_cluster_size: int, min_samples: int) -> np.ndarray:
+def cluster(features: np.ndarray, min_cluster_size: int, min_samples: int, single: bool = False) -> np.ndarray:
     """HDBSCAN labels on the cosine distances of the rows (−1 = noise); all noise when there
-    are fewer rows than it needs."""
+    are fewer rows than it needs. `single`: allow_single_cluster (for the majority rule)."""
     from sklearn.cluster import HDBSCAN  # lazy: only the clustering rules need scikit-learn
 
     n = features.shape[0]
@@ -126,7 +128,7 @@ def cluster(features: np.ndarray, min_cluster_size: int, min_samples: int) -> np
     dist = (1.0 - cosine_similarity_matrix(torch.from_numpy(features))).clamp_min(0.0)
     dist.fill_diagonal_(0.0)
     return HDBSCAN(min_cluster_size=min_cluster_size, min_samples=min_samples, metric="precomputed",
-                   copy=True).fit_predict(dist.numpy())
+                   allow_single_cluster=single, copy=True).fit_predict(dist.numpy())
 
 
 class FreqFed:
@@ -143,8 +145,9 @@ class FreqFed:
             raise ValueError(f"FreqFed transforms a layer of the paper CNN ({NUM_PARAMS} parameters); got d = {d}")
         block = updates[:, self.offset: self.offset + self.m * self.n].reshape(n, self.m, self.n)
         feats = dct_features(block.cpu().numpy())
-        mcs = n // 2 + 1 if self.p.min_cluster_size == "majority" else self.p.min_cluster_size
-        labels = cluster(feats, max(mcs, 2), self.p.min_samples)
+        majority = self.p.min_cluster_size == "majority"
+        mcs = n // 2 + 1 if majority else self.p.min_cluster_size
+        labels = cluster(feats, max(mcs, 2), self.p.min_samples, single=majority)
         accepted = largest_cluster(labels)
         no_cluster = accepted is None
         if accepted is None:
