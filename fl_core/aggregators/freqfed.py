@@ -17,7 +17,7 @@ The reference code read is secretflow/secretflow examples/security/h_bd/agg_freq
   block and its bound ⌊(M + N)/4⌋ exactly as its `filtering`;
 - HDBSCAN min_cluster_size = 2, min_samples = 1 (its values), allow_single_cluster off. With
   min_cluster_size 2 HDBSCAN may split a benign majority into several small clusters and keep
-  only the largest of them; `min_cluster_size: majority` (⌊n/2⌋ + 1 with
+  only the largest of them; `min_cluster_size: null` (⌊n/2⌋ + 1 with
   allow_single_cluster, FLAME's rule, from the same group) allows one cluster at most, and
   finds it when no split exists (without allow_single_cluster a lone majority plus outliers
   is all noise).
@@ -51,25 +51,20 @@ from fl_core.aggregators.base import (
 )
 from fl_core.errors import ConfigError
 
-LAYERS = ("fc2", "fc1", "conv2", "conv1")
-
 
 class FreqFedParams(Params):
     layer: Literal["fc2", "fc1", "conv2", "conv1"] = Field(
         "fc2", description="the CNN weight whose update is transformed (secretflow's code: the output "
         "layer's weight, fc2; a conv kernel is taken as out × in·k·k)")
-    min_cluster_size: int | Literal["majority"] = Field(
-        2, description="HDBSCAN min_cluster_size, at least 2 (secretflow's code: 2), or majority = ⌊n/2⌋ + 1 "
-        "(FLAME's, at most one cluster)")
+    min_cluster_size: int | None = Field(
+        2, ge=2, description="HDBSCAN min_cluster_size (secretflow's code: 2); null = ⌊n/2⌋ + 1 with "
+        "allow_single_cluster (FLAME's majority rule: at most one cluster)")
     min_samples: int = Field(1, ge=1, description="HDBSCAN min_samples (secretflow's code: 1)")
 
 
 def check(p: FreqFedParams, cfg) -> None:
     n = cfg.fl.clients_per_round
-    if p.min_cluster_size != "majority" and p.min_cluster_size < 2:
-        raise ConfigError("defense.aggregator_params.min_cluster_size", p.min_cluster_size,
-                          "an integer ≥ 2 or majority (HDBSCAN needs two points for a cluster)")
-    if p.min_cluster_size != "majority" and p.min_cluster_size > n:
+    if p.min_cluster_size is not None and p.min_cluster_size > n:
         raise ConfigError("defense.aggregator_params.min_cluster_size", p.min_cluster_size,
                           f"at most fl.clients_per_round = {n} (HDBSCAN could never form a cluster)")
     if p.min_samples > n:
@@ -145,7 +140,7 @@ class FreqFed:
             raise ValueError(f"FreqFed transforms a layer of the paper CNN ({NUM_PARAMS} parameters); got d = {d}")
         block = updates[:, self.offset: self.offset + self.m * self.n].reshape(n, self.m, self.n)
         feats = dct_features(block.cpu().numpy())
-        majority = self.p.min_cluster_size == "majority"
+        majority = self.p.min_cluster_size is None
         mcs = n // 2 + 1 if majority else self.p.min_cluster_size
         labels = cluster(feats, max(mcs, 2), self.p.min_samples, single=majority)
         accepted = largest_cluster(labels)
@@ -161,7 +156,8 @@ class FreqFed:
 
 
 def label(p: FreqFedParams) -> str:
-    parts = ([] if p.layer == "fc2" else [p.layer]) + ([] if p.min_cluster_size == 2 else [f"mcs={p.min_cluster_size}"])
+    mcs = [] if p.min_cluster_size == 2 else [f"mcs={p.min_cluster_size or 'majority'}"]
+    parts = ([] if p.layer == "fc2" else [p.layer]) + mcs
     return "FreqFed" + (f" ({', '.join(parts)})" if parts else "")
 
 

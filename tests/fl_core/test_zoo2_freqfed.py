@@ -175,8 +175,11 @@ def test_freqfed_with_no_cluster_accepts_everyone():
 
 
 def test_freqfed_majority_option():
+    # without allow_single_cluster the same min_cluster_size 4 finds nothing: 4 + 2 never
+    # splits into two clusters of 4, so every row is noise (and all are accepted)
+    assert run(scenario(4, 2), min_cluster_size=4).metrics["freqfed_no_cluster"] == 1
     u = scenario(4, 2)
-    out = run(u, min_cluster_size="majority")  # ⌊6/2⌋ + 1 = 4: only the benign four can form one
+    out = run(u, min_cluster_size=None)  # ⌊6/2⌋ + 1 = 4: only the benign four can form one
     assert out.accepted == (True,) * 4 + (False,) * 2
 
 
@@ -241,8 +244,18 @@ def test_config_errors_name_the_key_and_the_allowed_values():
     with pytest.raises(ConfigError, match="min_cluster_size"):
         config(min_cluster_size=1)
     with pytest.raises(ConfigError, match="min_cluster_size"):
-        config(min_cluster_size="most")
+        config(min_cluster_size="majority")
     with pytest.raises(ConfigError, match="min_samples"):
         config(min_samples=0)
     p = config().defense.aggregator_params
     assert p == {"layer": "fc2", "min_cluster_size": 2, "min_samples": 1}
+
+
+def test_labels_name_the_non_default_params():
+    from fl_core.aggregators import AGGREGATORS
+
+    def label(name, **p):
+        return AGGREGATORS[name].label(AGGREGATORS[name].params(**p))
+
+    assert label("freqfed") == "FreqFed" and label("freqfed", layer="fc1", min_cluster_size=None) == "FreqFed (fc1, mcs=majority)"
+    assert label("deepsight") == "DeepSight" and label("deepsight", num_samples=500) == "DeepSight N=500"
