@@ -43,12 +43,15 @@ deepsight_server.py @4f472ab; both read for this module):
   round (torch.manual_seed(s)); ours is drawn per round from Stream.AGG_NOISE keyed
   (round, 1, s) (an aggregator's own draws, as DnC's and SignGuard's).
 Choices where neither says (ours): an all-zero output-layer update has NEUP = 0 and TE = 0;
-no accepted update gives the zero update (the model is kept); the forward passes run in
+no accepted update gives the zero update (the model is kept); log(p_i/p_G) is capped at 700
+(LOG_RATIO_CAP) so a boosted update's DDif stays finite; the forward passes run in
 eval mode (no dropout) with fl.threads intra-op threads, batches of 500. It needs the
 round's global weights (`AggregatorContext.global_params`) and the paper CNN's layout.
 """
 
 from __future__ import annotations
+
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -167,11 +170,17 @@ def noise_inputs(ctx: AggregatorContext, s: int, num: int) -> torch.Tensor:
     return torch.rand(num, 1, 28, 28, generator=gen, dtype=torch.float32)
 
 
+#: cap on log(p_i/p_G): a boosted update can push a ratio past float64's range (e^709), and
+#: one inf would stop HDBSCAN; e^700 keeps every DDif finite and still far out.
+LOG_RATIO_CAP = 700.0
+
+
 @torch.no_grad()
 def ddifs(model: torch.nn.Module, global_params: torch.Tensor, updates: torch.Tensor,
-          noises: list[torch.Tensor]) -> np.ndarray:
-    """[seeds, n, P] float64: mean over each noise set of softmax(local)/softmax(global),
-    as exp(log_softmax_i − log_softmax_G) in float32, summed in float64."""
+          noises: Iterable[torch.Tensor]) -> np.ndarray:
+    """[seeds, n, P] float64: mean over each noise set (an iterable, consumed once) of
+    softmax(local)/softmax(global), as exp(log_softmax_i − log_softmax_G): log-softmax in
+    float32, the difference (capped at LOG_RATIO_CAP), exp and sum in float64."""
     from fl_core.params import set_flat
 
     model.eval()
@@ -186,8 +195,8 @@ def ddifs(model: torch.nn.Module, global_params: torch.Tensor, updates: torch.Te
             set_flat(model, global_params + updates[i])
             acc = torch.zeros(log_g.shape[1], dtype=torch.float64, device=dev)
             for k in range(0, len(x), BATCH):
-                ratio = torch.exp(torch.log_softmax(model(x[k:k + BATCH]), dim=1) - log_g[k:k + BATCH])
-                acc += ratio.to(torch.float64).sum(dim=0)
+                log_ratio = (torch.log_softmax(model(x[k:k + BATCH]), dim=1) - log_g[k:k + BATCH]).to(torch.float64)
+                acc += torch.exp(log_ratio.clamp(max=LOG_RATIO_CAP)).sum(dim=0)
             rows.append(acc / len(x))
         out.append(torch.stack(rows).cpu().numpy())
     return np.stack(out)
@@ -243,7 +252,7 @@ class DeepSight:
         suspicious = suspicious_labels(te)
         cos_dist = (1.0 - cosine_similarity_matrix(b)).clamp_min(0.0)
         cos_dist.fill_diagonal_(0.0)
-        noises = [noise_inputs(ctx, s, p.num_samples) for s in range(p.num_seeds)]
+        noises = (noise_inputs(ctx, s, p.num_samples) for s in range(p.num_seeds))  # one set in memory at a time
         with torch_threads(self.threads):
             with torch.device("meta"):
                 model = CNN()

@@ -340,3 +340,14 @@ def test_config_errors_name_the_key():
         config(num_seed=3)
     p = config().defense.aggregator_params
     assert p["num_samples"] == 20_000 and p["num_seeds"] == 3 and p["tau"] == 1 / 3 and p["threshold_factor"] == 0.01
+
+
+def test_ddif_of_an_extreme_update_stays_finite():
+    # a confident global model, logits (−1000·x₁, 0), and a local one flipped to (1000·x₁, 0):
+    # at x₁ = 1, log p_local − log p_global = 0 − (−1000) = 1000 for class 0 (e^1000 overflows
+    # float64), capped at 700; class 1: e^(−1000) underflows to 0
+    glob = torch.tensor([-1000.0, 0, 0, 0, 0, 0])
+    upd = torch.tensor([[2000.0, 0, 0, 0, 0, 0]])
+    out = ddifs(Tiny(), glob, upd, [torch.tensor([[1.0, 0.0]])])
+    assert np.isfinite(out).all() and out[0, 0, 1] == 0.0
+    assert out[0, 0, 0] == pytest.approx(np.exp(700.0), rel=1e-15)  # torch vs numpy exp: an ulp at most
