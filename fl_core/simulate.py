@@ -17,7 +17,7 @@ import torch
 
 from fl_core.attacks.base import TriggerContext, learned_trigger
 from fl_core.client import ClientRunner
-from fl_core.training import ClientData, resolve_device
+from fl_core.training import ClientData, resolve_device, torch_threads
 from fl_core.config import SimulationConfig, result_hash
 from fl_core.data import load_data
 from fl_core.data.population import WriterPopulation, gather, is_lazy
@@ -164,7 +164,8 @@ class Simulation:
         ctx = TriggerContext(self.config.seed, plan.round_idx, attackers, data,
                              self.state.global_params.to(self.device), self.device, self.config)
         gen = torch_generator(self.config.seed, Stream.TRIGGER, plan.round_idx)
-        state, metrics = self.trigger.learn(ctx, dict(self.state.attack_state), gen)
+        with torch_threads(self.config.fl.threads):  # like every piece of training
+            state, metrics = self.trigger.learn(ctx, dict(self.state.attack_state), gen)
         state = {k: v.detach().to("cpu") for k, v in state.items()}
         self.state = self.state.replace(attack_state=state)
         tasks = tuple(replace(t, attack_state=state) if t.role == "attacker" else t for t in plan.tasks)

@@ -53,7 +53,8 @@ FIVE = t([[0, 0], [2, 0], [0, 2], [1, 1], [10, 10]])
 
 def test_registry_has_every_aggregator():
     assert set(AGGREGATORS) == {"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "rfa",
-                                "foolsgold", "flame", "bulyan", "centered-clipping", "signguard", "dnc", "fltrust"}
+                                "foolsgold", "flame", "bulyan", "centered-clipping", "signguard", "dnc", "fltrust",
+                                "deepsight", "freqfed"}
 
 
 # ------------------------------------------------------------------------------ fedavg

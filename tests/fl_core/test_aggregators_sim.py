@@ -18,10 +18,11 @@ RAW = {
     "attack": {"kind": "model-replacement", "fraction": 0.2, "frequency": 1, "num_tasks": 3},
 }
 DROP = {"round_seconds", "eval_seconds", "aggregate_seconds"}
-SELECTS = {"krum", "multi-krum", "foolsgold", "flame", "bulyan", "signguard", "dnc", "fltrust"}
-# FLTrust draws its root set from writers beyond data.max_writers, which tiny_data has not:
-# its simulation tests are in test_zoo_rules.py
-ON_TINY_DATA = sorted(set(AGGREGATORS) - {"fltrust"})
+SELECTS = {"krum", "multi-krum", "foolsgold", "flame", "bulyan", "signguard", "dnc", "fltrust", "freqfed"}
+# FLTrust draws its root set from writers beyond data.max_writers, which tiny_data has not (its
+# simulation tests are in test_zoo_rules.py); DeepSight's default 20,000 noise images × 3 seeds per
+# update cost minutes per round (its simulation tests, at a small num_samples, are in test_zoo2_deepsight.py)
+ON_TINY_DATA = sorted(set(AGGREGATORS) - {"fltrust", "deepsight"})
 
 
 def config(name: str, rounds: int = 3, **params):
