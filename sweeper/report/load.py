@@ -693,8 +693,20 @@ def _drop_implied(runs: pd.DataFrame, keys: list[str]) -> list[str]:
         return any(pd.DataFrame({"n": hashed[n], "k": hashed[k]}).groupby("n", dropna=False)["k"]
                    .nunique(dropna=False).max() <= 1 for n in names if n != k)
 
-    own = ("attack.params.", AGGREGATOR_PARAMS)  # a plug-in's own parameters label its cells
-    return [k for k in keys if k in names or k.startswith(own) or not implied(k)]
+    def varies_within_its_plugin(k: str) -> bool:
+        """A plug-in's own parameter labels cells only where it tells two cells of the SAME
+        plug-in apart: the defaults of every attack in a grid that varies attack.kind are a
+        different column per attack, not a varied setting (Min-Max's gamma_init=10 would
+        label every Min-Max cell)."""
+        name = "attack.kind" if k.startswith(ATTACK_PARAMS) else AGGREGATOR
+        if name not in runs.columns:
+            return True
+        by = runs[name].map(_hashable)
+        return bool(pd.DataFrame({"n": by, "k": hashed[k]}).groupby("n", dropna=False)["k"]
+                    .nunique(dropna=False).max() > 1)
+
+    own = (ATTACK_PARAMS, AGGREGATOR_PARAMS)  # a plug-in's own parameters label its cells
+    return [k for k in keys if k in names or (varies_within_its_plugin(k) if k.startswith(own) else not implied(k))]
 
 
 def assign_cells(runs: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:

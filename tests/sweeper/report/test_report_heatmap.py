@@ -33,7 +33,7 @@ def test_heatmap_puts_each_cell_mean_in_its_square(tmp_path, run_writer):
     assert wants_heatmap(data)
     cells = cell_summary(data)
     rows, cols, bd = heatmap_matrix(data, cells, "backdoor_avg")
-    assert rows == ["FedAvg", "median"] and cols == ["unconstrained", "Neurotoxin, top_k=0.01"]
+    assert rows == ["FedAvg", "median"] and cols == ["unconstrained", "Neurotoxin"]
     # constant curves: backdoor (avg) = the constant, rows × columns as designed
     assert bd.round(6).tolist() == [[0.9, 0.6], [0.4, 0.1]]
     _, _, main = heatmap_matrix(data, cells, "main_tail")
@@ -61,9 +61,20 @@ def test_no_heatmap_when_only_the_attack_varies(tmp_path, run_writer):
 
 
 def test_an_attack_parameter_labels_only_the_cells_it_applies_to(tmp_path, run_writer):
+    """Neurotoxin's top_k at its default in every Neurotoxin cell tells no two cells apart: not
+    in the labels (nor in "Varied keys"). Once two Neurotoxin cells differ in it, it labels
+    them, and only them."""
     data = _write(tmp_path, run_writer)
     assert data.cells() == ["unconstrained, FedAvg", "unconstrained, median",
-                            "Neurotoxin, top_k=0.01, FedAvg", "Neurotoxin, top_k=0.01, median"]
+                            "Neurotoxin, FedAvg", "Neurotoxin, median"]
+    assert not any(k.startswith("attack.params.") for k in data.cell_keys)
+    run_writer(tmp_path / "s" / "fedavg-neurotoxin-5", {"attack.kind": "neurotoxin", "attack.fraction": 0.033,
+               "defense.norm_bound": 3.0, "attack.params.top_k": 0.05}, 0,
+               {"main_acc": [0.8] * 4, "backdoor_acc": [0.5] * 4})
+    data = load_sweeps([str(tmp_path / "s")])
+    assert data.cells() == ["unconstrained, FedAvg", "unconstrained, median",
+                            "Neurotoxin, top_k=0.01, FedAvg", "Neurotoxin, top_k=0.01, median",
+                            "Neurotoxin, top_k=0.05, FedAvg"]
 
 
 def test_untargeted_attacks_show_the_main_accuracy_drop_against_the_unattacked_cell(tmp_path, run_writer):
