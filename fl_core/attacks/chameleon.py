@@ -36,7 +36,9 @@ Authors' code read: ybdai7/Chameleon-durable-backdoor at 83e8f13d679b6296decec85
 - batches: the code puts `poison_batch_len` = 7 poisoned images in each batch of 64
   (poison_fraction 7/64) and adds N(0, 0.01) pixel noise to them; we build the batches with
   the `mixed` recipe (`recipes.Mixed`: own images + poison_fraction of D_mal, fl.batch_size)
-  and add no noise.
+  and add no noise. An epoch is one pass over the attacker's own images (a writer's ~100 at
+  batch 20: 5 steps), where the authors' is their 25-batch "secret dataset" (25 steps): the
+  same epochs and lrs train far less here (docs/ROBUSTNESS.md has what that does).
 - projection: the code projects the whole model onto its s_norm ball after every step, in
   both phases, which in the head phase also rescales the "frozen" encoder. We project after
   every step too, but in the head phase only the head, onto what the encoder's move leaves of
@@ -74,11 +76,13 @@ class ChameleonParams(PoisonParams):
         "contrastive_loss_scale_weight: 6; 1 is the textbook SupCon loss)",
     )
     encoder_epochs: int = Field(10, ge=1, description="epochs of the contrastive encoder phase (authors: 10)")
-    encoder_lr: float = Field(0.005, gt=0, description="initial lr of the encoder phase (authors' CIFAR-10 yaml: 0.005)")
+    encoder_lr: float = Field(
+        0.005, gt=0, description="initial lr of the encoder phase (authors' CIFAR-10 yaml: 0.005)")
     encoder_milestones: list[int] = Field(
         [3, 5, 7, 9], description="epochs (from 1, increasing) from which the encoder lr is multiplied by "
         "encoder_gamma once more (authors: 3, 5, 7, 9)")
-    encoder_gamma: float = Field(0.1, gt=0, le=1, description="encoder lr decay factor at each milestone (authors: 0.1)")
+    encoder_gamma: float = Field(
+        0.1, gt=0, le=1, description="encoder lr decay factor at each milestone (authors: 0.1)")
     head_epochs: int = Field(3, ge=1, description="epochs of the head phase, encoder frozen (authors: 3)")
     head_lr: float = Field(0.001, gt=0, description="initial lr of the head phase (authors' CIFAR-10 yaml: 0.001)")
     head_milestones: list[int] = Field(
@@ -257,8 +261,8 @@ class Chameleon:
         head_radius = None if radius is None else math.sqrt(max(radius * radius - moved_sq(encoder), 0.0))
         project = (lambda: None) if head_radius is None else (lambda: project_params(head, head_radius))
         with frozen([q for q, _ in encoder]):
-            loss = self._epochs(model, [q for q, _ in head], own, mal, hp, gen, p.head_lr, p.head_milestones, p.head_gamma,
-                                p.head_epochs, lambda x, y: F.cross_entropy(model(x), y), project)
+            loss = self._epochs(model, [q for q, _ in head], own, mal, hp, gen, p.head_lr, p.head_milestones,
+                                p.head_gamma, p.head_epochs, lambda x, y: F.cross_entropy(model(x), y), project)
         return loss, head_radius
 
     def craft(self, task, model, global_params, benign, malicious, hp, gen):
