@@ -25,6 +25,7 @@ TAKES = {  # the legacy keys each attack takes (its params model's fields)
     "neurotoxin": {"pgd_iterations", "recipe", "poison_fraction"},
     "dba": {"pgd_iterations", "recipe", "poison_fraction"},
     "constrain-and-scale": {"poison_fraction"},
+    "chameleon": {"poison_fraction"},
 }
 LEGACY = {"pgd_iterations": 3, "recipe": "union", "poison_fraction": 0.25}
 
