@@ -34,6 +34,7 @@ class Stream(IntEnum):
     PREAGG = 10       # pre-aggregation draws of a round (Bucketing's shuffle)
     ROOT = 11         # a server's own clean data and training (FLTrust's root set)
     CLIP_COUNT = 12   # adaptive clipping's noisy count of unclipped updates, per round
+    CRFL = 13         # CRFL's noise on the global model (round, 0) and its certification's copies (round, 1, m)
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:
