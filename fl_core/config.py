@@ -413,8 +413,8 @@ class DefenseConfig(_Frozen):
     crfl_certify_sigma: float | None = Field(
         None, gt=0, description="σ_T: the smoothing noise std at test time; null = defense.crfl_sigma",
     )
-    crfl_certify_radii: tuple[float, ...] = Field(
-        CRFL_DEFAULTS["crfl_certify_radii"], min_length=1,
+    crfl_certify_radii: list[float] = Field(
+        default_factory=lambda: list(CRFL_DEFAULTS["crfl_certify_radii"]), min_length=1,
         description="radii (backdoor pattern magnitude ‖δ‖, the theorem's unit) at which certified "
         "accuracy is reported as certified_acc_r<radius>",
     )
@@ -486,7 +486,7 @@ def check_crfl(config: "SimulationConfig") -> None:
     d = config.defense
     if d.crfl_sigma is None:
         for key, default in CRFL_DEFAULTS.items():
-            if getattr(d, key) != default:
+            if getattr(d, key) != (list(default) if isinstance(default, tuple) else default):
                 raise ConfigError(f"defense.{key}", getattr(d, key),
                                   f"{default} (its default) when defense.crfl_sigma is null (CRFL off)")
         return
