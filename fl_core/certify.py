@@ -26,8 +26,9 @@ Where we differ, and why:
   MNIST runs of 100 rounds never reach).
 - The threat-model constants R, γ, q_B/n_B, τ, ρ_adv are the certificate's assumptions, config
   keys with the authors' MNIST values; η = `fl.client_lr`, N = `fl.clients_per_round`,
-  R = the attackers of an attack round (round(ε·C·K), at least 1), t_adv = the 1-based
-  `attack.start_round` + 1 (0 without an attack: the product then runs over every round).
+  R = the attackers of an attack round (1 under `attack.schedule: fixed-frequency`, else
+  round(ε·C·K), at least 1; 1 without an attack), t_adv = `attack.start_round` + 1 (the first
+  attack round counted from 1; 0 without an attack: the product then runs over every round).
 - Certified backdoor figure: the share of the backdoor inputs (D_mal) whose SMOOTHED
   prediction is the target label (`smoothed_backdoor_acc`); the authors' poisoned-input
   certified accuracy needs the inputs' true labels, which the evaluator does not hold.
@@ -142,7 +143,7 @@ def threat_model(config) -> ThreatModel:
         sigma_train=d.crfl_sigma,
         sigma_test=d.crfl_certify_sigma if d.crfl_certify_sigma is not None else d.crfl_sigma,
         lr=fl.client_lr, local_iters=d.crfl_certify_local_iters,
-        attackers=max(1, round(a.fraction * fl.clients_per_round)) if attacked else 1,
+        attackers=max(1, round(a.fraction * fl.clients_per_round)) if attacked and a.schedule != "fixed-frequency" else 1,
         clients=fl.clients_per_round, gamma=d.crfl_certify_gamma, poison_share=d.crfl_certify_poison_share,
         t_adv=a.start_round + 1 if attacked else 0, rho_adv=d.crfl_certify_rho_adv,
         rho=lambda t: rho_t(t, d.crfl_rho_slope, d.crfl_rho_offset, d.crfl_rho_max),

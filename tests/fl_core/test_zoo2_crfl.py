@@ -286,3 +286,20 @@ def test_keys_are_hash_neutral_while_off():
                 "crfl_certify_radii": [0, 0.5, 1, 2], "crfl_certify_gamma": 100, "crfl_certify_sigma": None}
     assert config_hash(parse_config({"defense": explicit})) == base
     assert config_hash(parse_config({"defense": {"crfl_sigma": 0.01}})) != base
+
+
+def test_threat_model_from_the_config():
+    """η, N from fl; R = 1 under fixed frequency (one attacker per attack round), round(ε·C·K)
+    every round; t_adv = start_round + 1 (1-based); σ_T falls back to σ."""
+    from fl_core.certify import threat_model
+
+    base = {"fl": {"clients_per_round": 10, "client_lr": 0.05},
+            "attack": {"kind": "model-replacement", "fraction": 0.3, "frequency": 2, "start_round": 4},
+            "defense": {"crfl_sigma": 0.02}}
+    tm = threat_model(parse_config(base))
+    assert (tm.lr, tm.clients, tm.attackers, tm.t_adv, tm.sigma_test) == (0.05, 10, 1, 5, 0.02)
+    every = parse_config({**base, "attack": {"kind": "model-replacement", "fraction": 0.3, "schedule": "every-round"},
+                          "defense": {"crfl_sigma": 0.02, "crfl_certify_sigma": 0.01}})
+    tm = threat_model(every)
+    assert (tm.attackers, tm.t_adv, tm.sigma_test) == (3, 1, 0.01)
+    assert threat_model(parse_config({"defense": {"crfl_sigma": 0.02}})).t_adv == 0
