@@ -311,6 +311,16 @@ DEFAULT_CLIP_LR = 0.2  # η_C: Andrew et al. 2021, TF-Privacy, Flower
 PREAGGREGATION_SEPARATOR = "+"
 
 
+#: CRFL's keys with their defaults (the authors' MNIST settings): neutral while CRFL is off
+#: (`defense.crfl_sigma` null), when they must stay at these values (`check_crfl`).
+CRFL_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "crfl_rho_slope": 0.1, "crfl_rho_offset": 2.0, "crfl_rho_max": 15.0, "crfl_certify_every": None,
+    "crfl_certify_models": 1000, "crfl_certify_alpha": 0.001, "crfl_certify_sigma": None,
+    "crfl_certify_radii": (0.0, 0.5, 1.0, 2.0), "crfl_certify_gamma": 100.0,
+    "crfl_certify_poison_share": 0.05, "crfl_certify_local_iters": 30.0, "crfl_certify_rho_adv": 3.0,
+})
+
+
 class DefenseConfig(_Frozen):
     norm_bound: float | None = Field(
         None, gt=0, description="M: global L2 bound per client update; null = no clipping"
@@ -382,6 +392,59 @@ class DefenseConfig(_Frozen):
         "updates; null = C·K/20 with weak DP on (defense.noise_sigma > 0), 0 without",
     )
 
+    # CRFL (Xie et al. ICML'21, fl_core/defenses/crfl.py, fl_core/certify.py); the defaults are the
+    # authors' MNIST settings (AI-secure/CRFL configs/mnist_params.yaml, mnist_smooth_params.yaml).
+    crfl_sigma: float | None = Field(
+        None, gt=0,
+        description="σ: CRFL's Gaussian noise std per parameter of the clipped global model, each "
+        "round (authors' MNIST: 0.01); null = CRFL off",
+    )
+    crfl_rho_slope: float = Field(
+        CRFL_DEFAULTS["crfl_rho_slope"], gt=0,
+        description="CRFL's global-model norm bound ρ_t = min(slope·t + offset, max), t the 1-based round: the slope",
+    )
+    crfl_rho_offset: float = Field(CRFL_DEFAULTS["crfl_rho_offset"], gt=0, description="ρ_t's offset (see crfl_rho_slope)")
+    crfl_rho_max: float = Field(CRFL_DEFAULTS["crfl_rho_max"], gt=0, description="ρ_t's cap (see crfl_rho_slope)")
+    crfl_certify_every: int | None = Field(
+        None, ge=1,
+        description="CRFL certification (N_m noisy copies vote) every N rounds, at evaluated rounds; "
+        "null = the final round only",
+    )
+    crfl_certify_models: int = Field(
+        CRFL_DEFAULTS["crfl_certify_models"], ge=2, le=100_000,
+        description="N_m: noisy copies of the global model in the smoothed model's vote",
+    )
+    crfl_certify_alpha: float = Field(
+        CRFL_DEFAULTS["crfl_certify_alpha"], gt=0, lt=1,
+        description="α: the certificate fails with probability at most α (Hoeffding bound on p_A, p_B)",
+    )
+    crfl_certify_sigma: float | None = Field(
+        None, gt=0, description="σ_T: the smoothing noise std at test time; null = defense.crfl_sigma",
+    )
+    crfl_certify_radii: list[float] = Field(
+        default_factory=lambda: list(CRFL_DEFAULTS["crfl_certify_radii"]), min_length=1,
+        description="radii (backdoor pattern magnitude ‖δ‖, the theorem's unit) at which certified "
+        "accuracy is reported as certified_acc_r<radius>",
+    )
+    crfl_certify_gamma: float = Field(
+        CRFL_DEFAULTS["crfl_certify_gamma"], gt=0,
+        description="threat model of the certificate: γ, the attackers' scale factor (authors' MNIST: 100)",
+    )
+    crfl_certify_poison_share: float = Field(
+        CRFL_DEFAULTS["crfl_certify_poison_share"], gt=0, le=1,
+        description="threat model: q_B/n_B, the poisoned share of an attacker's batch (authors' MNIST: 5/100)",
+    )
+    crfl_certify_local_iters: float = Field(
+        CRFL_DEFAULTS["crfl_certify_local_iters"], gt=0,
+        description="threat model: τ, an attacker's local SGD iterations per round (authors' MNIST: "
+        "60000/20/100 = 30)",
+    )
+    crfl_certify_rho_adv: float = Field(
+        CRFL_DEFAULTS["crfl_certify_rho_adv"], gt=0,
+        description="threat model: ρ at the attack round in the Lipschitz constant L_z = √(2+2ρ+ρ²) "
+        "(the authors' code fixes 3)",
+    )
+
     @property
     def preaggregation_steps(self) -> tuple[str, ...]:
         """The pre-aggregation step names in the order they run (() when none)."""
@@ -423,6 +486,23 @@ def check_adaptive_clipping(config: "SimulationConfig") -> None:
         raise ConfigError("defense.norm_bound", None, "a positive number, the initial bound C₀, "
                           "when defense.clip_quantile is set (adaptive clipping starts there)")
     adaptive_clip_noise(config)
+
+
+def check_crfl(config: "SimulationConfig") -> None:
+    """CRFL's other keys do nothing without `defense.crfl_sigma`, so they must stay at their
+    defaults (and out of the trial key); the ρ_t cap must not be below its offset."""
+    d = config.defense
+    if d.crfl_sigma is None:
+        for key, default in CRFL_DEFAULTS.items():
+            if getattr(d, key) != (list(default) if isinstance(default, tuple) else default):
+                raise ConfigError(f"defense.{key}", getattr(d, key),
+                                  f"{default} (its default) when defense.crfl_sigma is null (CRFL off)")
+        return
+    if d.crfl_rho_max < d.crfl_rho_offset:
+        raise ConfigError("defense.crfl_rho_max", d.crfl_rho_max,
+                          f"a bound of at least defense.crfl_rho_offset = {d.crfl_rho_offset}")
+    if any(r < 0 for r in d.crfl_certify_radii):
+        raise ConfigError("defense.crfl_certify_radii", list(d.crfl_certify_radii), "radii ≥ 0")
 
 
 def adaptive_clip_noise(config: "SimulationConfig") -> tuple[float, float]:
@@ -486,6 +566,7 @@ class SimulationConfig(_Frozen):
             )
         plugin_hooks().check_defense(self)
         check_adaptive_clipping(self)
+        check_crfl(self)
         plugin_hooks().check_data(self)
         return self
 
@@ -570,7 +651,8 @@ def flatten(config: SimulationConfig) -> dict[str, Any]:
 HASH_NEUTRAL_DEFAULTS: Mapping[str, Any] = MappingProxyType(
     {"attack.stop_round": None, "defense.aggregator": DEFAULT_AGGREGATOR, "attack.backdoor": "semantic",
      "defense.clip_quantile": None, "defense.clip_lr": DEFAULT_CLIP_LR, "defense.clip_count_noise": None,
-     "defense.preaggregation": None, "attack.pool_rule": "legacy-eligible", "data.min_examples": 0}
+     "defense.preaggregation": None, "attack.pool_rule": "legacy-eligible", "data.min_examples": 0, "defense.crfl_sigma": None,
+     **{f"defense.{k}": list(v) if isinstance(v, tuple) else v for k, v in CRFL_DEFAULTS.items()}}
 )
 
 #: Keys that change no result without an attack: left out of `config_hash` when

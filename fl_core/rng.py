@@ -35,6 +35,7 @@ class Stream(IntEnum):
     ROOT = 11         # a server's own clean data and training (FLTrust's root set)
     CLIP_COUNT = 12   # adaptive clipping's noisy count of unclipped updates, per round
     TRIGGER = 13      # a learned-trigger attack's optimisation of its trigger, per round (A3FL, IBA)
+    CRFL = 14         # CRFL's noise on the global model (round, 0) and its certification's copies (round, 1, m)
 
 
 def derive_seed(seed: int, stream: Stream, *keys: int) -> int:

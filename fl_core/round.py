@@ -216,7 +216,7 @@ class RoundFold:
         if agg.accepted is not None:
             _merge(extra, flag_rates(agg.accepted, self.roles), "the aggregator")
         mean = agg.delta.to("cpu", torch.float32)
-        ctx = AggregateContext(config.seed, plan.round_idx, len(self.roles))
+        ctx = AggregateContext(config.seed, plan.round_idx, len(self.roles), state.global_params, config.fl.server_lr)
         for defense in reversed(self.defenses):
             mean, m = defense.on_aggregate(mean, ctx)
             _merge(extra, m, type(defense).__name__)

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from fl_core.attacks.base import TriggerContext, learned_trigger
+from fl_core.certify import certify, certify_due
 from fl_core.client import ClientRunner
 from fl_core.training import ClientData, resolve_device, torch_threads
 from fl_core.config import SimulationConfig, result_hash
@@ -146,6 +147,8 @@ class Simulation:
         t1 = time.perf_counter()
         metrics = {"round": self.state.round_idx,
                    **self.evaluator.evaluate(self.state.global_params, self.state.attack_state)}
+        if certify_due(self.config, self.state.round_idx):  # CRFL's smoothed model (fl_core/certify.py)
+            metrics.update(certify(self.config, self.evaluator, self.state.global_params, self.state.round_idx))
         metrics.update(stats.as_metrics())
         metrics.update(trigger_metrics)
         metrics["round_seconds"] = seconds

@@ -32,11 +32,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class AggregateContext:
-    """Read-only facts about the round the server-side hook needs."""
+    """Read-only facts about the round the server-side hook needs. `global_params` (w_t, CPU
+    float32) and `server_lr` (η) let a defense that acts on the new global model w_t + η·Δ
+    (CRFL) return the update that yields it; None where a caller has no round (unit tests)."""
 
     seed: int
     round_idx: int
     cohort_size: int
+    global_params: "torch.Tensor | None" = None
+    server_lr: float = 1.0
 
 
 class Defense(Protocol):

@@ -38,7 +38,7 @@ def test_a_registry_refuses_a_second_registration_and_suggests_the_closest_name(
 
 def test_every_family_is_a_registry_keyed_by_its_config_key():
     assert (ATTACKS.key, AGGREGATORS.key, BACKDOORS.key) == ("attack.kind", "defense.aggregator", "attack.backdoor")
-    assert set(DEFENSES) == {"norm-clipping", "weak-dp", "adaptive-clipping"}
+    assert set(DEFENSES) == {"norm-clipping", "weak-dp", "adaptive-clipping", "crfl"}
 
 
 def test_defenses_switch_on_by_their_keys_and_chain_clipping_before_noise():

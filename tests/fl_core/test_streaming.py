@@ -63,6 +63,7 @@ DEFENSES = {
     "clipped-weighted": {"norm_bound": 1.0, "weighting": "weighted"},
     "clipped-noise": {"norm_bound": 1.0, "noise_sigma": 0.01},
     "adaptive-noise": {"norm_bound": 1.0, "clip_quantile": 0.5, "noise_sigma": 0.01},
+    "crfl": {"crfl_sigma": 0.01, "crfl_rho_max": 10.0},
 }
 
 
