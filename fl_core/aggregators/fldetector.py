@@ -39,7 +39,12 @@ Where we follow the code, differ, or choose:
 - `features: output-layer` (default, as FoolsGold here): S, Y and the per-client history
   cover the CNN's last Linear only (1,290 values), so Ĥ is that block of the Hessian and the
   state is ≤ 2·1,290 floats per writer ever seen; `all` is the paper's full vector and costs
-  2·d floats per writer ever seen (state is checkpointed).
+  2·d floats per writer ever seen plus 2·N·d float64 for S, Y (state is checkpointed).
+- A writer sampled twice in a round (with replacement): both slots are predicted from its
+  state before the round, both scores enter its window, the second slot's update is kept.
+FLPoison (`aggregators/fldetector.py` @02bf62b) is not followed: it multiplies Ĥ by the last
+aggregate instead of w_t − w_{t−1}, and its gap loop returns k + 1 (never 1), so it always
+splits; it pairs clients by position as BackFed does.
 """
 
 from __future__ import annotations
