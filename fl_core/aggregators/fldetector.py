@@ -151,7 +151,7 @@ class FLDetector:
 
     def _feats(self, x: torch.Tensor) -> torch.Tensor:
         k = self.num_features
-        return x if k is None else x[..., x.shape[-1] - k:]
+        return x if k is None or k >= x.shape[-1] else x[..., x.shape[-1] - k:]  # a toy model: all
 
     def aggregate(self, updates: torch.Tensor, weights: torch.Tensor, ctx: AggregatorContext,
                   state: dict) -> Aggregate:
