@@ -54,7 +54,7 @@ FIVE = t([[0, 0], [2, 0], [0, 2], [1, 1], [10, 10]])
 def test_registry_has_every_aggregator():
     assert set(AGGREGATORS) == {"fedavg", "median", "trimmed-mean", "krum", "multi-krum", "rfa",
                                 "foolsgold", "flame", "bulyan", "centered-clipping", "signguard", "dnc", "fltrust",
-                                "deepsight", "freqfed"}
+                                "deepsight", "freqfed", "fldetector", "rlr"}
 
 
 # ------------------------------------------------------------------------------ fedavg
@@ -283,7 +283,9 @@ ALL = [("fedavg", {}), ("median", {}), ("trimmed-mean", {"beta": 0.2}), ("krum",
        ("multi-krum", {"f": 1, "m": 3}), ("rfa", {}), ("foolsgold", {"features": "all"}),
        ("flame", {"noise_lambda": 0.01}),
        # the zoo (issue 21); FLTrust needs writers beyond data.max_writers (test_zoo_rules.py)
-       ("centered-clipping", {"tau": 1.0, "iterations": 2}), ("signguard", {}), ("dnc", {"niters": 3, "b": 10})]
+       ("centered-clipping", {"tau": 1.0, "iterations": 2}), ("signguard", {}), ("dnc", {"niters": 3, "b": 10}),
+       # the zoo, part 2 (issue 22); DeepSight and FreqFed need the CNN's layout (their own test files)
+       ("fldetector", {"start_round": 0}), ("rlr", {"theta": 3})]
 
 
 def round_inputs(n=6, d=40, seed=3):
