@@ -186,14 +186,15 @@ class A3FL:
 
     def trigger_step(self, trigger, x, model, adv=None, w: float = 0.0):
         """One signed step on one minibatch x (model inputs, unstamped): returns (new trigger,
-        loss, the global model's parameter gradients of its backdoor CE)."""
+        loss, the gradients of its backdoor CE w.r.t. the global model's conv parameters, the
+        only ones w reads: skipping the dense layers' weight gradients saves time)."""
         import torch
         import torch.nn.functional as F
 
         t = trigger.detach().clone().requires_grad_(True)
         xs = paste(x, t, self.p)
         y = torch.full((len(x),), self.target, dtype=torch.long, device=x.device)
-        params = list(model.parameters())
+        params = [p for n, p in model.named_parameters() if "conv" in n]
         loss = F.cross_entropy(model(xs), y)
         if adv is not None:
             loss = loss + self.p.lam * w * F.cross_entropy(adv(xs), y)
@@ -216,8 +217,8 @@ class A3FL:
         trigger = state["trigger"].to(dev) if state else self.initial(dev)
         x = to_input(ctx.data.pixels)
         labels = ctx.data.labels
-        names = [n for n, _ in model.named_parameters()]
-        grad_sum = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        names = [n for n, _ in model.named_parameters() if "conv" in n]  # trigger_step's order
+        grad_sum = {n: torch.zeros_like(p) for n, p in model.named_parameters() if "conv" in n}
         adv, w, loss = None, 0.0, 0.0
         # θ' trains and runs in train mode: its dropout uses the global RNG, scoped and seeded here
         scope_seed = int(torch.randint(0, 2**62, (1,), generator=gen))

@@ -61,7 +61,7 @@ def test_one_signed_step_moves_each_patch_pixel_against_its_gradient_sign():
     expected = torch.tensor([0.75] * 8 + [0.25] * 8 + [0.5] * 9).view(5, 5)
     assert torch.equal(new, expected)
     assert loss == pytest.approx(0.6931471805599453, abs=1e-6)  # ln 2: logits (0, 0)
-    assert len(grads) == 1 and grads[0].shape == (2, 784)
+    assert grads == ()  # only conv parameters' gradients are kept (for w); this model has none
     # clipped to [0, 1]: from 0.9 a +0.25 step lands on 1, from 0.1 a −0.25 step on 0
     new, _, _ = atk.trigger_step(torch.tensor([0.9] * 8 + [0.1] * 17).view(5, 5), x, model)
     assert torch.equal(new.view(-1)[:16], torch.tensor([1.0] * 8 + [0.0] * 8))
@@ -266,3 +266,39 @@ def test_defaults_are_the_authors():
 def test_config_errors_name_the_key(attack, match):
     with pytest.raises(ConfigError, match=match):
         parse_config({"attack": {"kind": "a3fl", "fraction": 0.1, **attack}})
+
+
+def test_w_in_learn_is_the_cosine_of_the_conv_gradients(data):
+    """Replayed by hand with the same draws (the scope seed, pass 0's batch order, θ'’s batch
+    orders): pass 0 sums the global model's backdoor-CE gradients (plain `.backward()`, as the
+    authors' never-zeroed `model.grad`), θ' unlearns the pass-0 trigger, and learn's w is the
+    mean conv cosine of the two. Gradients of the same ops in the same order: equal up to
+    float32 summation order inside autograd (rel 1e-5 is generous)."""
+    import torch.nn.functional as F
+
+    from fl_core.params import set_flat
+
+    c = cfg(params={"trigger_epochs": 2})
+    atk, ctx = build(c), context(c, data)
+    _, m = atk.learn(ctx, {}, torch_generator(3, Stream.TRIGGER, 2))
+    gen = torch_generator(3, Stream.TRIGGER, 2)
+    scope = int(torch.randint(0, 2**62, (1,), generator=gen))
+    model = CNN()
+    set_flat(model, ctx.global_params)
+    model.eval()
+    x, t = to_input(ctx.data.pixels), torch.full((5, 5), 0.5)
+    convs = [n for n, _ in model.named_parameters() if "conv" in n]
+    with client_rng_scope(scope):
+        for idx in atk._batches(len(x), gen, x.device):
+            tt = t.clone().requires_grad_(True)
+            y = torch.full((len(idx),), c.attack.target_label)
+            F.cross_entropy(model(paste(x[idx], tt, atk.p)), y).backward()  # model.grad accumulates
+            t = (t - 0.01 * tt.grad.sign()).clamp(0, 1)
+        glob = {n: p.grad.clone() for n, p in model.named_parameters()}
+        _, adv_grads = atk.adversarial_model(model, paste(x, t, atk.p), ctx.data.labels, gen)
+    cos = [F.cosine_similarity(adv_grads[n].view(-1), glob[n].view(-1), dim=0) for n in convs]
+    assert m["a3fl_adv_weight"] == pytest.approx(float(sum(cos) / 4), rel=1e-5)
+    adv, _ = atk.adversarial_model(model, paste(x, t, atk.p), ctx.data.labels, torch.Generator())
+    weights_cos = conv_cosine({n: p.detach() for n, p in adv.named_parameters()},
+                              {n: p.detach() for n, p in model.named_parameters()})
+    assert abs(weights_cos - m["a3fl_adv_weight"]) > 1e-3  # not BackFed's weight cosine
