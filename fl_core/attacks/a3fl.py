@@ -51,11 +51,14 @@ Where we differ from their code, and why:
   seeded from Stream.TRIGGER.
 - λ = 0 builds no θ' at all (its term is 0; saves the cost).
 
-Cost (CPU, the CNN): with the defaults `learn` trains θ' 199 × 5 epochs and makes 200 passes
-of trigger steps through two models; on a real-size round (2 attackers, ~200 images,
-batch 20, 2 cores) it takes tens of seconds (measured in the report; a 30-client round
-trains in ~1 s). `trigger_epochs`, `adv_every` and `adv_epochs` reduce it: the cost is
-≈ trigger_epochs·(2 + adv_epochs/adv_every) epochs of one model over the pooled data.
+Cost (CPU, the CNN): `learn` makes `trigger_epochs` passes over the attackers' pooled data
+(each batch forward and backward through the global model, and through θ' once built) and
+⌊(trigger_epochs − 1)/adv_every⌋·adv_epochs unlearning epochs of θ'. With the
+defaults that is 200 passes and 199 × 5 unlearning epochs: ≈ 900 epoch-equivalents, measured
+on 200 images (batch 20, 2 threads) as 4.1 s for one pass without θ' and 18.8 s for each
+further pass with its rebuild, i.e. ≈ 3 700 s per attacked round on the shared 2-core machine
+under load (one plain epoch over the same images took 4.2 s there) — hundreds of benign rounds.
+`trigger_epochs`, `adv_every` and `adv_epochs` reduce it (e.g. 20, 5, 2: ≈ 40 epochs).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ gradient at a patch pixel is −sign(W[1, j]) whatever p_0 > 0 is, and the step 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -132,7 +133,7 @@ def data():
 
 def context(config, data, round_idx=2):
     px, lb = zip(*(data.writer_train(k) for k in (0, 1)))
-    d = ClientData(torch.from_numpy(__import__("numpy").concatenate(px)), torch.from_numpy(__import__("numpy").concatenate(lb)))
+    d = ClientData(torch.from_numpy(np.concatenate(px)), torch.from_numpy(np.concatenate(lb)))
     torch.manual_seed(0)
     return TriggerContext(config.seed, round_idx, (0, 1), d, get_flat(CNN()), torch.device("cpu"), config)
 
