@@ -25,7 +25,7 @@ from tests.fl_core.test_recipes import LR, MAL, OWN, TOL, W0, Probe, gen, task
 
 
 def test_every_attack_is_registered_with_a_label_and_builds():
-    assert set(ATTACKS) >= {"none", "model-replacement", "pgd", "neurotoxin", "constrain-and-scale", "iba", "chameleon"}
+    assert set(ATTACKS) >= {"none", "model-replacement", "pgd", "neurotoxin", "constrain-and-scale", "iba", "chameleon", "a3fl"}
     for name, spec in ATTACKS.items():
         cfg = parse_config({"attack": {"kind": name, "fraction": 0.1}, "defense": {"norm_bound": 3.0}})
         attack = make_attack(cfg)

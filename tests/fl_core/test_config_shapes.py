@@ -26,6 +26,7 @@ TAKES = {  # the legacy keys each attack takes (its params model's fields)
     "dba": {"pgd_iterations", "recipe", "poison_fraction"},
     "constrain-and-scale": {"poison_fraction"},
     "chameleon": {"poison_fraction"},
+    "a3fl": {"pgd_iterations"},
 }
 LEGACY = {"pgd_iterations": 3, "recipe": "union", "poison_fraction": 0.25}
 
