@@ -40,7 +40,7 @@ deepsight_server.py @4f472ab; both read for this module):
 - DDif: both divide the models' raw outputs (logits for their CNNs; FLPoison adds 1e-6,
   BackFed 1e-30 to the denominator); we follow the paper's softmax probabilities, as
   exp(log_softmax_i − log_softmax_G), so no ε is needed. Both draw the same noise every
-  round (torch.manual_seed(s)); ours is drawn per round from Stream.AGG_NOISE keyed
+  round (a torch seed s reset each round); ours is drawn per round from Stream.AGG_NOISE keyed
   (round, 1, s) (an aggregator's own draws, as DnC's and SignGuard's).
 Choices where neither says (ours): an all-zero output-layer update has NEUP = 0 and TE = 0;
 no accepted update gives the zero update (the model is kept); log(p_i/p_G) is capped at 700
