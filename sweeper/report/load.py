@@ -20,6 +20,7 @@ that appears twice (same config, same seed: e.g. the M = 10 cell shared by fig 2
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import math
@@ -125,6 +126,10 @@ class SweepData:
 
 
 # --------------------------------------------------------------------------- parsing
+#: MLflow caps a param value at 6000 characters; a longer "list" is not one the sweeper logged
+_MAX_LIST_PARAM = 6000
+
+
 def parse_param(text: str) -> Any:
     """An MLflow param string back to a Python value (MLflow logs `str(value)`)."""
     if text in ("None", "null", ""):
@@ -140,7 +145,16 @@ def parse_param(text: str) -> Any:
     try:
         return float(text)
     except ValueError:
-        return text
+        pass
+    if text.startswith("[") and text.endswith("]") and len(text) <= _MAX_LIST_PARAM:
+        # a list-valued key (e.g. defense.crfl_certify_radii), logged as str(list): Python's
+        # literal syntax, which literal_eval reads without evaluating code
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return text
+        return value if isinstance(value, list) else text
+    return text
 
 
 def _typed_config(flat: Mapping[str, Any], source: str) -> dict[str, Any]:

@@ -171,7 +171,7 @@ def table_rows(cells: pd.DataFrame, privacy: list[PrivacyResult]) -> list[list[s
 
 
 def format_extra(ch) -> str:
-    return f"extra check `{ch.name}` (not in the verdict): {format_check(ch)}"
+    return f"extra check {ch.name} (not in the verdict): {format_check(ch)}"
 
 
 def claims_rows(claims: list[ClaimResult]) -> list[list[str]]:

@@ -14,8 +14,12 @@ from sweeper.report.load import ReportError, load_sweeps, parse_param
 
 
 def test_parse_param_inverts_str():
-    for v in (None, True, False, 3, 0.033, 1e-05, "fixed-frequency", "sum"):
+    for v in (None, True, False, 3, 0.033, 1e-05, "fixed-frequency", "sum",
+              [0.0, 0.5, 1.0, 2.0], ["a", "b"], []):
         assert parse_param(str(v)) == v
+    # bracketed text that is not a list literal stays the string it was
+    for text in ("[not a list]", "[1, 2", "[__import__('os')]", "[1][0]"):
+        assert parse_param(text) == text
 
 
 def test_simulate_dirs_typed_configs_and_cells(paper_sweep):

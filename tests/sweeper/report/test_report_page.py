@@ -112,10 +112,11 @@ def test_report_without_claims_removes_a_stale_claims_file(tmp_path, paper_sweep
 def test_cli_report(tmp_path, paper_sweep, capsys):
     out = tmp_path / "cli"
     rc = main(["report", str(paper_sweep), "--out", str(out), "--claims",
-               "--threshold", "high_backdoor=0.93"])
+               "--threshold", "high_backdoor=0.96"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "FAIL claim 1" in text and "PASS claim 6" in text  # 0.92 < 0.93 fails claim 1
+    # claim 1's verdict is the fixed-frequency cell's backdoor (0.95 < 0.96 fails it)
+    assert "FAIL claim 1" in text and "PASS claim 6" in text
     assert json.loads((out / "claims.json").read_text())["claims"][0]["verdict"] == "FAIL"
     # user errors: one line on stderr, exit 2
     assert main(["report", str(tmp_path / "nothing-here"), "--out", str(out)]) == 2
