@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from fl_core.config import SimulationConfig, config_hash, parse_config, set_dotted
 from fl_core.errors import ConfigError
+from sweeper import plugin_params
 from sweeper.errors import GridError
 from sweeper.gridspec import GridFile, TrialSpec
 from sweeper.warmup import WarmupSpec, init_ref, warmup_key, warmup_raw
@@ -110,16 +111,20 @@ def expand(
     trials: list[TrialSpec] = []
     warmups: dict[str, SimulationConfig] = {}
     by_key: dict[str, int] = {}
+    seen: dict[str, set[str]] = {}  # plug-ins chosen by some trial, per plugin_params family
     for index, combo in enumerate(itertools.product(*(vals for _, vals in axes))):
         raw_cfg = copy.deepcopy(base)
         overrides = dict(zip(varied, combo))
         for k, v in overrides.items():
             set_dotted(raw_cfg, k, v)
+        origin = plugin_params.apply(spec.plugin_params, raw_cfg)
+        for family in spec.plugin_params:
+            seen.setdefault(family, set()).update(plugin_params.chosen(family, raw_cfg))
         if spec.warmup is not None:
             wkey, wcfg = _warmup_for(file, spec.warmup, base, raw_cfg)
             warmups[wkey] = wcfg
             set_dotted(raw_cfg, "fl.init", init_ref(wkey))
-        cfg = _parse_trial(file, raw_cfg, overrides, spec.grid)
+        cfg = _parse_trial(file, raw_cfg, overrides, spec.grid, origin)
         if spec.warmup is not None and cfg.fl.rounds <= spec.warmup.rounds:
             raise GridError(
                 file, "warmup.rounds",
@@ -137,6 +142,7 @@ def expand(
             )
         by_key[key] = index
         trials.append(TrialSpec(index, key, cfg, overrides))
+    plugin_params.check_used(file, spec.plugin_params, seen)
     return trials, warmups
 
 
@@ -151,15 +157,19 @@ def _warmup_for(file: str, w: WarmupSpec, base: dict[str, Any], trial_raw: dict[
 
 
 def _parse_trial(
-    file: str, raw: dict[str, Any], overrides: dict[str, Any], grid: dict[str, list[Any]]
+    file: str, raw: dict[str, Any], overrides: dict[str, Any], grid: dict[str, list[Any]],
+    origin: dict[str, str] | None = None,
 ) -> SimulationConfig:
+    """`raw` parsed; an error names where its key was set: `grid.<key>`, `seeds`,
+    `plugin_params.<family>.<name>.<p>` (`origin`) or `base.<key>`."""
     try:
         return parse_config(raw, source=file)
     except ConfigError as e:
         where = f"grid.{e.path}" if e.path in grid else (
-            "seeds" if e.path == "seed" else f"base.{e.path}"
+            "seeds" if e.path == "seed" else (origin or {}).get(e.path, f"base.{e.path}")
         )
+        hint = plugin_params.hint(where.removeprefix("base."), grid) if where.startswith("base.") else ""
         raise GridError(
             file, where,
-            f"invalid value {short(e.value)} in the trial {short(overrides)}; allowed: {e.allowed}",
+            f"invalid value {short(e.value)} in the trial {short(overrides)}; allowed: {e.allowed}{hint}",
         ) from None

@@ -23,6 +23,8 @@ re-exports the names the rest of the sweeper uses:
 - `sweeper.gridspec`: the schema (`GridFile`, `Resources`), `Grid`/`TrialSpec`, sweep names;
 - `sweeper.gridfile`: reading the file, its sections, and pydantic's errors as `GridError`s;
 - `sweeper.expand`: seeds, the Cartesian product, warm-ups, trial keys;
+- `sweeper.plugin_params`: the `plugin_params` section (a plug-in's settings, applied to the
+  trials that choose it);
 - `sweeper.datafit`: each trial against its data source's metadata;
 - `sweeper.resources`: each trial's reservation, its Ray bundles, the trial table.
 """
@@ -34,6 +36,7 @@ from typing import Any
 
 from fl_core.config import SimulationConfig
 from sweeper import expand as _expand
+from sweeper import plugin_params as _plugin_params
 from sweeper.datafit import check_data_fit, data_summary
 from sweeper.gridfile import base_config, check_sections, parse_grid_file, raw_value, read_grid_yaml
 from sweeper.gridspec import (
@@ -74,6 +77,7 @@ def load_grid(path: str | Path, allow_large: bool = False) -> Grid:
     spec = parse_grid_file(file, raw)
     seeds = _expand.seed_list(file, spec, MAX_TRIALS, allow_large)
     check_sections(file, spec, seeds)
+    _plugin_params.check_section(file, spec.plugin_params)
     base = base_config(file, spec)
     if spec.warmup is not None:
         _expand.check_warmup(file, spec.warmup, base, spec.grid)

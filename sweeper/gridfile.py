@@ -17,7 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from fl_core.config import SimulationConfig, all_keys, is_plugin_param, parse_config, set_dotted
 from fl_core.errors import ConfigError, UnknownKeyError
-from sweeper import yamlio
+from sweeper import plugin_params, yamlio
 from sweeper.errors import GridError
 from sweeper.gridspec import GridFile, name_problem
 from sweeper.yamlio import short
@@ -186,7 +186,8 @@ def base_config(file: str, spec: GridFile) -> dict[str, Any]:
         parse_config(base, source=file)
     except ConfigError as e:
         if isinstance(e, UnknownKeyError):  # a misspelt key (or a plug-in's parameter name)
-            raise GridError(file, f"base.{e.path}", f"unknown key; {e.allowed}") from None
+            raise GridError(file, f"base.{e.path}", f"unknown key; {e.allowed}"
+                            + plugin_params.hint(e.path, spec.grid)) from None
         # A value error in the base is reported now only if it is not a cross-field rule
         # that a grid axis could satisfy (e.g. `attack.fraction` swept for an attack kind).
         if not _is_cross_field(e):

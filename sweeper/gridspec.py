@@ -86,6 +86,12 @@ class GridFile(_Strict):
         None, ge=1, description="at most this many trials at once (default: as many as fit)"
     )
     tracking: Tracking = Field(default_factory=Tracking)
+    plugin_params: dict[str, dict[str, dict[str, Any]]] = Field(
+        default_factory=dict,
+        description="each plug-in's own settings by family (attack, backdoor, aggregator, "
+        "preaggregation) and name, applied to a trial only when it chooses that plug-in "
+        "(sweeper/plugin_params.py); e.g. {aggregator: {fldetector: {start_round: 30}}}",
+    )
     warmup: WarmupSpec | None = Field(
         None, description="a shared clean warm-up per seed that every trial of that seed starts "
         "from (sweeper/warmup.py)",
