@@ -27,3 +27,20 @@ def set_flat(model: nn.Module, flat: torch.Tensor) -> None:
 def l2_norm(v: torch.Tensor) -> float:
     """Global L2 norm, accumulated in float64 so it does not depend on vector length."""
     return float(torch.linalg.vector_norm(v.double()))
+
+
+def cnn_param_slice(name: str) -> tuple[int, torch.Size]:
+    """(offset, shape) of the paper CNN's parameter `name` (e.g. "fc2.weight") in the flat
+    vector (`model.parameters()` order, as `get_flat`). Why one helper: FoolsGold, FLDetector,
+    DeepSight and FreqFed each read one layer out of the flat updates. Shapes come from a
+    meta-device CNN: no init drawn, no memory."""
+    from fl_core.models import CNN
+
+    with torch.device("meta"):
+        model = CNN()
+    offset = 0
+    for pname, param in model.named_parameters():
+        if pname == name:
+            return offset, param.shape
+        offset += param.numel()
+    raise KeyError(f"the CNN has no parameter {name!r}; it has {', '.join(n for n, _ in model.named_parameters())}")

@@ -101,13 +101,11 @@ def check(p: DeepSightParams, cfg) -> None:
 def output_layer(updates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(W [n, P, H], b [n, P]) float64: the paper CNN's last Linear, the last P·H + P
     coordinates of the flat vector (weight row-major, then bias; `model.parameters()` order)."""
-    from fl_core.models import CNN
+    from fl_core.params import cnn_param_slice
 
-    with torch.device("meta"):  # shapes only
-        fc = CNN().fc2
-    p, h = fc.weight.shape
-    tail = updates[:, updates.shape[1] - p * h - p:].to(torch.float64)
-    return tail[:, : p * h].reshape(-1, p, h), tail[:, p * h:]
+    (w_off, (p, h)), (b_off, _) = cnn_param_slice("fc2.weight"), cnn_param_slice("fc2.bias")
+    w = updates[:, w_off: w_off + p * h].to(torch.float64).reshape(-1, p, h)
+    return w, updates[:, b_off: b_off + p].to(torch.float64)
 
 
 def neups_and_tes(w: torch.Tensor, b: torch.Tensor, threshold_factor: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -94,10 +94,10 @@ class FoolsGold:
 def output_layer_size() -> int:
     """Parameters of the paper CNN's last Linear (weight + bias), the last ones of the
     flat vector (`fl_core.params.get_flat` follows `model.parameters()` order)."""
-    from fl_core.models import CNN
+    from fl_core.params import cnn_param_slice
 
-    with torch.device("meta"):  # sizes only, no init drawn
-        return sum(p.numel() for p in CNN().fc2.parameters())
+    (_, weight), (_, bias) = cnn_param_slice("fc2.weight"), cnn_param_slice("fc2.bias")
+    return weight.numel() + bias.numel()
 
 
 SPEC = register(AggregatorSpec(

@@ -75,16 +75,10 @@ def check(p: FreqFedParams, cfg) -> None:
 def layer_slice(name: str) -> tuple[int, int, int]:
     """(offset, M, N) of the CNN weight `name` in the flat vector (`model.parameters()`
     order), as an M × N matrix."""
-    from fl_core.models import CNN
+    from fl_core.params import cnn_param_slice
 
-    with torch.device("meta"):  # shapes only
-        model = CNN()
-    offset = 0
-    for pname, param in model.named_parameters():
-        if pname == f"{name}.weight":
-            return offset, param.shape[0], param[0].numel()
-        offset += param.numel()
-    raise KeyError(name)
+    offset, shape = cnn_param_slice(f"{name}.weight")
+    return offset, shape[0], shape.numel() // shape[0]
 
 
 def low_frequency(v: np.ndarray) -> np.ndarray:
