@@ -31,7 +31,9 @@ Where we differ, and why:
   attack round counted from 1; 0 without an attack: the product then runs over every round).
 - Certified backdoor figure: the share of the backdoor inputs (D_mal) whose SMOOTHED
   prediction is the target label (`smoothed_backdoor_acc`); the authors' poisoned-input
-  certified accuracy needs the inputs' true labels, which the evaluator does not hold.
+  certified accuracy needs the inputs' true labels, which the evaluator does not hold. An
+  attack that learns its trigger (A3FL, IBA) has D_mal stamped with the trigger in force,
+  as `backdoor_acc` has (`Evaluator.backdoor_inputs`).
 
 Randomness: copy m of the certification after round T uses `Stream.CRFL` keyed (T, 1, m)
 (the training noise uses (round, 0)); nothing is stateful, so a resumed run certifies alike.
@@ -159,9 +161,12 @@ def certify_due(config, rounds_done: int) -> bool:
     return rounds_done == config.fl.rounds or (every is not None and rounds_done % every == 0)
 
 
-def certify(config, evaluator, params, rounds_done: int, num_classes: int = 10) -> dict[str, float]:
+def certify(config, evaluator, params, rounds_done: int, num_classes: int = 10,
+            attack_state: dict | None = None) -> dict[str, float]:
     """The certification metrics of the global model `params` after `rounds_done` rounds, on the
-    evaluator's main-task test set and backdoor inputs (module docstring)."""
+    evaluator's main-task test set and backdoor inputs (module docstring); `attack_state` is
+    the learned trigger in force (A3FL, IBA), which stamps the backdoor inputs as it does
+    for `backdoor_acc`."""
     import torch
 
     from fl_core.params import set_flat
@@ -176,7 +181,9 @@ def certify(config, evaluator, params, rounds_done: int, num_classes: int = 10) 
         evaluator.model.eval()
         return evaluator._predict(x)[0].cpu().numpy()
 
-    inputs = [evaluator.test_x] + ([evaluator.mal_x] if len(evaluator.mal_x) else [])
+    with torch_threads(evaluator.threads):
+        mal_x = evaluator.backdoor_inputs(attack_state)
+    inputs = [evaluator.test_x] + ([mal_x] if len(mal_x) else [])
     with torch_threads(evaluator.threads):
         votes = smoothed_votes(predict, params.to("cpu", torch.float32), inputs, d.crfl_certify_models,
                                tm.sigma_test, config.seed, rounds_done)

@@ -108,10 +108,16 @@ class Evaluator:
         with torch_threads(self.threads):
             return self._evaluate(params, attack_state or {})
 
+    def backdoor_inputs(self, attack_state: dict | None = None) -> torch.Tensor:
+        """The backdoor test inputs: the task's own, or, for an attack that learns its
+        trigger, the clean test images stamped with the trigger in force (`attack_state`).
+        One place, so that every backdoor metric (here and CRFL's smoothed one) uses it."""
+        if self.trigger is None:
+            return self.mal_x
+        return self.trigger.stamp(self.test_x[self.clean_mask], attack_state or {})
+
     def _evaluate(self, params: torch.Tensor, attack_state: dict) -> dict:
-        mal_x = self.mal_x
-        if self.trigger is not None:
-            mal_x = self.trigger.stamp(self.test_x[self.clean_mask], attack_state)
+        mal_x = self.backdoor_inputs(attack_state)
         set_flat(self.model, params.to(self.device))
         self.model.eval()
         preds, loss_sum = self._predict(self.test_x, self.test_y)

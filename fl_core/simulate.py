@@ -148,7 +148,8 @@ class Simulation:
         metrics = {"round": self.state.round_idx,
                    **self.evaluator.evaluate(self.state.global_params, self.state.attack_state)}
         if certify_due(self.config, self.state.round_idx):  # CRFL's smoothed model (fl_core/certify.py)
-            metrics.update(certify(self.config, self.evaluator, self.state.global_params, self.state.round_idx))
+            metrics.update(certify(self.config, self.evaluator, self.state.global_params, self.state.round_idx,
+                                   attack_state=self.state.attack_state))
         metrics.update(stats.as_metrics())
         metrics.update(trigger_metrics)
         metrics["round_seconds"] = seconds

@@ -61,8 +61,8 @@ def _clear():
     LEARNED.clear(), CRAFTED.clear(), STAMPED.clear()
 
 
-def cfg(rounds=4, **attack):
-    return parse_config({
+def cfg(rounds=4, defense=None, **attack):
+    return parse_config({"defense": defense or {},
         "seed": 5, "data": {"source": "synthetic", "num_writers": 12, "examples_per_writer": 8},
         "fl": {"rounds": rounds, "clients_per_round": 5, "local_epochs": 1, "batch_size": 8, "device": "cpu",
                "eval_every": 1, "checkpoint_every": 1},
@@ -151,3 +151,13 @@ def test_a_task_carries_the_state_outside_its_identity():
     assert t == with_state and repr(t) == repr(with_state)
     back = pickle.loads(pickle.dumps(with_state))  # what a Ray actor receives
     assert int(back.attack_state["level"]) == 3
+
+
+def test_crfl_certifies_the_backdoor_with_the_learned_trigger(data):
+    """CRFL's smoothed_backdoor_acc stamps its inputs like backdoor_acc: with the trigger in
+    force at the certified round, not the task's fixed pattern."""
+    c = cfg(rounds=3, defense={"crfl_sigma": 0.01, "crfl_certify_models": 5})
+    history = Simulation(c, data=data).run()
+    # one stamp per evaluated round, then the certification's at the last round (level 2)
+    assert STAMPED == [0, 1, 2, 2]
+    assert "smoothed_backdoor_acc" in history[-1] and "smoothed_backdoor_acc" not in history[-2]
