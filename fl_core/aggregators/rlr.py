@@ -60,7 +60,7 @@ class RLR:
         rho = robust_lr_factor(updates, self.theta)
         mean = ordered_weighted_mean(updates, weights)
         delta = rho * mean
-        flipped = rho < 0
+        flipped = (rho < 0) & (mean != 0)  # where the mean is 0 nothing steps backwards
         m2 = float((mean.to(torch.float64) ** 2).sum())
         metrics = {
             "rlr_flipped_fraction": float(flipped.to(torch.float64).mean()),

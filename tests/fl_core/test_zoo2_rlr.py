@@ -42,6 +42,17 @@ def test_sign_rule_worked_by_hand():
     assert robust_lr_factor(FOUR, 1)[3] == 1 and robust_lr_factor(FOUR, 2)[3] == -1
 
 
+def test_a_coordinate_nobody_moved_is_not_counted_as_flipped():
+    # column 3 all zero: |Σ sign| = 0 < θ → ρ = −1, but the mean there is 0, so nothing is
+    # stepped backwards; column 2 (signs +, −, +, −) is flipped for real: 1 of 3 coordinates
+    u = torch.tensor([[1, 1, 0], [1, -3, 0], [1, 1, 0], [1, -3, 0]], dtype=torch.float32)
+    assert robust_lr_factor(u, 2).tolist() == [1, -1, -1]
+    out = RLR(2).aggregate(u, torch.ones(4, dtype=torch.float64), CTX, {})
+    assert out.delta.tolist() == [1, 1, 0]
+    assert out.metrics["rlr_flipped_fraction"] == pytest.approx(1 / 3, rel=1e-15)
+    assert out.metrics["rlr_flipped_mass"] == 0.5  # mean (1, −1, 0): 1 of the squared norm 2
+
+
 def test_weighted_mean_uses_the_fedavg_weights():
     # weights (1, 1, 2, 0): mean = (1 + 2 + 6 + 0, ...)/4; column 1: 9/4 = 2.25
     out = RLR(1).aggregate(FOUR, torch.tensor([1.0, 1.0, 2.0, 0.0], dtype=torch.float64), CTX, {})
