@@ -337,22 +337,53 @@ def build_report(
     rep = Report(out_dir, [], cells, claim_results, privacy, list(data.notes), pool, pool_notes)
     (out_dir / "figures" / "heatmap.png").unlink(missing_ok=True)  # never a stale one
     figures = plot_all(data, out_dir / "figures", backdoor_metric, cells)
-    cells.to_csv(out_dir / "cells.csv", index=False)
+    csv_safe(cells).to_csv(out_dir / "cells.csv", index=False)
     files = [*figures, out_dir / "cells.csv"]
-    (out_dir / "privacy.json").write_text(json.dumps([p.to_dict() for p in privacy], indent=2))
+    (out_dir / "privacy.json").write_text(strict_json([p.to_dict() for p in privacy]))
     files.append(out_dir / "privacy.json")
     (out_dir / "pool.csv").unlink(missing_ok=True)  # never a stale one
     if pool:
-        pd.DataFrame([r.to_dict() for r in pool]).to_csv(out_dir / "pool.csv", index=False)
+        csv_safe(pd.DataFrame([r.to_dict() for r in pool])).to_csv(out_dir / "pool.csv", index=False)
         files.append(out_dir / "pool.csv")
     (out_dir / "claims.json").unlink(missing_ok=True)  # never leave a stale one behind
     if claim_results is not None:
         payload = {"thresholds": th.__dict__, "claims": [c.to_dict() for c in claim_results]}
-        (out_dir / "claims.json").write_text(json.dumps(payload, indent=2, default=float))
+        (out_dir / "claims.json").write_text(strict_json(payload))
         files.append(out_dir / "claims.json")
     files += write_pages(data, rep, figures, th.tail, th.burn_in)
     rep.files = files
     return rep
+
+
+def strict_json(obj) -> str:
+    """JSON that every parser reads: a non-finite float (an ε of inf, a NaN statistic) is
+    written as null, where Python's json would write the non-standard Infinity/NaN."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), indent=2, default=float, allow_nan=False)
+
+
+#: a spreadsheet runs a cell that starts with one of these as a formula (OWASP: CSV injection)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with every text cell that a spreadsheet would run as a formula prefixed by a
+    quote (cell labels carry config values, e.g. a data path or a plug-in's parameter);
+    numbers are left as they are."""
+    def safe(v):
+        return "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype == object or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(safe)
+    return out
 
 
 def _slug(text: str) -> str:
