@@ -497,3 +497,26 @@ def test_readme_grid_example_is_valid(tmp_path):
     g = load_grid(write(tmp_path, block.group(1)))
     assert len(g.trials) == 3 * 2 * 3
     assert {t.config.defense.norm_bound for t in g.trials} == {3.0, 5.0, 10.0}
+
+
+def test_readme_plugin_params_example_is_valid(tmp_path):
+    """The README's `plugin_params` snippet, under a base of its own, loads, and each
+    plug-in's settings reach only its trials."""
+    import re
+
+    import yaml
+
+    text = (REPO / "README.md").read_text()
+    block = re.search(r"own settings in `plugin_params`.*?```yaml\n(.*?)```", text, re.S)
+    assert block, "README lost its plugin_params example"
+    grid = {"name": "readme-plugins", "seeds": 1,
+            "base": {"data": {"source": "embedded"}, "fl": {"rounds": 2},
+                     "attack": {"fraction": 0.033, "backdoor": "trigger"}, "defense": {"norm_bound": 3.0}},
+            **yaml.safe_load(block.group(1))}
+    g = load_grid(write(tmp_path, yaml.safe_dump(grid, sort_keys=False)))
+    assert len(g.trials) == 3 * 2
+    for t in g.trials:
+        assert (t.config.attack.params.get("trigger_epochs") == 10) == (t.config.attack.kind == "a3fl")
+        agg, params = t.config.defense.aggregator, t.config.defense.aggregator_params
+        assert params.get("start_round") == (30 if agg == "fldetector" else None)
+        assert params.get("num_samples") == (200 if agg == "deepsight" else None)
