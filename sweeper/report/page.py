@@ -81,7 +81,8 @@ DEFINITIONS = """\
   evaluated rounds (TPR over those with an attacker); "–" for rules that flag nobody.
 - **backdoor lifespan**: with `attack.stop_round` = S, the rounds after the attack stops until
   backdoor acc is first below half its peak of the attack window (resolution `fl.eval_every`);
-  "≥" marks a cell where some seed's run ended first (the value is then a lower bound).
+  "≥" marks a cell where some seed's run ended first (the value is then a lower bound);
+  "–" without an attack or when the peak stayed below 0.2 (no backdoor to outlive).
 - **trigger backdoor** (`attack.backdoor: trigger`, DBA's task): backdoor acc is the share of
   the test images that are not the target label, stamped with the trigger, predicted as the
   target label; "w/o source label" drops the target label's images instead, collateral is the

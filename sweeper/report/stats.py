@@ -23,7 +23,9 @@ Definitions (used everywhere in the report, and stated on the page):
   stops until the backdoor accuracy is first seen below half its peak of the attack window
   (rounds S..; the first evaluated round r > S with accuracy < peak/2 gives r − S, so its
   resolution is `fl.eval_every`). A run that ends before that gives a lower bound (r_last − S),
-  counted in `lifespan_censored`; NaN without a stop round.
+  counted in `lifespan_censored`; NaN without a stop round, without an attack, and when the
+  peak stays below `LIFESPAN_MIN_PEAK` (0.2): no backdoor was implanted, so there is nothing
+  to outlive (a trigger task reads ~0.01 unattacked; half of a peak of 0.03 is noise).
 - **main drop** of a cell: the unattacked cell's main (tail) minus this cell's, mean over
   seeds (min and max: against the unattacked cell's mean). The unattacked cell is the one
   with `attack.kind: none` and every key outside `attack.*` equal; NaN when the grid has
@@ -71,6 +73,10 @@ def _start_index(rounds: np.ndarray, start_round: int | None) -> int:
     return int(idx[0]) if len(idx) else len(rounds)
 
 
+#: the least peak backdoor accuracy of the attack window for which a lifespan is computed
+LIFESPAN_MIN_PEAK = 0.2
+
+
 def backdoor_lifespan(rounds: np.ndarray, backdoor: np.ndarray, start_round: int | None,
                       stop_round: int | None) -> tuple[float, bool]:
     """(lifespan in rounds, censored?) as defined in the module docstring.
@@ -89,6 +95,8 @@ def backdoor_lifespan(rounds: np.ndarray, backdoor: np.ndarray, start_round: int
     if not window.any() or not after.any():
         return float("nan"), False
     peak = float(b[window].max())
+    if peak < LIFESPAN_MIN_PEAK:
+        return float("nan"), False
     fallen = np.nonzero(after & (b < peak / 2))[0]
     if len(fallen):
         return float(r[fallen[0]] - s1), False
@@ -143,9 +151,11 @@ def run_summary(data: SweepData, tail: float = DEFAULT_TAIL, burn_in: float = 0.
         last = g.iloc[-1]
         attacked = g["num_attackers"].fillna(0) > 0
         cfg = data.runs.loc[run_id]
+        attacked_run = cfg.get("attack.kind") not in (None, "none")
         lifespan, censored = backdoor_lifespan(
             g["round"].to_numpy(), g["backdoor_acc"].to_numpy(dtype=float),
-            _opt_int(cfg.get("attack.start_round")), _opt_int(cfg.get("attack.stop_round")))
+            _opt_int(cfg.get("attack.start_round")),
+            _opt_int(cfg.get("attack.stop_round")) if attacked_run else None)
         after = g["backdoor_cummean"].notna()  # evaluated rounds after attack.start_round
         rows.append({
             "run_id": run_id,

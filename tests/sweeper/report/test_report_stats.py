@@ -103,6 +103,10 @@ def test_backdoor_lifespan_golden():
     # no stop round, or nothing evaluated after it: NaN
     assert math.isnan(backdoor_lifespan(r, b, 2, None)[0])
     assert math.isnan(backdoor_lifespan(r, b, 2, 10)[0])
+    # a peak below LIFESPAN_MIN_PEAK (0.2): nothing implanted, nothing to outlive
+    low = np.array([0.0, 0.0, 0.01, 0.19, 0.02, 0.0, 0.01, 0.01, 0.0, 0.0])
+    assert math.isnan(backdoor_lifespan(r, low, 2, 6)[0])
+    assert backdoor_lifespan(r, np.where(low == 0.19, 0.2, low), 2, 6) == (1.0, False)  # peak 0.2, 0.01 < 0.1 at r = 7
 
 
 def test_lifespan_reaches_the_run_summary_and_the_table(tmp_path, run_writer):
@@ -119,6 +123,14 @@ def test_lifespan_reaches_the_run_summary_and_the_table(tmp_path, run_writer):
     cells = cell_summary(data)
     row = table_rows(cells, [])[0]
     assert row[3 + [c for c, _ in TABLE_COLUMNS].index("lifespan")] == "3.0"
+
+
+def test_an_unattacked_run_has_no_lifespan(tmp_path, run_writer):
+    """The same curve without an attack: nothing was implanted, so no lifespan (NaN, "–")."""
+    data = _one_run(tmp_path, run_writer, {"attack.kind": "none", "attack.stop_round": 4},
+                    backdoor_acc=[1, 1, 1, 1, 0.9, 0.6, 0.2, 0.1], main_acc=[0.5] * 8)
+    s = run_summary(data).iloc[0]
+    assert math.isnan(s["lifespan"]) and s["lifespan_censored"] == 0.0
 
 
 def test_flag_rates_reach_the_run_summary_and_the_table(tmp_path, run_writer):
