@@ -31,7 +31,7 @@ number), which answers "how sure are you?" without changing the verdict.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 import pandas as pd
@@ -498,10 +498,30 @@ def claim6(c: _Cells) -> ClaimResult:
 CLAIMS = (claim1, claim2, claim3, claim4, claim5, claim6)
 
 
+#: the keys the claims tell cells apart by (the paper's axes, and the weighting that the
+#: like-for-like baselines match); loaded cells that also differ in any other key would
+#: leave a claim two candidates for one cell, e.g. both populations (`data.min_examples`)
+#: or both recipes (`attack.params.recipe`)
+CLAIM_AXES = frozenset({"attack.kind", "attack.fraction", "attack.schedule", "attack.frequency",
+                        "attack.num_tasks", "defense.norm_bound", "defense.noise_sigma",
+                        "defense.noise_placement", "defense.weighting", "seed"})
+
+
 def check_claims(data: SweepData, thresholds: Thresholds | None = None) -> list[ClaimResult]:
-    """Evaluate all six claims on the loaded runs."""
+    """Evaluate all six claims on the loaded runs. When the cells also differ in a key the
+    claims do not tell apart, every claim is N.A. with the reason, never a verdict on
+    whichever of two candidate cells came first."""
     cells = _Cells(data, thresholds or Thresholds())
-    return [f(cells) for f in CLAIMS]
+    results = [f(cells) for f in CLAIMS]
+    foreign = [k for k in data.cell_keys if k not in CLAIM_AXES]
+    if not foreign:
+        return results
+    values = "; ".join(
+        f"{k}: {', '.join(sorted({str(cfg.get(k)) for cfg in cells.configs.values()}))}" for k in foreign)
+    note = (f"the loaded cells also differ in {', '.join(foreign)} ({values}), which the claims do "
+            "not tell apart: report one value at a time (e.g. only the sweeps of one population "
+            "or one recipe)")
+    return [replace(r, verdict="N.A.", checks=(), extras=(), cells=(), note=note) for r in results]
 
 
 def format_check(ch: Check) -> str:

@@ -222,3 +222,19 @@ def test_weighting_makes_a_different_baseline(tmp_path, cells_writer, paper_cell
     cells["baseline_m3_w"] = ({**ov, "defense.weighting": "weighted"}, bd, m)
     res = check_claims(load_sweeps([str(cells_writer(tmp_path / "p", cells))]))
     assert res[4].verdict == NA and "unattacked M=3 baseline" in res[4].note
+
+
+def test_cells_that_differ_beyond_the_claims_axes_get_no_verdict(tmp_path, paper_sweep, cells_writer,
+                                                                 paper_cell_table):
+    """Both populations loaded together: every claim would have two candidate cells (one per
+    data.min_examples), so every claim is N.A. and says why, instead of a verdict on
+    whichever came first; each population alone still gets its verdicts."""
+    other = {name: ({**ov, "data.min_examples": 40}, 0.1 if "mr_hi" in name else bd, main)
+             for name, (ov, bd, main) in paper_cell_table().items()}
+    pop = cells_writer(tmp_path / "population", other)
+    res = check_claims(load_sweeps([str(paper_sweep), str(pop)]))
+    assert _verdicts(res) == {i: NA for i in range(1, 7)}
+    assert all("data.min_examples (data.min_examples: 0, 40)" in c.note and not c.checks for c in res)
+    assert_verdicts_follow_from_numbers(res)
+    alone = _verdicts(check_claims(load_sweeps([str(pop)])))
+    assert alone[1] == FAIL and alone[6] == PASS  # claim 1's backdoor 0.1 < 0.8 there
