@@ -17,7 +17,11 @@ def local_ray():
     ray = pytest.importorskip("ray")
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), old) if p)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20, logging_level="WARNING")
+    # address="local": always a fresh cluster. Plain ray.init() attaches to whatever
+    # /tmp/ray/ray_current_cluster names, e.g. a cluster an earlier test's killed driver
+    # left behind for a moment (CI failed on exactly that), and then refuses num_cpus.
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=100 * 2**20, logging_level="WARNING")
     yield
     ray.shutdown()
     if old is None:
